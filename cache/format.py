@@ -1,0 +1,82 @@
+"""Names, attributes and key rules of the cache format (docs/cache-format.md).
+
+Everything that both the writer and the reader must agree on lives here, so
+that the documented format has exactly one implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "expclip-cache"
+FORMAT_VERSION = 1
+ROOTS = ("image", "teacher", "text")
+STR_DTYPE = "utf-8"
+
+
+@dataclass
+class Items:
+    """The rows of a cache: one per image or clip, in source order."""
+
+    ids: list[str]
+    labels: np.ndarray  # (N,) int64, -1 = unlabelled
+    class_names: list[str]
+    frame_index: np.ndarray | None = None  # (N, T) int32, clips only
+    num_frames: np.ndarray | None = None  # (N,) int32, clips only
+    ok: np.ndarray | None = field(default=None, compare=False)  # (N,) bool, set by the reader
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def kind(self) -> str:
+        return "images" if self.frame_index is None else "clips"
+
+    def same_rows(self, other: "Items") -> bool:
+        """True when both describe the same rows (ids, labels, classes, frames)."""
+        frames_equal = (self.frame_index is None and other.frame_index is None) or (
+            self.frame_index is not None
+            and other.frame_index is not None
+            and np.array_equal(self.frame_index, other.frame_index)
+        )
+        return (
+            self.ids == other.ids
+            and np.array_equal(self.labels, other.labels)
+            and self.class_names == other.class_names
+            and frames_equal
+        )
+
+
+def sanitize(text: str) -> str:
+    """A cache key fragment: characters outside [A-Za-z0-9._-] become '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("_") or "_"
+
+
+def image_path(key: str) -> str:
+    return f"image/{key}"
+
+
+def teacher_path(teacher_key: str, instruction_key: str) -> str:
+    return f"teacher/{teacher_key}/{instruction_key}"
+
+
+def text_path(key: str, prompt_set: str) -> str:
+    return f"text/{key}/{prompt_set}"
+
+
+def partial_dir(cache: Path) -> Path:
+    """Folder of a run in progress: manifest plus shard files (see 'Resuming')."""
+    return cache.with_name(cache.name + ".partial")
+
+
+def digest(arrays: list[np.ndarray]) -> str:
+    """sha256 of arrays' bytes in order: the content fingerprint stored as `sha256`."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Stages: functions from a source or caches to a cache or to results."""

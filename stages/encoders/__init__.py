@@ -1,0 +1,1 @@
+"""Encoders of stage one; the only code that imports open_clip or transformers."""

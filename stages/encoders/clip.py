@@ -1,0 +1,137 @@
+"""The CLIP encoder of stage one: raw image and text features of a frozen open_clip model.
+
+Features are stored before L2-normalisation (docs/cache-format.md) so later
+stages can choose; the model's own logit_scale travels with them because the
+official loss multiplies by it and it is not 100 for every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from pickle import UnpicklingError
+
+import open_clip
+import PIL.Image
+import torch
+from open_clip.factory import _find_checkpoint_in_dir
+from safetensors import SafetensorError
+
+from expclip.errors import ExpclipError
+from expclip.stages.encoders.precision import autocast, check_precision
+from expclip.stages.encoders.provenance import LOCAL_DIR, encoder_key, sha256_file, versions_json
+from expclip.stages.encoders.transforms import MODEL, check_transform, official_transform
+
+DEFAULT_TAG = "openai"
+
+
+@dataclass
+class ClipEncoder:
+    """A frozen open_clip model with its tokenizer, image transform and cache provenance."""
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    transform: Callable[[PIL.Image.Image], torch.Tensor]
+    device: torch.device
+    precision: str
+    key: str
+    attrs: dict
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) transformed images -> (B, D) raw float32 features on the CPU."""
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return features.float().cpu()
+
+    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        """K prompts -> (K, D) raw float32 `encode_text` features on the CPU."""
+        tokens = self.tokenizer(prompts).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            features = self.model.encode_text(tokens)
+        return features.float().cpu()
+
+
+def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str]:
+    """(model, pretrained, pretrained_sha256) as recorded; refuses unknown names and tags."""
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name[len(LOCAL_DIR):]).resolve()
+        if pretrained is not None:
+            raise ExpclipError(f"{name}: a local-dir model brings its own weights; drop pretrained={pretrained!r}")
+        if not (folder / "open_clip_config.json").is_file():
+            raise ExpclipError(f"{name}: no open_clip_config.json in folder {folder}")
+        weights = _find_checkpoint_in_dir(folder)  # the file open_clip itself will load
+        if weights is None:
+            raise ExpclipError(f"{name}: no weights file (*.safetensors, *.bin, *.pth) in folder {folder}")
+        return LOCAL_DIR + str(folder), weights, sha256_file(weights)
+    models = open_clip.list_models()
+    if name not in models:
+        raise ExpclipError(
+            f"unknown open_clip model {name!r}; choose one of: {', '.join(models)} (or local-dir:PATH)"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained is None:
+        if DEFAULT_TAG not in tags:
+            raise ExpclipError(
+                f"{name} has no {DEFAULT_TAG!r} weights; choose a pretrained tag "
+                f"({', '.join(tags) or 'none known'}) or a weights file"
+            )
+        pretrained = DEFAULT_TAG
+    tag = pretrained.lower().replace("-", "_")  # open_clip's own tag normalisation
+    if tag in tags:
+        return name, tag, ""
+    if not os.path.isfile(pretrained):
+        raise ExpclipError(
+            f"unknown pretrained tag {pretrained!r} for {name} and no such file; "
+            f"choose one of: {', '.join(tags) or 'none known'} (or a weights file path)"
+        )
+    path = str(Path(pretrained).resolve())
+    return name, path, sha256_file(path)
+
+
+def identity(name: str, pretrained: str | None, transform: str, precision: str) -> tuple[str, dict]:
+    """Cache key and configuration of an encoder, known without loading it (so a complete
+    cache is recognised without touching the GPU)."""
+    check_transform(transform)
+    check_precision(precision)
+    model_ref, weights, weights_sha = _resolve_weights(name, pretrained)
+    if model_ref.startswith(LOCAL_DIR):
+        parts = [Path(model_ref[len(LOCAL_DIR):]).name]
+    else:
+        parts = [model_ref, Path(weights).stem if weights_sha else weights]
+    config = {"model": model_ref, "pretrained": weights, "pretrained_sha256": weights_sha,
+              "transform": transform, "precision": precision}
+    return encoder_key(parts, transform), config
+
+
+def load_clip(
+    name: str, pretrained: str | None, *, device: torch.device, precision: str, transform: str
+) -> ClipEncoder:
+    """Load a frozen open_clip model (`name` or `local-dir:PATH`) in eval mode on `device`."""
+    key, config = identity(name, pretrained, transform, precision)
+    model_ref, weights = config["model"], config["pretrained"]
+    local = model_ref.startswith(LOCAL_DIR)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_ref, pretrained=None if local else weights, device=device
+        )
+        tokenizer = open_clip.get_tokenizer(model_ref)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ExpclipError(f"cannot load open_clip model {name!r} with weights {weights!r}: {error}") from None
+    model.eval().requires_grad_(False)
+    attrs = {
+        **config,
+        "logit_scale": model.logit_scale.detach().float().exp().item(),
+        "embed_dim": int(open_clip.get_model_config(model_ref)["embed_dim"]),
+        "versions": versions_json(),
+    }
+    return ClipEncoder(
+        model=model,
+        tokenizer=tokenizer,
+        transform=preprocess if transform == MODEL else official_transform(),
+        device=device,
+        precision=precision,
+        key=key,
+        attrs=attrs,
+    )

@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny checkpoints saved like real ones, built once per test session."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/open_clip import: never touch the network
+
+import pytest
+
+from expclip.stages.encoders.tiny import save_tiny_blip2, save_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """`local-dir:` name of a tiny random open_clip ViT (32x32 images, logit_scale 50)."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2(tmp_path_factory):
+    """Folder of a tiny random BLIP-2 Flan-T5-style checkpoint with its processor (32x32 images)."""
+    return save_tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))

@@ -1,0 +1,47 @@
+"""`expclip cache info`: what a cache holds, as rich tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from expclip.cache.reader import CacheReader
+
+_SKIP = {"prompts", "class_index", "class_names", "versions", "sha256", "prompts_sha256"}
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def info_tables(path: Path) -> list[Table]:
+    """One table of file facts and one row per feature group with its provenance."""
+    with CacheReader(path) as r:
+        items, attrs = r.items(), r.attrs
+        facts = Table(title=f"{path}", show_header=False)
+        for k, v in sorted(attrs.items()):
+            facts.add_row(k, str(v))
+        versions = [r.group_attrs(f"image/{k}").get("versions") for k in r.image_keys()]
+        facts.add_row("versions", ", ".join(sorted({v for v in versions if v})) or "-")
+        labelled = int((items.labels >= 0).sum())
+        facts.add_row("items", f"{len(items)} ({labelled} labelled, {int((~items.ok).sum())} failed)")
+        facts.add_row("classes", ", ".join(items.class_names) or "-")
+        if items.frame_index is not None:
+            facts.add_row("frames per clip", str(items.frame_index.shape[1]))
+        groups = Table(title="feature groups")
+        for col in ("group", "shape", "dtype", "provenance"):
+            groups.add_column(col, overflow="fold")
+        paths = [f"image/{k}" for k in r.image_keys()]
+        paths += [f"teacher/{t}/{i}" for t, i in r.teacher_keys()]
+        paths += [f"text/{k}/{s}" for k in r.image_keys() for s in r.text_sets(k)]
+        for p in paths:
+            shape, dtype = r.group_shape(p)
+            a = r.group_attrs(p)
+            if "prompts" in a:  # text groups share their encoder's provenance, shown above
+                prov = f"{len(a['prompts'])} prompts, {len(set(a['class_index']))} classes"
+            else:
+                prov = "; ".join(f"{k}={_short(v)}" for k, v in sorted(a.items()) if k not in _SKIP)
+            groups.add_row(p, "×".join(map(str, shape)), dtype, prov)
+        return [facts, groups]

@@ -1,0 +1,200 @@
+"""Stage one: run the frozen encoders once over a source and write the feature cache.
+
+Work is cut into shards of consecutive rows (see docs/cache-format.md,
+*Resuming*); batches never cross a shard, so a resumed run feeds the encoders
+exactly the batches an uninterrupted run would. Only groups missing from the
+cache are encoded, and only the encoders they need are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from expclip.cache import format as fmt
+from expclip.cache.reader import CacheReader
+from expclip.cache.writer import Extraction
+from expclip.errors import ExpclipError
+from expclip.stages import protocol
+from expclip.stages.encoders import clip as clip_encoder
+from expclip.stages.encoders import teacher as teacher_encoder
+from expclip.stages.loading import FaceDataset, collate
+from expclip.stages.progress import progress, stderr
+from expclip.stages.sources import Source
+
+DEFAULT_TEACHER = "Salesforce/blip2-flan-t5-xxl"
+STORE_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `expclip extract` can be told; defaults reproduce the paper's encoders."""
+
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = None  # None: "openai" where the model has it
+    teacher: str | None = DEFAULT_TEACHER  # None: --no-teacher
+    instruction: str = protocol.DEFAULT_INSTRUCTION
+    transform: str = "model"
+    batch_size: int = 64
+    num_workers: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    store_dtype: str = "float16"
+    prompts: Path | None = None
+    shard_size: int = 1024
+    extra_prompt_sets: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ExpclipError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExpclipError("--device cuda: no CUDA device is available here")
+    return torch.device(device)
+
+
+def resolve_precision(dtype: str, device: torch.device) -> str:
+    """bf16 autocast on CUDA by default; float32 on CPU, where it is both exact and faster."""
+    if dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ExpclipError(f"--dtype {dtype!r}: choose auto, float32 or bfloat16")
+    return dtype
+
+
+def load_prompt_file(path: Path) -> dict[str, dict[str, list[str]]]:
+    """User prompt sets `{"set": {"Happiness": ["...", ...], ...}}`, class names canonicalised."""
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExpclipError(f"{path}: not a readable JSON prompt file ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ExpclipError(f'{path}: expected {{"set-name": {{"ClassName": ["prompt", ...]}}}}')
+    sets = {}
+    for name, classes in data.items():
+        sets[name] = {}
+        for cls, prompts in classes.items():
+            canonical = protocol.canonical_class(cls)
+            if canonical is None:
+                raise ExpclipError(f"{path}: set {name!r}: unknown class {cls!r}; known: {', '.join(protocol.class_order())}")
+            if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ExpclipError(f"{path}: set {name!r}, class {cls!r}: expected a non-empty list of strings")
+            sets[name][canonical] = prompts
+    return sets
+
+
+def _text_rows(prompt_set: dict[str, list[str]]) -> tuple[list[str], list[int]]:
+    order = protocol.class_order()
+    pairs = [(p, order.index(c)) for c in order if c in prompt_set for p in prompt_set[c]]
+    return [p for p, _ in pairs], [i for _, i in pairs]
+
+
+def _shard_batches(ranges: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    return [list(range(a, min(a + batch_size, b))) for start, b in ranges for a in range(start, b, batch_size)]
+
+
+def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
+    """Encode what the cache at `out` lacks; returns a summary (rows encoded, failures, groups)."""
+    if cfg.store_dtype not in STORE_DTYPES:
+        raise ExpclipError(f"--store-dtype {cfg.store_dtype!r}: choose {' or '.join(STORE_DTYPES)}")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.dtype, device)
+    items = source.items
+    job = Extraction(out, items, {"dataset": source.dataset, "source": str(source.origin)}, shard_size=cfg.shard_size)
+
+    clip_key, clip_config = clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)
+    image_path = fmt.image_path(clip_key)
+    need_image = job.need(image_path, clip_config)
+    sets = {**protocol.prompt_sets(), **(load_prompt_file(cfg.prompts) if cfg.prompts else {})}
+    text_todo = {}
+    for name, prompt_set in sets.items():
+        prompts, class_index = _text_rows(prompt_set)
+        text_config = {k: v for k, v in clip_config.items() if k != "transform"}
+        text_config["prompts_sha256"] = fmt.digest([np.frombuffer(json.dumps(prompts).encode(), dtype=np.uint8)])
+        if job.need_small(fmt.text_path(clip_key, name), text_config):
+            text_todo[name] = (prompts, class_index, text_config)
+
+    teacher_path = None
+    if cfg.teacher is not None and items.kind == "clips":
+        stderr.print("[yellow]note:[/] clip lists are evaluation data; teacher features are not extracted for them")
+    elif cfg.teacher is not None:
+        t_key, i_key, t_config = teacher_encoder.identity(cfg.teacher, cfg.instruction, cfg.transform, precision)
+        teacher_path = fmt.teacher_path(t_key, i_key)
+        if not job.need(teacher_path, t_config):
+            teacher_path = None
+
+    encoders = {}
+    if (need_image and job.missing(image_path)) or text_todo:
+        encoders[image_path] = clip_encoder.load_clip(
+            cfg.clip_model, cfg.clip_pretrained, device=device, precision=precision, transform=cfg.transform
+        )
+    if teacher_path and job.missing(teacher_path):
+        encoders[teacher_path] = teacher_encoder.load_teacher(
+            cfg.teacher, cfg.instruction, device=device, precision=precision, transform=cfg.transform
+        )
+    encoded = _encode_rows(source, job, {p: e for p, e in encoders.items() if job.missing(p)}, cfg)
+
+    for name, (prompts, class_index, text_config) in text_todo.items():
+        features = encoders[image_path].encode_texts(prompts).numpy().astype(np.float32)
+        job.write_small(fmt.text_path(clip_key, name), features, {
+            **text_config, "prompts": prompts, "class_names": protocol.class_order(), "class_index": class_index,
+        })
+    if job.partial.exists():
+        job.finalize()
+    with CacheReader(out) as cache:
+        failures = cache.failures()
+    return {"cache": str(out), "rows": len(items), "encoded_rows": encoded, "failures": failures,
+            "loaded": sorted(encoders), "ignored_files": source.ignored}
+
+
+def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractConfig) -> int:
+    """Run the loaded encoders over the shards any of them still miss; write shard files."""
+    if not encoders:
+        return 0
+    clips = source.items.frame_index is not None
+    transforms, slots, shared = [], {}, {}
+    for path, enc in encoders.items():
+        key = "official" if cfg.transform == "exp-clip-official" else path  # one tensor feeds both
+        if key not in shared:
+            shared[key] = len(transforms)
+            transforms.append(enc.transform)
+        slots[path] = shared[key]
+    todo = sorted({r for path in encoders for r in job.missing(path)})
+    dataset = FaceDataset(source.paths, source.items, transforms)
+    loader = DataLoader(
+        dataset, batch_sampler=_shard_batches(todo, cfg.batch_size), num_workers=cfg.num_workers,
+        collate_fn=collate, pin_memory=torch.cuda.is_available(),
+    )
+    buffers: dict[str, list[np.ndarray]] = {p: [] for p in encoders}
+    failed: dict[int, str] = {}
+    shards = iter(todo)
+    start, stop = next(shards)
+    with progress("clips" if clips else "faces") as bar:
+        task = bar.add_task("extract", total=sum(b - a for a, b in todo))
+        for index, tensors, reasons in loader:
+            for path, enc in encoders.items():
+                x = tensors[slots[path]].to(enc.device, non_blocking=True)
+                rows = enc.encode_images(x.flatten(0, 1)) if clips else enc.encode_images(x)
+                rows = rows.reshape(len(index), *(x.shape[1:2] if clips else ()), -1).float().cpu().numpy()
+                if not job.started(path):
+                    job.start(path, enc.attrs, tuple(rows.shape[1:]), cfg.store_dtype)
+                buffers[path].append(rows)
+            failed.update({i: r for i, r in zip(index, reasons) if r})
+            bar.advance(task, len(index))
+            if index[-1] == stop - 1:
+                for path in encoders:
+                    if (start, stop) in job.missing(path):
+                        rows = np.concatenate(buffers[path])
+                        rows[[i - start for i in failed]] = np.nan
+                        job.write_shard(path, start, stop, rows, failed)
+                    buffers[path] = []
+                failed = {}
+                start, stop = next(shards, (None, None))
+    return sum(b - a for a, b in todo)

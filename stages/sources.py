@@ -1,0 +1,180 @@
+"""SOURCE → items: image folders, `path[,label]` list files, and official clip lists.
+
+Only the listing happens here (fast, no decoding); files that turn out to be
+unreadable are found and recorded by the loader during extraction.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from expclip.cache.format import Items
+from expclip.errors import ExpclipError
+from expclip.stages import protocol
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+KINDS = ("auto", "folder", "list", "clips")
+
+
+@dataclass
+class Source:
+    """Items plus where their pixels live: one path per image, a folder per clip."""
+
+    items: Items
+    paths: list[Path]  # image file, or clip folder (frames = its image files, sorted)
+    dataset: str
+    origin: Path  # the SOURCE as given
+    ignored: int = 0  # non-image files skipped while listing a folder
+
+
+def resolve(
+    source: Path,
+    *,
+    kind: str = "auto",
+    root: Path | None = None,
+    strip_prefix: str | None = None,
+    frames: int = protocol.DEFAULT_FRAMES,
+    dataset: str | None = None,
+) -> Source:
+    """List a source; `root`/`strip_prefix` re-base list paths written on another machine."""
+    source = Path(source)
+    if not source.exists():
+        raise ExpclipError(f"{source}: no such file or folder")
+    if kind not in KINDS:
+        raise ExpclipError(f"--source-type {kind!r}: choose one of {', '.join(KINDS)}")
+    if kind == "auto":
+        kind = "folder" if source.is_dir() else _sniff(source)
+    name = dataset or source.stem
+    if kind == "folder":
+        return _folder(source, name)
+    if kind == "list":
+        return _list_file(source, root or source.parent, name)
+    return _clip_list(source, root, strip_prefix, frames, name, dataset)
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Non-empty, non-comment lines with 1-based line numbers."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExpclipError(f"{path}: cannot read list file ({e})") from None
+    return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip() and not s.lstrip().startswith("#")]
+
+
+def _sniff(path: Path) -> str:
+    """`frame_dir num_frames label` lines are clip lists; anything else a list file."""
+    lines = _lines(path)
+    if not lines:
+        raise ExpclipError(f"{path}: empty list file")
+    fields = lines[0][1].split()
+    if len(fields) == 3 and "," not in lines[0][1] and all(f.lstrip("-").isdigit() for f in fields[1:]):
+        return "clips"
+    return "list"
+
+
+def _folder(folder: Path, name: str) -> Source:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ExpclipError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    rel = [p.relative_to(folder) for p in images]
+    classes = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[r.parts[0]] if len(r.parts) > 1 else -1 for r in rel], dtype=np.int64)
+    items = Items(ids=[r.as_posix() for r in rel], labels=labels, class_names=classes)
+    return Source(items, images, name, folder, ignored=len(files) - len(images))
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _list_file(path: Path, root: Path, name: str) -> Source:
+    rows: list[tuple[int, str, str | None]] = []
+    for position, (number, line) in enumerate(_lines(path)):
+        fields = [f.strip() for f in next(csv.reader([line]))]
+        if len(fields) > 2 or not fields[0]:
+            raise ExpclipError(f"{path}:{number}: expected 'path[,label]', got {line!r}")
+        if position == 0 and fields[0].lower() == "path":
+            continue  # header
+        rows.append((number, fields[0], fields[1] if len(fields) == 2 and fields[1] else None))
+    if not rows:
+        raise ExpclipError(f"{path}: no entries")
+    labels, class_names = _list_labels(path, rows)
+    paths = [Path(p) if Path(p).is_absolute() else root / p for _, p, _ in rows]
+    ids = [_relative(p, root) for p in paths]
+    return Source(Items(ids=ids, labels=labels, class_names=class_names), paths, name, path)
+
+
+def _list_labels(path: Path, rows: list[tuple[int, str, str | None]]) -> tuple[np.ndarray, list[str]]:
+    """Numeric labels keep their numbers (names '0'..'n-1'); names are sorted into classes."""
+    given = [(n, lab) for n, _, lab in rows if lab is not None]
+    numeric = [lab.lstrip("-").isdigit() for _, lab in given]
+    if any(numeric) and not all(numeric):
+        n = given[numeric.index(False) if numeric[0] else numeric.index(True)][0]
+        raise ExpclipError(f"{path}:{n}: labels mix numbers and class names")
+    if given and all(numeric):
+        values = [int(lab) if lab is not None else -1 for _, _, lab in rows]
+        bad = next(((n, v) for (n, _, _), v in zip(rows, values) if v < -1), None)
+        if bad:
+            raise ExpclipError(f"{path}:{bad[0]}: label {bad[1]} is negative (-1 means unlabelled)")
+        return np.array(values, dtype=np.int64), [str(i) for i in range(max(values) + 1)]
+    classes = sorted({lab for _, lab in given})
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[lab] if lab is not None else -1 for _, _, lab in rows], dtype=np.int64), classes
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _clip_list(
+    path: Path, root: Path | None, strip_prefix: str | None, frames: int, name: str, dataset: str | None
+) -> Source:
+    if strip_prefix and root is None:
+        raise ExpclipError("--strip-prefix needs --root (the folder that replaces the prefix)")
+    base = root or path.parent
+    ids, paths, labels, counts = [], [], [], []
+    n_classes = len(protocol.class_order())
+    for number, line in _lines(path):
+        fields = line.split()
+        if len(fields) != 3:
+            raise ExpclipError(f"{path}:{number}: expected 'frame_dir num_frames label', got {line!r}")
+        folder, count, label = fields
+        if not count.isdigit() or int(count) < 1:
+            raise ExpclipError(f"{path}:{number}: num_frames must be a positive integer, got {count!r}")
+        if not label.isdigit() or int(label) >= n_classes:
+            raise ExpclipError(f"{path}:{number}: label must be 0..{n_classes - 1} (0-based protocol order), got {label!r}")
+        if strip_prefix:
+            if not folder.startswith(strip_prefix):
+                raise ExpclipError(f"{path}:{number}: {folder!r} does not start with --strip-prefix {strip_prefix!r}")
+            folder = folder[len(strip_prefix):].lstrip("/")
+        clip = Path(folder) if Path(folder).is_absolute() else base / folder
+        ids.append(_relative(clip, base))
+        paths.append(clip)
+        labels.append(int(label))
+        counts.append(int(count))
+    if not ids:
+        raise ExpclipError(f"{path}: no clips")
+    known = protocol.dataset_classes()
+    if dataset is not None and dataset in known:
+        n = known[dataset]
+        if max(labels) >= n:
+            raise ExpclipError(f"{path}: label {max(labels)} is outside {dataset}'s {n} classes")
+    else:
+        n = max(labels) + 1
+    items = Items(
+        ids=ids,
+        labels=np.array(labels, dtype=np.int64),
+        class_names=protocol.class_order()[:n],
+        frame_index=np.array([protocol.frame_indices(c, frames) for c in counts], dtype=np.int32),
+        num_frames=np.array(counts, dtype=np.int32),
+    )
+    return Source(items, paths, name, path)

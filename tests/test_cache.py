@@ -1,0 +1,142 @@
+"""The cache writer/reader: documented layout, refusal of mismatches, crash safety under SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from expclip.cache.format import Items, partial_dir
+from expclip.cache.reader import CacheReader, open_cache
+from expclip.cache.writer import Extraction, write_arrays
+from expclip.errors import ExpclipError
+
+
+def _items(n=10):
+    return Items(ids=[f"c{i % 3}/{i}.png" for i in range(n)], labels=np.arange(n) % 3, class_names=["a", "b", "c"])
+
+
+def test_layout_matches_docs(tmp_path):
+    path = tmp_path / "c.h5"
+    img = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    write_arrays(path, _items(), file_attrs={"dataset": "toy", "source": "src"},
+                 aligned={"image/m@t": (img, {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
+                 small={"text/m@t/class_name": (np.ones((2, 8), np.float32), {"prompts": ["x.", "y."], "class_names": ["Happiness", "Sadness"], "class_index": [0, 1]})})
+    with h5py.File(path, "r") as f:  # plain h5py, as a user's script would read it
+        assert f.attrs["format"] == "expclip-cache" and f.attrs["format_version"] == 1 and f.attrs["complete"]
+        assert f.attrs["kind"] == "images" and f.attrs["dataset"] == "toy"
+        assert [s.decode() for s in f["items/id"][:]] == _items().ids
+        assert f["items/label"].dtype == np.int64 and f["items/ok"][:].all()
+        assert [s.decode() for s in f["items/class_names"][:]] == ["a", "b", "c"]
+        assert f["image/m@t"].dtype == np.float16 and f["image/m@t"].shape == (10, 8)
+        np.testing.assert_array_equal(f["image/m@t"][:], img.astype(np.float16))
+        assert f["image/m@t"].attrs["logit_scale"] == 50.0 and len(f["image/m@t"].attrs["sha256"]) == 64
+        assert list(f["text/m@t/class_name"].attrs["class_index"]) == [0, 1]
+    assert not partial_dir(path).exists()
+
+
+def test_extending_keeps_groups_and_refuses_other_config_under_same_key(tmp_path):
+    path = tmp_path / "c.h5"
+    img = np.ones((10, 4), np.float32)
+    write_arrays(path, _items(), file_attrs={}, aligned={"image/k": (img, {"model": "A", "pretrained": "p"})})
+    write_arrays(path, _items(), file_attrs={}, aligned={"teacher/t/paper": (img * 2, {"model": "T"})})
+    with CacheReader(path) as r:
+        assert r.image_keys() == ["k"] and r.teacher_keys() == [("t", "paper")]
+        assert (r.teacher("t", "paper") == 2).all()
+    with pytest.raises(ExpclipError, match=r"/image/k was made by \[model=A, pretrained=p\]; this run asks for \[model=B, pretrained=p\]"):
+        write_arrays(path, _items(), file_attrs={}, aligned={"image/k": (img, {"model": "B", "pretrained": "p"})})
+    with pytest.raises(ExpclipError, match="differ from this source"):
+        write_arrays(path, _items(9), file_attrs={}, aligned={"image/j": (img[:9], {"model": "B"})})
+
+
+def test_reader_refuses_incomplete_and_foreign_files(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.attrs["format"] = "expclip-cache"
+        f.attrs["format_version"] = 1
+    with pytest.raises(ExpclipError, match="incomplete cache"):
+        open_cache(tmp_path / "x.h5")
+    (tmp_path / "y.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ExpclipError, match="y.h5: not a readable HDF5 file"):
+        open_cache(tmp_path / "y.h5")
+    with pytest.raises(ExpclipError, match="no such cache file"):
+        open_cache(tmp_path / "z.h5")
+
+
+def test_failed_rows_are_recorded_and_masked(tmp_path):
+    path = tmp_path / "c.h5"
+    job = Extraction(path, _items(4), {}, shard_size=2)
+    assert job.need("image/k", {"model": "m"})
+    job.start("image/k", {"model": "m", "logit_scale": 1.0}, (3,), "float16")
+    job.write_shard("image/k", 0, 2, np.ones((2, 3)), {})
+    rows = np.ones((2, 3))
+    rows[1] = np.nan
+    job.write_shard("image/k", 2, 4, rows, {3: "zero-byte file"})
+    assert job.finalize() == {"c0/3.png": "zero-byte file"}
+    with CacheReader(path) as r:
+        assert r.items().ok.tolist() == [True, True, True, False]
+        assert r.failures() == {"c0/3.png": "zero-byte file"}
+        assert np.isnan(r.image("k")[3]).all()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from pathlib import Path
+    from expclip.cache.format import Items
+    from expclip.cache.writer import Extraction
+    n = 40
+    items = Items(ids=[f"i{k}" for k in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["x"])
+    rows = np.arange(n * 6, dtype=np.float32).reshape(n, 6) / 7
+    job = Extraction(Path(sys.argv[1]), items, {"dataset": "kill"}, shard_size=3)
+    for path in ("image/k", "teacher/t/paper"):
+        if job.need(path, {"model": path}):
+            job.start(path, {"model": path}, (6,), "float16")
+            for a, b in job.missing(path):
+                time.sleep(0.01)
+                job.write_shard(path, a, b, rows[a:b] * (2 if path == "image/k" else 3), {})
+    job.finalize()
+    """
+)
+
+
+def _run_writer(path, kill_after=None):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+    if kill_after is None:
+        assert proc.wait(60) == 0
+        return True
+    time.sleep(kill_after)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait(60) == 0
+
+
+def _contents(path):
+    with CacheReader(path) as r:
+        return r.items().ids, r.image("k"), r.teacher("t", "paper"), r.image_attrs("k")["sha256"]
+
+
+def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted_run(tmp_path):
+    _run_writer(tmp_path / "ref.h5")
+    expected = _contents(tmp_path / "ref.h5")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "killed.h5"
+    kills = 0
+    while not _run_writer(path, kill_after=float(rng.uniform(0.05, 1.2))):
+        kills += 1
+        assert kills < 40
+        if path.exists():  # whatever exists at the cache path is a complete cache
+            open_cache(path).close()
+    got = _contents(path)
+    assert kills >= 1
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[2], expected[2])
+    assert got[3] == expected[3]
+    assert not partial_dir(path).exists()
+    assert not list(tmp_path.glob("killed.h5.tmp-*"))

@@ -1,0 +1,198 @@
+"""`expclip extract` end to end on tiny checkpoints: features, bad files, resuming, SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from expclip.cache.format import partial_dir
+from expclip.cache.reader import CacheReader
+from expclip.cli import app
+from expclip.stages import protocol, sources
+from expclip.stages.encoders import clip as clip_module
+from expclip.stages.encoders import teacher as teacher_module
+from expclip.stages.encoders.teacher import load_teacher
+from expclip.stages.extract import ExtractConfig, extract
+from expclip.stages.loading import load_image
+from expclip.stages.synthetic import write_clips, write_faces
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_protocol.json"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    """Synthetic faces in class folders, plus three bad files the run must skip and record."""
+    folder = tmp_path_factory.mktemp("faces")
+    write_faces(folder, ["happy", "sad", "Anger"], 5, size=40)
+    (folder / "sad" / "zero.png").write_bytes(b"")
+    (folder / "sad" / "text.jpg").write_text("not an image")
+    good = (folder / "happy" / "0.png").read_bytes()
+    (folder / "happy" / "truncated.png").write_bytes(good[: len(good) // 3])
+    return folder
+
+
+def _extract_cli(*args: str):
+    return runner.invoke(app, ["extract", *map(str, args), "--num-workers", "0", "--batch-size", "4", "--shard-size", "4"])
+
+
+@pytest.fixture(scope="module")
+def train_cache(faces, tiny_clip, tiny_blip2, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("caches") / "train.h5"
+    result = _extract_cli(faces, "--out", out, "--clip-model", tiny_clip, "--teacher", tiny_blip2)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_image_and_text_features_equal_open_clip(train_cache, faces, tiny_clip):
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
+    tokenizer = open_clip.get_tokenizer(tiny_clip)
+    key = Path(tiny_clip.removeprefix("local-dir:")).name
+    with CacheReader(train_cache) as r:
+        items = r.items()
+        ok = items.ok
+        assert r.image_keys() == [key]
+        images = torch.stack([preprocess(load_image(faces / i)) for i, good in zip(items.ids, ok) if good])
+        with torch.no_grad():
+            expected = model.encode_image(images).numpy()
+        stored = r.image(key)
+        assert stored.dtype == np.float16
+        np.testing.assert_allclose(stored[ok].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+        assert r.image_attrs(key)["logit_scale"] == pytest.approx(50.0, rel=1e-5)  # read from the model, not 100
+        reference = json.loads(REFERENCE.read_text())["prompt_sets"] if REFERENCE.exists() else protocol.prompt_sets()
+        assert r.text_sets(key) == sorted(reference)
+        text = r.text(key, "ensemble_five")
+        order = protocol.class_order()
+        assert text.class_names == order
+        assert text.prompts == [p for c in order for p in reference["ensemble_five"][c]]
+        assert [order[i] for i in text.class_index] == [c for c in order for _ in reference["ensemble_five"][c]]
+        with torch.no_grad():
+            expected_text = model.encode_text(tokenizer(text.prompts)).numpy()
+        np.testing.assert_allclose(text.features, expected_text, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_features_equal_the_encoder_and_bad_files_are_recorded(train_cache, faces, tiny_blip2):
+    teacher = load_teacher(str(tiny_blip2), protocol.DEFAULT_INSTRUCTION, device=torch.device("cpu"),
+                           precision="float32", transform="model")
+    with CacheReader(train_cache) as r:
+        items = r.items()
+        assert r.teacher_keys() == [(Path(tiny_blip2).name, "paper")]
+        stored = r.teacher(Path(tiny_blip2).name, "paper")
+        attrs = r.teacher_attrs(Path(tiny_blip2).name, "paper")
+        assert attrs["instruction"] == protocol.DEFAULT_INSTRUCTION and attrs["pooling"] == "mean"
+        good = [i for i, ok in zip(items.ids, items.ok) if ok]
+        expected = teacher.encode_images(torch.stack([teacher.transform(load_image(faces / i)) for i in good]))
+        np.testing.assert_allclose(stored[items.ok].astype(np.float32), expected.numpy(), rtol=2e-3, atol=2e-3)
+        assert r.failures() == {
+            "happy/truncated.png": "truncated or corrupt image (image file is truncated)",
+            "sad/text.jpg": "not an image",
+            "sad/zero.png": "zero-byte file",
+        }
+        bad = [items.ids.index(i) for i in r.failures()]
+        assert not items.ok[bad].any() and np.isnan(stored[bad]).all()
+        assert items.ok.sum() == 15 and items.class_names == ["Anger", "happy", "sad"]
+
+
+def test_rerun_on_complete_cache_runs_no_encoder(train_cache, faces, tiny_clip, tiny_blip2, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("an encoder was loaded for a complete cache")
+
+    monkeypatch.setattr(clip_module, "load_clip", refuse)
+    monkeypatch.setattr(teacher_module, "load_teacher", refuse)
+    before = train_cache.stat().st_mtime_ns
+    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--teacher", tiny_blip2)
+    assert result.exit_code == 0, result.output
+    assert "already complete, nothing to encode" in result.output
+    assert train_cache.stat().st_mtime_ns == before
+
+
+def test_other_configuration_under_existing_key_is_refused(train_cache, faces, tiny_clip):
+    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--dtype", "bfloat16")
+    assert result.exit_code == 2
+    assert "was made by [" in result.output and "precision=float32" in result.output and "precision=bfloat16" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_user_prompt_sets_extend_the_cache(train_cache, faces, tiny_clip, tmp_path):
+    prompts = tmp_path / "mine.json"
+    prompts.write_text(json.dumps({"mine": {"happy": ["a grin."], "Sadness": ["tears.", "a frown."]}}))
+    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts)
+    assert result.exit_code == 0, result.output
+    key = Path(tiny_clip.removeprefix("local-dir:")).name
+    with CacheReader(train_cache) as r:
+        text = r.text(key, "mine")
+        assert text.prompts == ["a grin.", "tears.", "a frown."] and text.class_index.tolist() == [0, 1, 1]
+        assert r.teacher_keys()  # earlier groups survive the extension
+    prompts.write_text(json.dumps({"mine": {"bored": ["x"]}}))
+    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts)
+    assert result.exit_code == 2 and "unknown class 'bored'" in result.output
+
+
+def test_clip_list_samples_frames_by_the_protocol(tmp_path, tiny_clip):
+    annotations = write_clips(tmp_path, [0, 3, 1], frames=[40, 9, 17], size=32)
+    src = sources.resolve(annotations, dataset="DFEW")
+    out = tmp_path / "clips.h5"
+    extract(src, out, ExtractConfig(clip_model=tiny_clip, teacher=None, num_workers=0, batch_size=2, store_dtype="float32"))
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
+    with CacheReader(out) as r:
+        items = r.items()
+        assert items.class_names == protocol.class_order()[:7] and items.labels.tolist() == [0, 3, 1]
+        assert items.frame_index.tolist() == [protocol.frame_indices(n) for n in (40, 9, 17)]
+        assert items.frame_index[1].tolist() == [0] * 16  # <= 16 frames: frame 0 sixteen times
+        features = r.image(r.image_keys()[0])
+        assert features.shape == (3, 16, 32)
+        frames = sorted((tmp_path / "clips" / "00000").iterdir())
+        with torch.no_grad():
+            expected = model.encode_image(torch.stack([preprocess(load_image(frames[i])) for i in items.frame_index[0]]))
+        np.testing.assert_allclose(features[0], expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_missing_teacher_folder_is_a_clear_error(faces, tiny_clip, tmp_path):
+    result = _extract_cli(faces, "--out", tmp_path / "x.h5", "--clip-model", tiny_clip, "--teacher", tmp_path / "nope")
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def _shards(out: Path) -> int:
+    return len(list(partial_dir(out).glob("image/*/*.h5")))
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(faces, tiny_clip, tiny_blip2, tmp_path):
+    """A real SIGKILL mid-run, twice; the resumed cache equals an uninterrupted one, row for row."""
+    args = ["extract", str(faces), "--clip-model", tiny_clip, "--teacher", str(tiny_blip2),
+            "--num-workers", "0", "--batch-size", "2", "--shard-size", "2"]
+    reference = tmp_path / "reference.h5"
+    assert runner.invoke(app, [*args, "--out", str(reference)]).exit_code == 0
+    out = tmp_path / "killed.h5"
+    command = [sys.executable, "-m", "expclip", *args, "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for shards_before_kill in (1, 4):  # kill after some shards, then again later in the resumed run
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while _shards(out) < shards_before_kill and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not out.exists() and _shards(out) >= shards_before_kill
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    with CacheReader(reference) as a, CacheReader(out) as b:
+        assert a.items().ids == b.items().ids and (a.items().ok == b.items().ok).all()
+        for key in a.image_keys():
+            np.testing.assert_array_equal(a.image(key), b.image(key))
+            assert a.image_attrs(key)["sha256"] == b.image_attrs(key)["sha256"]
+        for t, i in a.teacher_keys():
+            np.testing.assert_array_equal(a.teacher(t, i), b.teacher(t, i))
+        for key in a.image_keys():
+            for s in a.text_sets(key):
+                np.testing.assert_array_equal(a.text(key, s).features, b.text(key, s).features)
+        assert a.failures() == b.failures()
+    assert not partial_dir(out).exists()

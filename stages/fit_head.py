@@ -1,0 +1,283 @@
+"""Stage two: fit the head W so that norm(W·CLIP(image)) matches the frozen teacher feature.
+
+The loss is the paper's symmetric InfoNCE,
+    logits = s · norm(W I) · norm(E)ᵀ,   loss = ½ CE(logits, arange) + ½ CE(logitsᵀ, arange),
+with s = exp(CLIP's logit_scale) read from the cache (frozen). Defaults are the
+official run: SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 512 with
+drop_last, 5 epochs, MultiStepLR(milestones=[30], gamma=0.1) stepped per epoch.
+
+Speed: everything that needs no gradient is done once (features to float32,
+teacher rows normalised, batches gathered by index). For the paper's head
+(linear, SGD, fixed scale, fp32) the gradient is written out by hand
+(`linear_grad`): four matrix products and nothing else of size B×Dt, so the
+CPU spends its time in GEMMs. Every other configuration uses autograd. Both feed
+the same `torch.optim.SGD` / `AdamW` and the same MultiStepLR.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from expclip import __version__
+from expclip.cache import format as fmt
+from expclip.cache.reader import CacheReader
+from expclip.errors import ExpclipError
+from expclip.stages.heads import KINDS, build_head, load_head, save_head
+from expclip.stages.progress import progress
+
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+EPS = 1e-12  # F.normalize's floor on a norm
+
+
+@dataclass
+class FitConfig:
+    """Hyper-parameters of a fit; the defaults reproduce the official Exp-CLIP training run."""
+
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    epochs: int = 5
+    milestones: tuple[int, ...] = (30,)
+    gamma: float = 0.1
+    seed: int = 0
+    optimizer: str = "sgd"  # "sgd" | "adamw" (AdamW ignores momentum)
+    head: str = "linear"  # "linear" | "mlp"
+    logit_scale: float | str | None = None  # None = the cache's; a number; or "learnable"
+    init_from: Path | None = None  # a head to start from instead of the default init
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+
+    def check(self) -> None:
+        """Refuse options that cannot work, naming the option."""
+        for option, value, allowed in (
+            ("--optimizer", self.optimizer, OPTIMIZERS), ("--head", self.head, KINDS),
+            ("--device", self.device, DEVICES), ("--precision", self.precision, PRECISIONS),
+        ):
+            if value not in allowed:
+                raise ExpclipError(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+        if self.batch_size < 2 or self.epochs < 1 or self.lr <= 0:
+            raise ExpclipError("--batch-size must be >= 2, --epochs >= 1 and --lr > 0")
+        scale = self.logit_scale
+        if (isinstance(scale, str) and scale != "learnable") or (isinstance(scale, (int, float)) and not scale > 0):
+            raise ExpclipError(f"--logit-scale: {scale!r} is neither a positive number nor 'learnable'")
+
+
+@dataclass
+class TrainingSet:
+    """Features of every usable row, with where they came from."""
+
+    images: torch.Tensor  # (N, d) float32, raw CLIP features
+    teacher: torch.Tensor  # (N, Dt) float32, L2-normalised (frozen, so once for the whole set)
+    clip_key: str
+    clip: dict
+    teacher_key: str
+    teacher_model: str
+    instruction_key: str
+    instruction: str
+    caches: list[dict]  # path, fingerprint, rows used
+
+
+def _choose(what: str, option: str, wanted: str | None, choices: list[str], where: Path) -> str:
+    if wanted is not None and wanted in choices:
+        return wanted
+    if wanted is None and len(choices) == 1:
+        return choices[0]
+    listed = ", ".join(choices) or "none"
+    if wanted is None and not choices:
+        raise ExpclipError(f"{where}: has no {what}; run `expclip extract` with it first")
+    if wanted is None:
+        raise ExpclipError(f"{where}: holds several {what}s; choose one with {option}: {listed}")
+    raise ExpclipError(f"{option}: {where} has no {what} {wanted!r}; it has: {listed}")
+
+
+def _select(reader: CacheReader, clip_key: str | None, teacher_key: str | None, instruction: str | None):
+    """Resolve the image key, teacher key and instruction key in one cache."""
+    key = _choose("CLIP image key", "--clip-key", clip_key, reader.image_keys(), reader.path)
+    pairs = reader.teacher_keys()
+    tkey = _choose("teacher key", "--teacher-key", teacher_key, sorted({t for t, _ in pairs}), reader.path)
+    texts = {i: str(reader.teacher_attrs(tkey, i).get("instruction", "")) for t, i in pairs if t == tkey}
+    by_text = {text: i for i, text in texts.items()}
+    ikey = _choose("instruction", "--instruction", by_text.get(instruction, instruction), sorted(texts), reader.path)
+    return key, tkey, ikey
+
+
+def load_training_set(caches: list[Path], clip_key: str | None = None, teacher_key: str | None = None,
+                      instruction: str | None = None) -> TrainingSet:
+    """Read the chosen features of every cache (rows with items/ok) into float32, teacher normalised."""
+    if not caches:
+        raise ExpclipError("fit-head: give at least one CACHE")
+    plan = []  # (path, ok mask)
+    first = None
+    for path in map(Path, caches):
+        with CacheReader(path) as r:
+            if r.kind != "images":
+                raise ExpclipError(f"{path}: holds {r.kind}; fit-head trains on image caches only")
+            keys = _select(r, clip_key, teacher_key, instruction)
+            if first is None:
+                first = (path, keys, r.image_attrs(keys[0]), r.teacher_attrs(*keys[1:]))
+                clip_key, teacher_key, instruction = keys
+            scale = r.image_attrs(keys[0]).get("logit_scale")
+            if scale != first[2].get("logit_scale"):
+                raise ExpclipError(f"{path}: logit_scale {scale} differs from {first[0]}'s {first[2].get('logit_scale')}")
+            plan.append((path, r.items().ok))
+    n = sum(int(ok.sum()) for _, ok in plan)
+    if n == 0:
+        raise ExpclipError(f"{', '.join(str(p) for p, _ in plan)}: no usable rows (items/ok is False everywhere)")
+    _, (key, tkey, ikey), clip, tattrs = first
+    images, teacher, used, row = None, None, [], 0
+    for path, ok in plan:
+        with CacheReader(path) as r:
+            x, e = r.image(key), r.teacher(tkey, ikey)
+            if images is None:
+                images = torch.empty(n, x.shape[1], dtype=torch.float32)
+                teacher = torch.empty(n, e.shape[1], dtype=torch.float32)
+            if x.shape[1:] != images.shape[1:] or e.shape[1:] != teacher.shape[1:]:
+                raise ExpclipError(f"{path}: feature sizes {x.shape[1:]}, {e.shape[1:]} differ from {plan[0][0]}'s")
+            rows = slice(row, row + int(ok.sum()))
+            images[rows] = torch.from_numpy(x if ok.all() else x[ok])
+            teacher[rows] = torch.from_numpy(e if ok.all() else e[ok])
+            row = rows.stop
+            paths = [fmt.image_path(key), fmt.teacher_path(tkey, ikey)]
+            used.append({"path": str(path), "fingerprint": r.fingerprint(paths), "rows": int(ok.sum())})
+    norms = torch.linalg.vector_norm(teacher, dim=1, keepdim=True)
+    if not (torch.isfinite(images.sum()) and torch.isfinite(norms).all()):  # a NaN or inf reaches the sums
+        raise ExpclipError(f"{', '.join(u['path'] for u in used)}: non-finite features in rows marked ok")
+    teacher.div_(norms.clamp_min_(EPS))
+    return TrainingSet(images, teacher, key, clip, tkey, str(tattrs.get("model", "")), ikey,
+                       str(tattrs.get("instruction", "")), used)
+
+
+def clip_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The paper's symmetric cross-entropy over in-batch pairs (row i matches column i)."""
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of a linear head; writes dloss/dW into weight.grad. Four GEMMs, no autograd.
+
+    With Z = X Wᵀ, n = |Z| (rows), C = Z Enᵀ and logits L = s·C/n:
+    G = dloss/d(norm(Z) Enᵀ) = s/(2B)·(softmax_rows(L) + softmax_cols(L) − 2I),
+    dZ = (G/n) En − Z·(r/n²) with r = rowsum(G ⊙ L)/s, and dW = dZᵀ X.
+    Normalising Z never materialises: 1/n scales the small B×B matrices instead.
+    """
+    b = x.shape[0]
+    z = x @ weight.t()  # (B, Dt)
+    n = torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min_(EPS)
+    logits = (z @ en.t()).mul_(scale / n)  # (B, B)
+    rows, cols = torch.log_softmax(logits, 1), torch.log_softmax(logits, 0)
+    loss = -(rows.diagonal().mean() + cols.diagonal().mean()) / 2
+    g = rows.exp_().add_(cols.exp_())
+    g.diagonal().sub_(2)
+    g.mul_(scale / (2 * b))
+    r = (g * logits).sum(1, keepdim=True).div_(scale)
+    dz = (g / n) @ en  # (B, Dt)
+    dz.addcmul_(z, r / n.square(), value=-1)
+    weight.grad = dz.t() @ x  # (Dt, d)
+    return loss, logits
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExpclipError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
+    """The default init under the seed, or a copy of --init-from (same kind and sizes)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        module = build_head(config.head, d, dt)
+    if config.init_from is not None:
+        start = load_head(Path(config.init_from))
+        if start.kind != config.head:
+            raise ExpclipError(f"--init-from {config.init_from}: a {start.kind} head, but --head is {config.head}")
+        try:
+            module.load_state_dict(start.module.state_dict())
+        except RuntimeError:
+            raise ExpclipError(f"--init-from {config.init_from}: its sizes do not fit d={d}, Dt={dt}") from None
+    return module
+
+
+def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str | None = None,
+             teacher_key: str | None = None, instruction: str | None = None) -> dict:
+    """Train a head on the caches' (image, teacher) pairs; write OUT.safetensors + OUT.json; return the JSON."""
+    config.check()
+    device = _device(config.device)
+    started = time.perf_counter()
+    data = load_training_set(caches, clip_key, teacher_key, instruction)
+    n, d = data.images.shape
+    dt = data.teacher.shape[1]
+    b = config.batch_size
+    steps = n // b  # drop_last
+    if steps == 0:
+        raise ExpclipError(f"--batch-size {b}: larger than the {n} usable rows of the caches")
+    images, teacher = data.images.to(device), data.teacher.to(device)
+    module = _initial_head(config, d, dt).to(device)
+    learnable = config.logit_scale == "learnable"
+    scale0 = data.clip.get("logit_scale") if config.logit_scale in (None, "learnable") else config.logit_scale
+    if scale0 is None:
+        raise ExpclipError(f"{caches[0]}: /image/{data.clip_key} has no logit_scale attribute; pass --logit-scale")
+    scale0 = float(scale0)
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(scale0), device=device))
+    params = list(module.parameters()) + ([log_scale] if learnable else [])
+    if config.optimizer == "sgd":  # fused: one pass over W per step instead of four
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.milestones), gamma=config.gamma)
+    by_hand = config.head == "linear" and config.optimizer == "sgd" and not learnable and config.precision == "fp32"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    shuffle = torch.Generator().manual_seed(config.seed)
+    target = torch.arange(b, device=device)  # row i of a batch matches column i
+    history = []
+    with progress("steps") as bar:
+        task = bar.add_task("fit-head", total=steps * config.epochs)
+        for epoch in range(config.epochs):
+            order = torch.randperm(n, generator=shuffle).to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            for step in range(steps):
+                idx = order[step * b:(step + 1) * b]
+                x, en = images.index_select(0, idx), teacher.index_select(0, idx)
+                if by_hand:
+                    loss, logits = linear_grad(module.weight, x, en, scale0)
+                else:
+                    with autocast:
+                        scale = log_scale.exp() if learnable else scale0
+                        logits = scale * F.normalize(module(x), dim=-1) @ en.t()
+                    loss = clip_loss(logits.float())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                correct += (logits.detach().argmax(1) == target).sum()
+                bar.advance(task)
+            sched.step()
+            history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "accuracy": correct.item() / (steps * b)})
+            bar.update(task, description=f"fit-head epoch {epoch + 1} loss {history[-1]['loss']:.4f}")
+    meta = {
+        "expclip_version": __version__,
+        "kind": config.head, "d": d, "dt": dt,
+        "clip_key": data.clip_key, "clip": data.clip,
+        "teacher_key": data.teacher_key, "teacher_model": data.teacher_model,
+        "instruction_key": data.instruction_key, "instruction": data.instruction,
+        "config": {**asdict(config), "milestones": list(config.milestones),
+                   "init_from": str(config.init_from) if config.init_from else None},
+        "seed": config.seed,
+        "logit_scale": float(log_scale.detach().exp()) if learnable else scale0,
+        "device": str(device), "gradient": "by-hand" if by_hand else "autograd",
+        "caches": data.caches, "n_train": n, "steps_per_epoch": steps,
+        "history": history, "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+    save_head(module.cpu(), config.head, meta, out)
+    return meta

@@ -1,0 +1,164 @@
+"""Heads: the trained map from CLIP image space to teacher space, its files and the official format.
+
+A head is saved as `HEAD.safetensors` (weights, plus kind/d/dt in the
+safetensors metadata so the weights alone can be rebuilt) and `HEAD.json`
+(full provenance written by fit_head). The official Exp-CLIP release is a
+`.pth` state dict `{"mlp.weight": (Dt, d)}`; it is read only through torch's
+weights-only unpickler, so a file that would run code is refused, not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from expclip.errors import ExpclipError
+
+KINDS = ("linear", "mlp")
+OFFICIAL_KEY = "mlp.weight"
+_SUFFIXES = (".safetensors", ".json")
+
+
+@dataclass
+class Head:
+    """A loaded head: the module, its kind and the HEAD.json provenance ({} for an official .pth)."""
+
+    module: torch.nn.Module  # maps (..., d) -> (..., Dt)
+    kind: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def official(self) -> bool:
+        """True for a head loaded without provenance (the official release format)."""
+        return not self.meta
+
+    def linear_weight(self) -> torch.Tensor | None:
+        """(Dt, d) weight of a linear head, else None (MLP heads have no single matrix)."""
+        return self.module.weight.detach() if self.kind == "linear" else None
+
+
+def build_head(kind: str, d: int, dt: int) -> torch.nn.Module:
+    """A fresh head with PyTorch's default initialisation.
+
+    "linear" is the paper's head, Linear(d -> dt, bias=False). "mlp" is
+    Linear(d -> d) -> GELU -> Linear(d -> dt, bias=False): one hidden layer the
+    width of the CLIP space, for ablations beyond the paper.
+    """
+    if kind == "linear":
+        return torch.nn.Linear(d, dt, bias=False)
+    if kind == "mlp":
+        return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, dt, bias=False))
+    raise ExpclipError(f"--head: unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def _dims(module: torch.nn.Module) -> tuple[int, int]:
+    """(d, dt) of a head built by build_head."""
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    return layers[0].in_features, layers[-1].out_features
+
+
+def _stem(path: Path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in _SUFFIXES else path
+
+
+def _replace_atomically(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def save_head(module: torch.nn.Module, kind: str, meta: dict, out: Path) -> tuple[Path, Path]:
+    """Write OUT.safetensors and OUT.json atomically (`out` may carry either suffix or none)."""
+    stem = _stem(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    weights, card = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    d, dt = _dims(module)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")
+    save_file(state, str(tmp), metadata={"format": "expclip-head", "kind": kind, "d": str(d), "dt": str(dt)})
+    _replace_atomically(tmp, weights)
+    tmp = card.with_name(f"{card.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n", "utf-8")
+    _replace_atomically(tmp, card)
+    return weights, card
+
+
+def load_head(path: Path) -> Head:
+    """Load HEAD (stem), HEAD.safetensors, HEAD.json, or an official .pth state dict."""
+    path = Path(path)
+    if path.suffix == ".pth":
+        return _load_official(path)
+    stem = _stem(path)
+    weights, card = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    if not weights.is_file():
+        raise ExpclipError(f"{path}: no head weights at {weights} (expected HEAD.safetensors or an official .pth)")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            info = f.metadata() or {}
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ExpclipError(f"{weights}: not a readable safetensors file ({e})") from None
+    if info.get("format") != "expclip-head" or info.get("kind") not in KINDS:
+        raise ExpclipError(f"{weights}: not an expclip head (safetensors metadata {info})")
+    module = build_head(info["kind"], int(info["d"]), int(info["dt"]))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ExpclipError(f"{weights}: weights do not fit a {info['kind']} head: {e}") from None
+    meta = json.loads(card.read_text("utf-8")) if card.is_file() else {k: info[k] for k in ("kind", "d", "dt")}
+    return Head(module=module, kind=info["kind"], meta=meta)
+
+
+def _load_official(path: Path) -> Head:
+    """The official release: a weights-only state dict with one (Dt, d) tensor under mlp.weight."""
+    if not path.is_file():
+        raise ExpclipError(f"{path}: no such head file")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # noise before a refusal
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        raise ExpclipError(
+            f"{path}: refused: not a plain tensor state dict; it needs more than torch's weights-only "
+            f"loader allows ({_unpickling_reason(e)}). expclip never runs code from a head file"
+        ) from None
+    if not isinstance(state, dict) or OFFICIAL_KEY not in state:
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ExpclipError(f"{path}: official head needs key {OFFICIAL_KEY!r}; found {found}")
+    weight = state[OFFICIAL_KEY]
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not weight.is_floating_point():
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ExpclipError(f"{path}: {OFFICIAL_KEY} must be a 2-D float (Dt, d) tensor; found {shape}")
+    dt, d = weight.shape
+    module = build_head("linear", d, dt)
+    with torch.no_grad():
+        module.weight.copy_(weight.float())
+    return Head(module=module, kind="linear", meta={})
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The informative line of a weights-only failure (torch wraps it in generic advice)."""
+    boiler = ("Weights only load failed", "Check the documentation", "Re-running", "Please file an issue")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(boiler)]
+    return lines[0] if lines else type(e).__name__
+
+
+def export_official(head: Head, out: Path) -> None:
+    """Write a linear head as the official `.pth` state dict {"mlp.weight": (Dt, d) float32}."""
+    weight = head.linear_weight()
+    if weight is None:
+        raise ExpclipError(f"{out}: the official format holds a linear head only; this head is {head.kind!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    torch.save({OFFICIAL_KEY: weight.float().cpu().contiguous().clone()}, tmp)
+    _replace_atomically(tmp, out)

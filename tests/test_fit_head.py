@@ -1,0 +1,219 @@
+"""fit-head: equals an independent autograd + torch.optim.SGD reference, is deterministic, and says what it used."""
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from expclip.cache import format as fmt
+from expclip.cache.reader import CacheReader
+from expclip.cache.writer import write_arrays
+from expclip.cli import app
+from expclip.errors import ExpclipError
+from expclip.stages.fit_head import FitConfig, fit_head
+from expclip.stages.heads import build_head, load_head, save_head
+
+# The official run as published: ../shared/reference/exp_clip_paper_results.json, `official_training`.
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_paper_results.json"
+D, DT = 16, 24
+INSTRUCTION = "Please describe the face."
+
+
+def make_cache(path: Path, n: int = 64, *, seed: int = 0, logit_scale: float = 50.0, bad_rows=(),
+               image_keys=("ViT-T@tiny",), instructions=(("paper", INSTRUCTION),), kind: str = "images") -> Path:
+    """A cache of random float16 features; `bad_rows` are NaN with items/ok False (as extract leaves them)."""
+    rng = np.random.default_rng(seed)
+    items = fmt.Items(ids=[f"img{i}.png" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["Happiness"])
+    if kind == "clips":
+        items.frame_index, items.num_frames = np.zeros((n, 2), dtype=np.int32), np.ones(n, dtype=np.int32)
+    shape = (n, 2) if kind == "clips" else (n,)
+    aligned = {}
+    for key in image_keys:
+        rows = rng.standard_normal((*shape, D)).astype(np.float32)
+        rows[list(bad_rows)] = np.nan
+        aligned[fmt.image_path(key)] = (rows, {"model": key.split("@")[0], "pretrained": "random", "transform": "model",
+                                              "logit_scale": logit_scale, "embed_dim": D})
+    for ikey, text in instructions:
+        rows = rng.standard_normal((n, DT)).astype(np.float32)
+        rows[list(bad_rows)] = np.nan
+        aligned[fmt.teacher_path("tiny-t5", ikey)] = (rows, {"model": "tiny-t5", "instruction": text})
+    write_arrays(path, items, file_attrs={"dataset": path.stem, "source": "synthetic"}, aligned=aligned)
+    if bad_rows:  # write_arrays has no failures to record; mark the NaN rows as extract would
+        with h5py.File(path, "r+") as f:
+            f["items/ok"][list(bad_rows)] = False
+    return path
+
+
+def features(path: Path) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(images, teacher, logit_scale) of a one-key cache, usable rows only, read plainly."""
+    with CacheReader(path) as r:
+        ok = r.items().ok
+        x = torch.from_numpy(r.image(r.image_keys()[0])[ok].astype(np.float32))
+        e = torch.from_numpy(r.teacher(*r.teacher_keys()[0])[ok].astype(np.float32))
+        return x, e, float(r.image_attrs(r.image_keys()[0])["logit_scale"])
+
+
+def reference_sgd(w0: torch.Tensor, x: torch.Tensor, e: torch.Tensor, scale: float, steps: int, **sgd) -> torch.Tensor:
+    """The loss written out plainly, differentiated by autograd, stepped by torch.optim.SGD (one full batch)."""
+    w = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.SGD([w], **sgd)
+    target = torch.arange(len(x))
+    for _ in range(steps):
+        logits = scale * F.normalize(x @ w.t(), dim=-1) @ F.normalize(e, dim=-1).t()
+        loss = 0.5 * F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(logits.t(), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return w.detach()
+
+
+def test_defaults_are_the_official_run():
+    if not REFERENCE.is_file():
+        pytest.skip(f"reference data not found at {REFERENCE}")
+    official = json.loads(REFERENCE.read_text())["official_training"]
+    opt = official["optimizer"]
+    number = r"([0-9.]+(?:e-?[0-9]+)?)"
+    c = FitConfig()
+    assert c.lr == float(re.search(r"lr " + number, opt).group(1))
+    assert c.momentum == float(re.search(r"momentum " + number, opt).group(1))
+    assert c.weight_decay == float(re.search(r"weight_decay " + number, opt).group(1))
+    assert c.milestones == (int(re.search(r"milestone (\d+)", opt).group(1)),)
+    assert c.gamma == float(re.search(r"gamma " + number, opt).group(1))
+    assert c.optimizer == "sgd" and opt.startswith("SGD")
+    assert (c.batch_size, c.epochs) == (official["batch_size"], official["epochs"])
+    assert "drop_last" in official["data"] and c.head == "linear" and c.logit_scale is None
+
+
+@pytest.mark.parametrize("logit_scale", [None, 7.5])
+def test_equals_independent_autograd_sgd(tmp_path, logit_scale):
+    """One full batch from W0: k epochs = k SGD steps of the reference (cache logit_scale 50, a NaN row skipped)."""
+    cache = make_cache(tmp_path / "train.h5", n=65, bad_rows=(3,), logit_scale=50.0)
+    x, e, cache_scale = features(cache)
+    assert len(x) == 64 and cache_scale == 50.0
+    w0 = build_head("linear", D, DT)
+    save_head(w0, "linear", {}, tmp_path / "w0")
+    hp = dict(lr=0.5, momentum=0.9, weight_decay=1e-2)
+    cfg = FitConfig(**hp, batch_size=64, epochs=3, init_from=tmp_path / "w0", logit_scale=logit_scale, device="cpu")
+    meta = fit_head([cache], tmp_path / "head", cfg)
+    got = load_head(tmp_path / "head").linear_weight()
+    want = reference_sgd(w0.weight.detach(), x, e, logit_scale or 50.0, 3, **hp)
+    assert meta["gradient"] == "by-hand" and meta["n_train"] == 64 and meta["logit_scale"] == (logit_scale or 50.0)
+    assert (want - w0.weight).abs().max() > 1e-2  # the steps moved the head far beyond the tolerance
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
+def test_autograd_path_equals_reference_too(tmp_path):
+    """The general (autograd) path, here with an MLP head, equals a plain loop from the same seeded init."""
+    cache = make_cache(tmp_path / "train.h5", n=32)
+    x, e, scale = features(cache)
+    cfg = FitConfig(lr=0.2, batch_size=32, epochs=2, head="mlp", device="cpu")
+    meta = fit_head([cache], tmp_path / "head", cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        mlp = build_head("mlp", D, DT)
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-4)
+    losses = []
+    target = torch.arange(32)
+    for _ in range(2):
+        logits = scale * F.normalize(mlp(x), dim=-1) @ F.normalize(e, dim=-1).t()
+        loss = 0.5 * F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(logits.t(), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert meta["gradient"] == "autograd"
+    assert [h["loss"] for h in meta["history"]] == pytest.approx(losses, rel=1e-5)
+    for a, b in zip(load_head(tmp_path / "head").module.state_dict().values(), mlp.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_is_bit_identical(tmp_path):
+    cache = make_cache(tmp_path / "train.h5", n=100)
+    cfg = FitConfig(lr=0.1, batch_size=16, epochs=2, device="cpu")
+    runs = [fit_head([cache], tmp_path / f"h{i}", cfg) for i in range(2)]
+    a, b = (load_head(tmp_path / f"h{i}").linear_weight() for i in range(2))
+    assert torch.equal(a, b) and runs[0]["history"] == runs[1]["history"]
+    fit_head([cache], tmp_path / "other", FitConfig(lr=0.1, batch_size=16, epochs=2, seed=1, device="cpu"))
+    assert not torch.equal(a, load_head(tmp_path / "other").linear_weight())
+
+
+def test_head_json_records_provenance(tmp_path):
+    caches = [make_cache(tmp_path / "a.h5", n=40, seed=1), make_cache(tmp_path / "b.h5", n=30, seed=2)]
+    meta = fit_head(caches, tmp_path / "head.safetensors", FitConfig(batch_size=16, epochs=2, device="cpu"))
+    card = json.loads((tmp_path / "head.json").read_text())
+    assert card == meta
+    assert (card["clip_key"], card["teacher_key"], card["instruction_key"]) == ("ViT-T@tiny", "tiny-t5", "paper")
+    assert card["instruction"] == INSTRUCTION and card["teacher_model"] == "tiny-t5"
+    assert card["clip"]["logit_scale"] == 50.0 and card["clip"]["model"] == "ViT-T"
+    assert (card["n_train"], card["steps_per_epoch"], card["d"], card["dt"], card["kind"]) == (70, 4, D, DT, "linear")
+    assert [c["rows"] for c in card["caches"]] == [40, 30] and all(len(c["fingerprint"]) == 64 for c in card["caches"])
+    assert card["config"]["lr"] == 1e-3 and card["config"]["milestones"] == [30] and card["seed"] == 0
+    assert [h["epoch"] for h in card["history"]] == [1, 2] and all(0 <= h["accuracy"] <= 1 for h in card["history"])
+    assert card["wall_seconds"] > 0 and card["expclip_version"]
+
+
+def test_choices_are_listed_when_ambiguous(tmp_path):
+    cache = make_cache(tmp_path / "two.h5", n=16, image_keys=("A@x", "B@y"),
+                       instructions=(("paper", INSTRUCTION), ("sha-0123456789", "Describe the mouth.")))
+    cfg = FitConfig(batch_size=8, epochs=1, device="cpu")
+    with pytest.raises(ExpclipError, match=r"several CLIP image keys; choose one with --clip-key: A@x, B@y"):
+        fit_head([cache], tmp_path / "h", cfg)
+    with pytest.raises(ExpclipError, match=r"several instructions; choose one with --instruction: paper, sha-0123456789"):
+        fit_head([cache], tmp_path / "h", cfg, clip_key="A@x")
+    with pytest.raises(ExpclipError, match=r"--clip-key: .*two\.h5 has no CLIP image key 'C@z'; it has: A@x, B@y"):
+        fit_head([cache], tmp_path / "h", cfg, clip_key="C@z")
+    meta = fit_head([cache], tmp_path / "h", cfg, clip_key="B@y", instruction="Describe the mouth.")  # full text
+    assert (meta["clip_key"], meta["instruction_key"]) == ("B@y", "sha-0123456789")
+
+
+def test_refuses_clips_and_mismatched_caches(tmp_path):
+    cfg = FitConfig(batch_size=8, epochs=1, device="cpu")
+    with pytest.raises(ExpclipError, match=r"clips\.h5: holds clips; fit-head trains on image caches only"):
+        fit_head([make_cache(tmp_path / "clips.h5", n=8, kind="clips")], tmp_path / "h", cfg)
+    a, b = make_cache(tmp_path / "a.h5", n=8), make_cache(tmp_path / "b.h5", n=8, logit_scale=100.0)
+    with pytest.raises(ExpclipError, match=r"b\.h5: logit_scale 100.0 differs"):
+        fit_head([a, b], tmp_path / "h", cfg)
+    with pytest.raises(ExpclipError, match=r"--batch-size 16: larger than the 8 usable rows"):
+        fit_head([a], tmp_path / "h", FitConfig(batch_size=16, device="cpu"))
+
+
+def test_other_configurations_train(tmp_path):
+    cache = make_cache(tmp_path / "t.h5", n=64)
+    for cfg in (FitConfig(optimizer="adamw", lr=1e-2, batch_size=32, epochs=3, device="cpu"),
+                FitConfig(logit_scale="learnable", lr=0.5, batch_size=32, epochs=3, device="cpu"),
+                FitConfig(precision="bf16", lr=0.5, batch_size=32, epochs=3, device="cpu")):
+        meta = fit_head([cache], tmp_path / "h", cfg)
+        assert meta["gradient"] == "autograd" and meta["history"][-1]["loss"] < meta["history"][0]["loss"]
+
+
+def test_cli_fit_head_and_export(tmp_path):
+    cache = make_cache(tmp_path / "train.h5", n=40)
+    runner = CliRunner()
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "head"), "--batch-size", "16",
+                                 "--epochs", "2", "--milestones", "1", "--device", "cpu", "--lr", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "head.safetensors").is_file() and (tmp_path / "head.json").is_file()
+    assert "head.safetensors" in result.output and "loss" in result.output
+    assert json.loads((tmp_path / "head.json").read_text())["config"]["milestones"] == [1]
+    result = runner.invoke(app, ["head", "export", str(tmp_path / "head"), "--format", "official", "--out", str(tmp_path / "h.pth")])
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "h.pth", weights_only=True)["mlp.weight"].shape == (DT, D)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "adam"], "--optimizer: 'adam' is not one of sgd, adamw"),
+    (["--milestones", "3,x"], "--milestones: '3,x' is not a comma list"),
+    (["--logit-scale", "big"], "--logit-scale: 'big' is neither a number nor 'learnable'"),
+    (["--init-from", "missing-head"], "no head weights"),
+])
+def test_cli_bad_option(tmp_path, args, message):
+    cache = make_cache(tmp_path / "train.h5", n=8)
+    result = CliRunner().invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--batch-size", "4", *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output

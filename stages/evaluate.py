@@ -1,0 +1,313 @@
+"""Zero-shot evaluation of a head (Exp-CLIP) and of plain CLIP on evaluation caches.
+
+Scores follow the paper: an image's score for a prompt is the cosine between
+the head-mapped image and the head-mapped prompt, and a class's score is the
+mean of its prompts' scores (`ensemble="logits"`); `ensemble="embedding"`
+instead takes the cosine with the renormalised mean of the class's normalised
+mapped prompts (CLIP style). A clip's image is the mean over its frames of the
+mapped frame features, normalised; plain CLIP (`baseline`) averages the
+normalised frame features. The logit scale multiplies every score equally and
+changes no argmax, so it is left out. WAR is accuracy and UAR the mean recall
+over the dataset's classes present in the ground truth, both in percent.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
+
+from expclip.cache.reader import CacheReader
+from expclip.errors import ExpclipError
+from expclip.stages import protocol
+from expclip.stages.heads import Head
+from expclip.stages.labels import dataset_labels
+
+ENSEMBLES = ("logits", "embedding")
+CLIP, EXP_CLIP = "clip", "exp-clip"
+OFFICIAL_SUFFIX = "+official"
+FRAME_CHUNK = 8192  # frames processed at once: bounds float64 copies and (frames, Dt) activations
+
+
+def evaluate(
+    head: Head | None,
+    caches: list[Path],
+    *,
+    prompt_sets: list[str] | None = None,
+    ensemble: str = "logits",
+    baseline: bool = False,
+    label_map: dict[str, str] | None = None,
+    clip_key: str | None = None,
+) -> list[dict]:
+    """One record per (cache, method, prompt set): UAR, WAR, per-class recall and confusion matrix.
+
+    `head=None` evaluates plain CLIP only; `baseline=True` adds plain CLIP rows
+    next to the head's. `prompt_sets=None` takes every set the cache holds for
+    the CLIP key. `label_map` translates numeric class names (see stages.labels).
+    """
+    if head is None and not baseline:
+        raise ExpclipError("--head: give a head to evaluate, or --baseline for plain CLIP")
+    if ensemble not in ENSEMBLES:
+        raise ExpclipError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
+    spaces = ([(CLIP, Space())] if baseline else []) + ([(EXP_CLIP, _head_space(head))] if head is not None else [])
+    records = []
+    for path in caches:
+        with CacheReader(Path(path)) as cache:
+            key = _choose_key(cache, head, clip_key)
+            records += _evaluate_cache(cache, key, spaces, prompt_sets, ensemble, label_map)
+    return records
+
+
+class Space:
+    """Where cosines are taken: plain CLIP space here; subclasses map through a head.
+
+    `images` gives (N, m) and `texts` (K, m) arrays, each row of unit length in
+    the space's metric, so that `images @ texts.T` are the cosines.
+    """
+
+    def images(self, features: np.ndarray) -> np.ndarray:
+        """Normalised image (N, D) or mean of normalised frame (N, T, D) features."""
+        if features.ndim == 2:
+            return self.unit(features.astype(np.float64))
+        return self.unit(np.concatenate([_sum_of_unit_frames(c.astype(np.float64)) for c in _chunks(features)]))
+
+    def texts(self, features: np.ndarray) -> np.ndarray:
+        return self.unit(features)
+
+    def unit(self, v: np.ndarray) -> np.ndarray:
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+class GramSpace(Space):
+    """A linear head W without ever forming W x: cosines through G = WᵀW, computed once per head.
+
+    norm(W x)·norm(W t) = xᵀGt / sqrt(xᵀGx · tᵀGt), and the mean over frames of
+    W I_t is W mean_t(I_t), so a clip reduces to its mean frame and nothing of
+    size N x Dt is built: images become G x / sqrt(xᵀGx) and texts t / sqrt(tᵀGt),
+    whose dot products are the cosines in the head's space (float64 throughout).
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        w = weight.detach().cpu().double().numpy()
+        self.gram = w.T @ w  # (d, d)
+
+    def images(self, features: np.ndarray) -> np.ndarray:
+        x = features.mean(axis=1, dtype=np.float64) if features.ndim == 3 else features.astype(np.float64)
+        gx = x @ self.gram
+        return gx / np.sqrt(np.maximum(np.einsum("nd,nd->n", gx, x), 1e-24))[:, None]
+
+    def unit(self, v: np.ndarray) -> np.ndarray:
+        return v / np.sqrt(np.maximum(np.einsum("kd,kd->k", v @ self.gram, v), 1e-24))[:, None]
+
+
+class ModuleSpace(Space):
+    """Any head module (MLP): applied per frame, averaged over frames, then normalised."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+        self.dtype = next(module.parameters()).dtype
+
+    def _map(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x).to(self.dtype)).double().numpy()
+
+    def images(self, features: np.ndarray) -> np.ndarray:
+        if features.ndim == 2:
+            return self.unit(np.concatenate([self._map(c) for c in _chunks(features)]))
+        return self.unit(np.concatenate([self._map(c).mean(axis=1) for c in _chunks(features)]))
+
+    def texts(self, features: np.ndarray) -> np.ndarray:
+        return self.unit(self._map(features))
+
+
+def _sum_of_unit_frames(clips: np.ndarray) -> np.ndarray:
+    """sum_t I_t / |I_t| of (n, T, D) clips, without materialising the normalised frames."""
+    norms = np.sqrt(np.maximum(np.einsum("ntd,ntd->nt", clips, clips), 1e-24))
+    return np.einsum("ntd,nt->nd", clips, 1 / norms)
+
+
+def _chunks(x: np.ndarray) -> list[np.ndarray]:
+    rows = max(1, FRAME_CHUNK // (x.shape[1] if x.ndim == 3 else 1))
+    return [x[i:i + rows] for i in range(0, len(x), rows)]
+
+
+def _head_space(head: Head) -> Space:
+    weight = head.linear_weight()
+    return ModuleSpace(head.module) if weight is None else GramSpace(weight)
+
+
+def _evaluate_cache(
+    cache: CacheReader,
+    key: str,
+    spaces: list[tuple[str, Space]],
+    prompt_sets: list[str] | None,
+    ensemble: str,
+    label_map: dict[str, str] | None,
+) -> list[dict]:
+    items = cache.items()
+    labels = dataset_labels(items.class_names, items.labels, label_map, where=str(cache.path))
+    keep = items.ok & (labels.y >= 0)
+    if not keep.any():
+        raise ExpclipError(f"{cache.path}: no decodable, labelled items to evaluate")
+    sets = _resolve_sets(cache, key, prompt_sets)
+    features = cache.image(key)
+    features = features if keep.all() else features[keep]
+    y = labels.y[keep]
+    texts = {name: _class_prompts(cache, key, name, labels.classes) for name in sets}
+    common = {
+        "dataset": cache.dataset, "classes": labels.classes, "cache": str(cache.path), "clip_key": key,
+        "ensemble": ensemble, "skipped": int((~keep).sum()),
+    }
+    records = []
+    for method, space in spaces:
+        images = space.images(features)
+        for name in sets:
+            scores = _class_scores(space, images, *texts[name], len(labels.classes), ensemble)
+            records.append({"method": method, "prompt_set": name, **common, **_metrics(y, scores.argmax(1), labels.classes)})
+    return records
+
+
+def _class_scores(
+    space: Space, images: np.ndarray, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str
+) -> np.ndarray:
+    """(N, C) class scores: mean of prompt cosines, or cosine with the renormalised mean prompt.
+
+    The mean of a class's prompt cosines is the dot product with the mean of its
+    unit prompts (linearity), so both ensembles cost one (N, m) x (m, C) product
+    and differ only in renormalising that mean.
+    """
+    prompts = space.texts(text)  # (K, m), unit length in the space's metric
+    means = (np.eye(n_classes)[cls] / np.bincount(cls, minlength=n_classes)).T @ prompts  # (C, m)
+    return images @ (means if ensemble == "logits" else space.unit(means)).T
+
+
+def _metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """WAR, UAR and per-class recall (%), None for a class absent from the ground truth."""
+    labels = np.arange(len(classes))
+    present = np.isin(labels, y)
+    with sklearn.config_context(skip_parameter_validation=True):  # our own arrays; validation was 40% of the time
+        recall = recall_score(y, pred, labels=labels, average=None, zero_division=0.0)
+        war = accuracy_score(y, pred)
+        confusion = confusion_matrix(y, pred, labels=labels)
+    return {
+        "uar": float(100 * recall[present].mean()),
+        "war": float(100 * war),
+        "n": int(len(y)),
+        "per_class": {c: float(100 * r) if p else None for c, r, p in zip(classes, recall, present)},
+        "confusion": confusion.tolist(),
+    }
+
+
+def _resolve_sets(cache: CacheReader, key: str, wanted: list[str] | None) -> list[str]:
+    """Requested prompt sets (all by default), protocol sets first, each present in the cache."""
+    available = cache.text_sets(key)
+    order = list(protocol.prompt_sets())
+    how = f"add it with `expclip extract SOURCE --out {cache.path} --no-teacher --prompts FILE.json` (same SOURCE and --clip-model)"
+    if wanted is None:
+        if not available:
+            raise ExpclipError(f"{cache.path}: no text features under /text/{key}; {how}")
+        return sorted(available, key=lambda s: (order.index(s) if s in order else len(order), s))
+    missing = [s for s in wanted if s not in available]
+    if missing:
+        raise ExpclipError(
+            f"--prompt-set: {cache.path} has no prompt set {', '.join(missing)} for {key} "
+            f"(it has: {', '.join(available) or 'none'}); {how} ({{\"set-name\": {{\"Happiness\": [...], ...}}}})"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def _class_prompts(cache: CacheReader, key: str, name: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The set's prompts for the dataset's classes: (K, D) raw features and (K,) index into `classes`."""
+    text = cache.text(key, name)
+    canonical = [protocol.canonical_class(text.class_names[i]) for i in text.class_index]
+    rows = [k for k, c in enumerate(canonical) if c in classes]
+    lacking = [c for c in classes if c not in canonical]
+    if lacking:
+        raise ExpclipError(f"{cache.path}: prompt set {name!r} has no prompts for {', '.join(lacking)}")
+    return text.features[rows].astype(np.float64), np.array([classes.index(canonical[k]) for k in rows])
+
+
+def _head_dim(head: Head) -> int:
+    return next(m for m in head.module.modules() if isinstance(m, torch.nn.Linear)).in_features
+
+
+def _encoder(clip: dict) -> tuple[str, str]:
+    """What identifies a CLIP encoder: model (a local folder by name) and weights (sha256 when a file)."""
+    model = str(clip.get("model", ""))
+    if model.startswith("local-dir:"):
+        model = Path(model[len("local-dir:"):]).name
+    return model, str(clip.get("pretrained_sha256") or clip.get("pretrained", ""))
+
+
+def _trained_on(head: Head, key: str, attrs: dict) -> bool:
+    """Whether the head's recorded CLIP encoder is the one behind a cache's image key."""
+    if isinstance(head.meta.get("clip"), dict) and head.meta["clip"].get("model"):
+        return _encoder(head.meta["clip"]) == _encoder(attrs)
+    return str(head.meta["clip_key"]).removesuffix(OFFICIAL_SUFFIX) == key.removesuffix(OFFICIAL_SUFFIX)
+
+
+def _choose_key(cache: CacheReader, head: Head | None, clip_key: str | None) -> str:
+    """The image key to evaluate: --clip-key, else the head's encoder, else the only one with the right size."""
+    keys = cache.image_keys()
+    if not keys:
+        raise ExpclipError(f"{cache.path}: no CLIP image features (/image/<key>); run `expclip extract` first")
+    if clip_key is not None and clip_key not in keys:
+        raise ExpclipError(f"--clip-key: {cache.path} has no /image/{clip_key}; it has: {', '.join(keys)}")
+    dims = {k: int(cache.image_attrs(k).get("embed_dim", 0)) for k in keys}
+    known = head is not None and bool(head.meta.get("clip_key") or head.meta.get("clip"))
+    candidates = [clip_key] if clip_key else keys
+    if head is not None and known:
+        matching = [k for k in candidates if _trained_on(head, k, cache.image_attrs(k))]
+        if not matching:
+            raise ExpclipError(
+                f"{cache.path}: the head was trained on CLIP {_head_encoder(head)}, but "
+                f"{'/image/' + clip_key if clip_key else 'this cache'} holds {', '.join(candidates)}; "
+                "evaluate it on a cache extracted with the same CLIP model and weights"
+            )
+        exact = [k for k in matching if k == head.meta.get("clip_key")]
+        candidates = exact or matching
+    elif head is not None:
+        sized = [k for k in candidates if dims[k] == _head_dim(head)]
+        if not sized:
+            listed = ", ".join(f"{k} (d={dims[k]})" for k in candidates)
+            raise ExpclipError(f"{cache.path}: the head maps {_head_dim(head)}-d CLIP features; this cache has {listed}")
+        candidates = sized
+    if len(candidates) > 1:
+        listed = ", ".join(f"{k} (d={dims[k]})" for k in candidates)
+        raise ExpclipError(f"{cache.path}: several CLIP keys fit ({listed}); choose one with --clip-key")
+    key = candidates[0]
+    if head is not None:
+        _check_head(cache, key, head, dims[key], known)
+    return key
+
+
+def _head_encoder(head: Head) -> str:
+    clip = head.meta.get("clip")
+    if isinstance(clip, dict) and clip.get("model"):
+        return f"{clip.get('model')} @ {clip.get('pretrained', '')} (key {head.meta.get('clip_key', '?')})"
+    return str(head.meta.get("clip_key"))
+
+
+def _check_head(cache: CacheReader, key: str, head: Head, dim: int, known: bool) -> None:
+    d = _head_dim(head)
+    if d != dim:
+        raise ExpclipError(f"{cache.path}: /image/{key} features are {dim}-d but the head maps {d}-d CLIP features")
+    if not known:
+        what = "an official .pth" if head.official else "no HEAD.json"
+        warnings.warn(
+            f"the head has no provenance ({what}): cannot check that it was trained on the CLIP encoder "
+            f"of {cache.path} /image/{key}; evaluating it because the dimensions match (d={d})",
+            stacklevel=3,
+        )
+        return
+    clip = head.meta.get("clip") if isinstance(head.meta.get("clip"), dict) else {}
+    trained, here = clip.get("transform"), cache.image_attrs(key).get("transform")
+    if trained and here and trained != here:
+        warnings.warn(
+            f"the head was trained on features with transform {trained!r}; {cache.path} /image/{key} used {here!r}",
+            stacklevel=3,
+        )

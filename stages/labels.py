@@ -1,0 +1,143 @@
+"""A cache's labels in the canonical Exp-CLIP classes, matched by name, never by folder order.
+
+Folders sort alphabetically ("angry", "happy", "sad", ...), list files number
+classes their own way (RAF-DB 1-7, AffectNet 0-7), and the protocol orders them
+Happiness, Sadness, Neutral, ... . Scoring by position would silently swap
+classes, so every class name is translated to a canonical name (synonyms via
+`protocol.canonical_class`, numeric names through a `--label-map` file) and a
+dataset is scored on the canonical classes it has, in canonical order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from expclip.errors import ExpclipError
+from expclip.stages import protocol
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Ground truth in a dataset's own canonical classes."""
+
+    classes: list[str]  # canonical names present in the cache's class_names, canonical order
+    y: np.ndarray  # (N,) int64 index into `classes`, -1 = unlabelled
+
+
+def _valid_names() -> str:
+    return ", ".join(protocol.class_order())
+
+
+def _line_of(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line of the nth occurrence of `needle` (json reports no lines for values), else 1."""
+    at = -1
+    for _ in range(nth):
+        at = text.find(needle, at + 1)
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
+
+
+def _read_json_map(path: Path, text: str) -> dict[str, str]:
+    def pairs(items: list[tuple]) -> dict:
+        seen: dict = {}
+        for k, v in items:
+            if k in seen:
+                raise ExpclipError(f"{path}:{_line_of(text, json.dumps(k), 2)}: label {k!r} appears twice")
+            seen[k] = v
+        return seen
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as e:
+        raise ExpclipError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ExpclipError(f"{path}:1: a label map is a JSON object {{\"label\": \"class name\", ...}}")
+    found = {}
+    for label, name in data.items():
+        line = _line_of(text, json.dumps(label))
+        if not isinstance(name, str):
+            raise ExpclipError(f"{path}:{line}: label {label!r} maps to {name!r}, not a class name")
+        found[label] = _checked(path, line, label, name)
+    return found
+
+
+def _read_table_map(path: Path, text: str) -> dict[str, str]:
+    """`label,name` rows (comma or whitespace separated); blank lines, `#` comments and a header skipped."""
+    found: dict[str, str] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        cells = next(csv.reader(io.StringIO(line))) if "," in line else line.split(None, 1)
+        cells = [c.strip() for c in cells]
+        if len(cells) != 2 or not all(cells):
+            raise ExpclipError(f"{path}:{line_no}: expected two columns `label,name`, got {line!r}")
+        label, name = cells
+        if not found and (label.lower(), name.lower()) == ("label", "name"):
+            continue
+        if label in found:
+            raise ExpclipError(f"{path}:{line_no}: label {label!r} appears twice")
+        found[label] = _checked(path, line_no, label, name)
+    if not found:
+        raise ExpclipError(f"{path}: empty label map; expected `label,name` rows")
+    return found
+
+
+def _checked(path: Path, line: int, label: str, name: str) -> str:
+    canonical = protocol.canonical_class(name)
+    if canonical is None:
+        raise ExpclipError(f"{path}:{line}: label {label!r} maps to unknown class {name!r}; valid: {_valid_names()}")
+    return canonical
+
+
+def read_label_map(path: Path) -> dict[str, str]:
+    """A `--label-map` file as {cache class name: canonical class}.
+
+    JSON `{"1": "Surprise", ...}` (`.json`) or two-column CSV/TXT `label,name`
+    (any other suffix). Names go through the usual synonyms; errors name file:line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExpclipError(f"{path}: cannot read label map ({e})") from None
+    if path.suffix.lower() == ".json":
+        return _read_json_map(path, text)
+    return _read_table_map(path, text)
+
+
+def canonical_names(class_names: list[str], label_map: dict[str, str] | None = None, *, where: str = "cache") -> list[str]:
+    """The canonical class each of a cache's class names means; unknown or doubled names are refused."""
+    label_map = label_map or {}
+    resolved = [protocol.canonical_class(label_map.get(name, name)) for name in class_names]
+    unknown = [n for n, c in zip(class_names, resolved) if c is None]
+    if unknown:
+        hint = "" if label_map else "; numeric class names need --label-map FILE (e.g. RAF-DB 1-7, AffectNet 0-7)"
+        raise ExpclipError(
+            f"{where}: unknown class names {unknown} in /items/class_names; valid: {_valid_names()} "
+            f"(case-insensitive, usual synonyms){hint}"
+        )
+    for i, c in enumerate(resolved):
+        if c in resolved[:i]:
+            other = class_names[resolved.index(c)]
+            raise ExpclipError(f"{where}: class names {other!r} and {class_names[i]!r} both mean {c}")
+    return resolved  # type: ignore[return-value]
+
+
+def dataset_labels(
+    class_names: list[str], labels: np.ndarray, label_map: dict[str, str] | None = None, *, where: str = "cache"
+) -> Labels:
+    """Re-index a cache's labels (into its class_names) onto its canonical classes in canonical order."""
+    resolved = canonical_names(class_names, label_map, where=where)
+    classes = [c for c in protocol.class_order() if c in resolved]
+    to_dataset = np.array([classes.index(c) for c in resolved] + [-1], dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    bad = (labels < -1) | (labels >= len(class_names))
+    if bad.any():
+        raise ExpclipError(f"{where}: /items/label holds {labels[bad][0]}, outside 0..{len(class_names) - 1}")
+    return Labels(classes=classes, y=to_dataset[labels])  # label -1 picks the trailing -1

@@ -105,15 +105,25 @@ WRITER = textwrap.dedent(
 )
 
 
-def _run_writer(path, kill_after=None):
+def _run_writer(path, kill_when=None):
+    """Run the writer script; with `kill_when(path)`, SIGKILL it as soon as that becomes true."""
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
-    if kill_after is None:
-        assert proc.wait(60) == 0
-        return True
-    time.sleep(kill_after)
+    if kill_when is None:
+        return proc.wait(60) == 0
+    deadline = time.time() + 60
+    while proc.poll() is None and not kill_when(path) and time.time() < deadline:
+        time.sleep(0.001)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     return proc.wait(60) == 0
+
+
+def _shards_at_least(n):
+    return lambda path: len(list(partial_dir(path).glob("*/**/*.h5"))) >= n
+
+
+def _merging(path):
+    return bool(list(path.parent.glob(path.name + ".tmp-*")))
 
 
 def _contents(path):
@@ -122,21 +132,42 @@ def _contents(path):
 
 
 def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted_run(tmp_path):
-    _run_writer(tmp_path / "ref.h5")
+    assert _run_writer(tmp_path / "ref.h5")
     expected = _contents(tmp_path / "ref.h5")
-    rng = np.random.default_rng(0)
     path = tmp_path / "killed.h5"
-    kills = 0
-    while not _run_writer(path, kill_after=float(rng.uniform(0.05, 1.2))):
-        kills += 1
-        assert kills < 40
+    # Kill while writing the first group's shards, then in the second group: these must land mid-run.
+    for moment in (_shards_at_least(1), _shards_at_least(9), _shards_at_least(20)):
+        assert not _run_writer(path, kill_when=moment)
+        assert not path.exists() and partial_dir(path).exists()
+    # Then during the merge (best effort: a fast merge may finish first), and finally uninterrupted.
+    for _ in range(3):
+        if _run_writer(path, kill_when=_merging):
+            break
         if path.exists():  # whatever exists at the cache path is a complete cache
             open_cache(path).close()
+    if not path.exists():
+        assert _run_writer(path)
     got = _contents(path)
-    assert kills >= 1
     assert got[0] == expected[0]
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_array_equal(got[2], expected[2])
     assert got[3] == expected[3]
     assert not partial_dir(path).exists()
     assert not list(tmp_path.glob("killed.h5.tmp-*"))
+
+
+def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
+    from typer.testing import CliRunner
+
+    from expclip.cli import app
+
+    path = tmp_path / "c.h5"
+    write_arrays(path, _items(), file_attrs={"dataset": "toy"},
+                 aligned={"image/m@t": (np.ones((10, 8), np.float32), {"model": "m", "pretrained": "t", "logit_scale": 50.0})})
+    result = CliRunner().invoke(app, ["cache", "info", str(path)])
+    assert result.exit_code == 0, result.output
+    for text in ("complete", "True", "image/m@t", "10×8", "float16", "logit_scale=50.0", "10 (10 labelled, 0 failed)"):
+        assert text in result.output
+    (tmp_path / "bad.h5").write_bytes(b"")
+    bad = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "bad.h5")])
+    assert bad.exit_code == 2 and "bad.h5: not a readable HDF5 file" in bad.output

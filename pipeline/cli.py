@@ -1,0 +1,247 @@
+"""The `expclip` command line: one thin function per command that parses and calls a stage."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from expclip.errors import ExpclipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")
+head_app = typer.Typer(no_args_is_help=True, help="Convert heads between formats.")
+app.add_typer(cache_app, name="cache")
+app.add_typer(head_app, name="head")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user's mistake as one line on stderr and exit 2, without a traceback."""
+    try:
+        yield
+    except ExpclipError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def extract(
+    source: Annotated[Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list (frame_dir num_frames label).")],
+    cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
+    clip_model: Annotated[str, typer.Option(help="open_clip model name, or local-dir:PATH.")] = "ViT-B-32",
+    clip_pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag or weights file (default: openai where the model has it).")] = None,
+    teacher: Annotated[str, typer.Option(help="BLIP-2 (Flan-T5) HF id or save_pretrained folder.")] = "Salesforce/blip2-flan-t5-xxl",
+    no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Skip the teacher (evaluation sets).")] = False,
+    instruction: Annotated[Optional[str], typer.Option(help="Teacher instruction (default: the paper's).")] = None,
+    transform: Annotated[str, typer.Option(help="model (each model's own preprocessing) or exp-clip-official.")] = "model",
+    prompts: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="JSON file of extra prompt sets.")] = None,
+    source_type: Annotated[str, typer.Option(help="auto, folder, list or clips.")] = "auto",
+    root: Annotated[Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")] = None,
+    strip_prefix: Annotated[Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = 16,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), float32 or bfloat16.")] = "auto",
+    store_dtype: Annotated[str, typer.Option(help="float16 or float32 on disk.")] = "float16",
+    shard_size: Annotated[int, typer.Option(min=1, help="Rows per resumable shard.")] = 1024,
+) -> None:
+    """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5."""
+    from expclip.stages import protocol, sources
+    from expclip.stages.extract import ExtractConfig, extract as run_extract
+
+    with user_errors():
+        src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset)
+        cfg = ExtractConfig(
+            clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
+            instruction=instruction or protocol.DEFAULT_INSTRUCTION, transform=transform, batch_size=batch_size,
+            num_workers=num_workers, device=device, dtype=dtype, store_dtype=store_dtype, prompts=prompts,
+            shard_size=shard_size,
+        )
+        summary = run_extract(src, cache, cfg)
+    if summary["encoded_rows"] == 0 and not summary["loaded"]:
+        out.print(f"{summary['cache']}: already complete, nothing to encode")
+        return
+    for item_id, reason in summary["failures"].items():
+        err.print(f"[yellow]skipped[/] {escape(item_id)}: {escape(reason)}", highlight=False)
+    if summary["ignored_files"]:
+        err.print(f"[yellow]ignored[/] {summary['ignored_files']} non-image files in {source}")
+    out.print(f"wrote {summary['cache']} ({summary['rows']} items, {summary['encoded_rows']} encoded, {len(summary['failures'])} failed)")
+
+
+@cache_app.command("info")
+def cache_info(cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A cache file.")]) -> None:
+    """Groups, shapes, dtypes, provenance and completeness of a cache."""
+    from expclip.cacheinfo import info_tables
+
+    with user_errors():
+        for table in info_tables(cache):
+            out.print(table)
+
+
+@app.command()
+def evaluate(
+    cache: Annotated[list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several datasets).")],
+    head: Annotated[Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
+    prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = every set in the cache.")] = None,
+    ensemble: Annotated[str, typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding).")] = "logits",
+    label_map: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="JSON {\"1\": \"Surprise\"} or CSV label,name for numeric class names.")] = None,
+    clip_key: Annotated[Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices.")] = None,
+) -> None:
+    """Zero-shot UAR / WAR of a head (Exp-CLIP) and of plain CLIP, as in the paper's Table 2."""
+    import warnings
+
+    from expclip import report
+    from expclip.stages.evaluate import evaluate as run_evaluate
+    from expclip.stages.heads import load_head
+    from expclip.stages.labels import read_label_map
+
+    with user_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for option, path in (("--json", json_out), ("--csv", csv_out)):
+            if path is not None and not path.parent.is_dir():
+                raise ExpclipError(f"{option} {path}: folder {path.parent} does not exist")
+        sets = None if not prompt_set or "all" in prompt_set else prompt_set
+        records = run_evaluate(
+            load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
+            baseline=baseline, label_map=read_label_map(label_map) if label_map else None, clip_key=clip_key,
+        )
+        for w in caught:
+            err.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+        for table in report.tables(records):
+            out.print(table)
+        if json_out:
+            report.write_json(records, json_out)
+        if csv_out:
+            report.write_csv(records, csv_out)
+        if out_dir:
+            written = report.write_confusion_pngs(records, out_dir)
+            out.print(f"wrote {len(written)} confusion matrices to {out_dir}")
+
+
+@app.command("fit-head")
+def fit_head(
+    caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher features (rows are concatenated).")],
+    head_out: Annotated[Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")],
+    clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
+    teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
+    instruction: Annotated[Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate (official: 1e-3).")] = 1e-3,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (official: 0.9).")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (official: 1e-4).")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(min=2, help="Pairs per step, drop_last (official: 512).")] = 512,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (official: 5).")] = 5,
+    milestones: Annotated[str, typer.Option(help="Comma list of epochs where MultiStepLR multiplies lr by gamma.")] = "30",
+    gamma: Annotated[float, typer.Option(help="MultiStepLR factor.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seeds the head's init and the shuffling.")] = 0,
+    optimizer: Annotated[str, typer.Option(help="sgd (official) or adamw.")] = "sgd",
+    head: Annotated[str, typer.Option(help="linear (official) or mlp.")] = "linear",
+    logit_scale: Annotated[Optional[str], typer.Option(help="A number, or 'learnable' (default: the cache's CLIP logit_scale, frozen).")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(help="Start from this HEAD (stem, .safetensors, .json or official .pth).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+) -> None:
+    """Stage two: train the head on cached features (the paper's run by default)."""
+    from expclip.stages.fit_head import FitConfig, fit_head as run_fit_head
+
+    with user_errors():
+        try:
+            steps = tuple(int(m) for m in milestones.split(",") if m.strip())
+        except ValueError:
+            raise ExpclipError(f"--milestones: {milestones!r} is not a comma list of epochs") from None
+        scale: float | str | None = logit_scale
+        if logit_scale is not None and logit_scale != "learnable":
+            try:
+                scale = float(logit_scale)
+            except ValueError:
+                raise ExpclipError(f"--logit-scale: {logit_scale!r} is neither a number nor 'learnable'") from None
+        config = FitConfig(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
+            milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
+            init_from=init_from, device=device, precision=precision,
+        )
+        meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
+    last = meta["history"][-1]
+    stem = head_out.with_suffix("") if head_out.suffix in (".safetensors", ".json") else head_out
+    out.print(f"wrote {stem}.safetensors and {stem}.json ({meta['n_train']} pairs, {meta['wall_seconds']:.1f} s)")
+    out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
+
+
+@head_app.command("export")
+def head_export(
+    head: Annotated[Path, typer.Argument(help="HEAD (stem, .safetensors or .json).")],
+    target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write, e.g. HEAD.pth.")],
+    to: Annotated[str, typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict {mlp.weight}.")] = "official",
+) -> None:
+    """Write a linear head in the official Exp-CLIP .pth format (loadable by the original code)."""
+    from expclip.stages.heads import export_official, load_head
+
+    with user_errors():
+        if to != "official":
+            raise ExpclipError(f"--format: {to!r} is not supported; the only format is 'official'")
+        export_official(load_head(head), target)
+    out.print(f"wrote {target}")
+
+
+@app.command()
+def ablate(
+    train: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s).")],
+    eval_caches: Annotated[list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")],
+    grid: Annotated[str, typer.Option(help="Space-separated NAME=V1,V2 lists, e.g. 'lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-…'.")],
+    out_dir: Annotated[Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here are reused.")] = Path("ablation"),
+    prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the caches.")] = None,
+    ensemble: Annotated[str, typer.Option(help="logits (paper) or embedding.")] = "logits",
+    clip_key: Annotated[Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
+    teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
+    instruction: Annotated[Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
+    from expclip import ablate as grid_runs
+    from expclip import report
+    from expclip.stages.fit_head import FitConfig
+
+    with user_errors():
+        runs = grid_runs.run_grid(
+            train, eval_caches, grid_runs.parse_grid(grid), out_dir, base=FitConfig(device=device),
+            prompt_sets=None if not prompt_set or "all" in prompt_set else prompt_set, ensemble=ensemble,
+            select={"clip_key": clip_key, "teacher_key": teacher_key, "instruction": instruction},
+        )
+        rows = grid_runs.rows(runs)
+        out.print(report.grid_table(rows))
+        report.write_json(rows, out_dir / "ablation.json")
+        report.write_rows_csv(rows, out_dir / "ablation.csv")
+    reused = sum(r["reused"] for r in runs)
+    out.print(f"{len(runs)} runs ({reused} reused); table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and results.")] = Path("expclip-demo"),
+) -> None:
+    """The whole pipeline offline on synthetic faces and tiny random encoders (about a minute)."""
+    from expclip import report
+    from expclip.demo import REAL_RUN, run_demo
+
+    with user_errors():
+        run = run_demo(workdir)
+        report.write_json(run.records, workdir / "results.json")
+    for table in report.tables(run.records):
+        out.print(table)
+    out.print("[bold yellow]The tiny encoders have random weights: these numbers are near chance by design.[/]")
+    for name, path in {**run.files, "results": workdir / "results.json"}.items():
+        out.print(f"  {name:18} {path}", highlight=False)
+    out.print(REAL_RUN, highlight=False, markup=False)

@@ -1,0 +1,96 @@
+"""`expclip ablate`: grid parsing, one fit + evaluate per point, runs reused by key."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from expclip import ablate
+from expclip.cache import format as fmt
+from expclip.cache.writer import write_arrays
+from expclip.cli import app
+from expclip.errors import ExpclipError
+from expclip.stages import protocol
+from expclip.stages.evaluate import evaluate
+from expclip.stages.fit_head import FitConfig, fit_head
+from expclip.stages.heads import load_head
+
+KEY = "ViT-T@test"
+CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 20.0, "embed_dim": 8}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """A training cache (image + two instructions' teacher features) and a labelled eval cache."""
+    folder = tmp_path_factory.mktemp("ablate")
+    rng = np.random.default_rng(0)
+    n = 48
+    items = fmt.Items(ids=[f"t{i}" for i in range(n)], labels=np.full(n, -1), class_names=[])
+    image = rng.standard_normal((n, 8)).astype(np.float32)
+    teacher = {fmt.teacher_path("tiny-t5", k): (rng.standard_normal((n, 12)).astype(np.float32), {"model": "t5", "instruction": k})
+               for k in ("paper", "sha-0123456789")}
+    train = folder / "train.h5"
+    write_arrays(train, items, file_attrs={"dataset": "train"}, aligned={fmt.image_path(KEY): (image, CLIP), **teacher})
+    names = protocol.class_order()[:3]
+    labels = rng.integers(0, 3, 30)
+    eval_items = fmt.Items(ids=[f"e{i}" for i in range(30)], labels=labels, class_names=names)
+    order = protocol.class_order()
+    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
+                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    evals = folder / "eval.h5"
+    write_arrays(evals, eval_items, file_attrs={"dataset": "toy-eval"},
+                 aligned={fmt.image_path(KEY): (rng.standard_normal((30, 8)).astype(np.float32), CLIP)}, small=text)
+    return train, evals
+
+
+def test_parse_grid_types_and_errors():
+    grid = ablate.parse_grid("lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-0123456789 logit-scale=learnable,50")
+    assert grid == {"lr": [1e-3, 1e-2], "epochs": [5, 10], "head": ["linear", "mlp"],
+                    "instruction": ["paper", "sha-0123456789"], "logit_scale": ["learnable", 50.0]}
+    with pytest.raises(ExpclipError, match="unknown name 'lrr'; choose from lr, momentum"):
+        ablate.parse_grid("lrr=1")
+    with pytest.raises(ExpclipError, match="'epochs=five' has a value that is not a number"):
+        ablate.parse_grid("epochs=five")
+    with pytest.raises(ExpclipError, match="is not NAME=V1,V2"):
+        ablate.parse_grid("lr")
+
+
+def test_grid_runs_equal_direct_fit_and_evaluate_and_are_reused(caches, tmp_path, monkeypatch):
+    train, evals = caches
+    grid = ablate.parse_grid("lr=1e-2,1e-1 instruction=paper,sha-0123456789")
+    base = FitConfig(batch_size=16, epochs=2, device="cpu")
+    runs = ablate.run_grid([train], [evals], grid, tmp_path / "abl", base=base)
+    assert len(runs) == 4 and not any(r["reused"] for r in runs)
+    assert [r["grid"] for r in runs] == [{"lr": a, "instruction": b} for a in (1e-2, 1e-1) for b in ("paper", "sha-0123456789")]
+    direct = tmp_path / "direct"
+    fit_head([train], direct, FitConfig(batch_size=16, epochs=2, device="cpu", lr=1e-1), instruction="sha-0123456789")
+    expected = evaluate(load_head(direct), [evals])
+    assert [(r["uar"], r["war"]) for r in runs[3]["records"]] == [(r["uar"], r["war"]) for r in expected]
+    assert len({r["key"] for r in runs}) == 4
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ablate, "fit_head", no_training)
+    again = ablate.run_grid([train], [evals], ablate.parse_grid("lr=1e-1 instruction=sha-0123456789"), tmp_path / "abl", base=base)
+    assert again[0]["reused"] and again[0]["records"] == runs[3]["records"]
+    rows = ablate.rows(runs)
+    assert len(rows) == 4 and {r["dataset"] for r in rows} == {"toy-eval"}
+
+
+def test_ablate_cli_writes_table_csv_and_json(caches, tmp_path):
+    train, evals = caches
+    out = tmp_path / "abl"
+    args = ["ablate", str(train), "--eval", str(evals), "--grid", "epochs=1,2 batch_size=16", "--out-dir", str(out), "--device", "cpu", "--instruction", "paper"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 runs (0 reused)" in result.output and "toy-eval" in result.output
+    rows = json.loads((out / "ablation.json").read_text())
+    assert [r["epochs"] for r in rows] == [1, 2]
+    header = (out / "ablation.csv").read_text().splitlines()[0]
+    assert header == "epochs,batch_size,run,dataset,prompt_set,uar,war,n,reused"
+    assert "2 runs (2 reused)" in runner.invoke(app, args).output
+    bad = runner.invoke(app, [*args[:4], "--grid", "speed=1"])
+    assert bad.exit_code == 2 and "unknown name 'speed'" in bad.output and "Traceback" not in bad.output

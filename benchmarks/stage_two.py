@@ -1,0 +1,147 @@
+"""Stage two at the paper's size: fit-head (goal <= 30 s on CPU, fp32) and evaluate (goal <= 5 s).
+
+Builds synthetic caches in a temporary folder (random float16 features, the
+sizes of CAER-S training and of the eight test sets), then times
+`fit_head` in the official configuration (batch 512, 5 epochs, 475 steps;
+wall time includes reading the cache) in fp32 and bf16 (and on CUDA when
+there is one), and `evaluate` of a head on 8 datasets x 5 prompt sets with the
+CLIP baseline. bf16 runs --bf16-epochs epochs (default 1): CPUs without native
+bf16 (AVX2) run bf16 matmuls several times slower than fp32.
+Run: python benchmarks/stage_two.py [--bf16-epochs N] [--skip-eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from expclip.cache import format as fmt
+from expclip.cache.writer import write_arrays
+from expclip.stages import protocol
+from expclip.stages.fit_head import FitConfig, fit_head
+
+N_TRAIN, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
+CLIP_KEY, TEACHER_KEY = "ViT-L-14@openai", "Salesforce_blip2-flan-t5-xxl"
+PROTOCOL_SETS = ("class_name", "an_expression_of", "a_photo_of_a_face", "ensemble_five", "ensemble_ten")
+# Test-set sizes of the paper's eight benchmarks; clips carry 16 frames.
+TEST_SETS = {"RAFDB": (3068, 0), "AffectNet7": (3500, 0), "AffectNet8": (4000, 0), "FERPlus": (3573, 0),
+             "DFEW": (2341, 16), "FERV39k": (7847, 16), "MAFW": (1838, 16), "AFEW": (381, 16)}
+FIT_GOAL_S, EVAL_GOAL_S = 30.0, 5.0
+PAPER_STEPS = 5 * (N_TRAIN // 512)  # 475
+CLIP_ATTRS = {"model": "ViT-L-14", "pretrained": "openai", "transform": "model", "logit_scale": 100.0, "embed_dim": D}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def training_cache(path: Path, rng: np.random.Generator) -> None:
+    items = fmt.Items(ids=[f"train/{i}.png" for i in range(N_TRAIN)], labels=np.full(N_TRAIN, -1), class_names=[])
+    image = rng.standard_normal((N_TRAIN, D), dtype=np.float32).astype(np.float16)
+    teacher = rng.standard_normal((N_TRAIN, DT), dtype=np.float32).astype(np.float16)
+    write_arrays(path, items, file_attrs={"dataset": "CAER-S", "source": "synthetic"}, aligned={
+        fmt.image_path(CLIP_KEY): (image, CLIP_ATTRS),
+        fmt.teacher_path(TEACHER_KEY, "paper"): (teacher, {"model": "Salesforce/blip2-flan-t5-xxl",
+                                                          "instruction": protocol.DEFAULT_INSTRUCTION}),
+    })
+
+
+def eval_cache(path: Path, name: str, n: int, frames: int, rng: np.random.Generator) -> None:
+    classes = protocol.class_order()[: protocol.dataset_classes()[name]]
+    labels = np.arange(n) % len(classes)
+    items = fmt.Items(ids=[f"{name}/{i}" for i in range(n)], labels=labels, class_names=classes)
+    shape = (n, D)
+    if frames:
+        items.frame_index = np.tile(np.arange(frames, dtype=np.int32), (n, 1))
+        items.num_frames = np.full(n, frames, dtype=np.int32)
+        shape = (n, frames, D)
+    sets = protocol.prompt_sets()
+    small = {}
+    for key in PROTOCOL_SETS:
+        prompts = [(c, p) for c in protocol.class_order() for p in sets[key].get(c, [])]
+        index = [protocol.class_order().index(c) for c, _ in prompts]
+        small[fmt.text_path(CLIP_KEY, key)] = (
+            rng.standard_normal((len(prompts), D), dtype=np.float32),
+            {"prompts": [p for _, p in prompts], "class_names": protocol.class_order(), "class_index": index},
+        )
+    image = rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
+    write_arrays(path, items, file_attrs={"dataset": name, "source": "synthetic"},
+                 aligned={fmt.image_path(CLIP_KEY): (image, CLIP_ATTRS)}, small=small)
+
+
+def time_fit(cache: Path, out: Path, **config) -> dict:
+    started = time.perf_counter()
+    meta = fit_head([cache], out, FitConfig(**config))
+    wall = time.perf_counter() - started
+    return {"wall": wall, "steps": meta["steps_per_epoch"] * len(meta["history"]), "loss": meta["history"][-1]["loss"],
+            "gradient": meta["gradient"], "device": meta["device"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bf16-epochs", type=int, default=1, help="epochs of the bf16 CPU run (0 = skip)")
+    parser.add_argument("--skip-eval", action="store_true")
+    args = parser.parse_args()
+    console = Console(width=150)
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+                  f"{torch.backends.cpu.get_cpu_capability()}, CUDA {torch.cuda.is_available()}")
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        started = time.perf_counter()
+        training_cache(tmp / "caer-s.h5", rng)
+        console.print(f"generated the {N_TRAIN:,} x ({D} + {DT}) training cache in {time.perf_counter() - started:.1f} s "
+                      "(not part of any timing below)")
+        runs = [("fit-head fp32 cpu", time_fit(tmp / "caer-s.h5", tmp / "head", device="cpu"))]
+        if args.bf16_epochs:
+            runs.append(("fit-head bf16 cpu", time_fit(tmp / "caer-s.h5", tmp / "head-bf16", device="cpu",
+                                                       precision="bf16", epochs=args.bf16_epochs)))
+        if torch.cuda.is_available():
+            for precision in ("fp32", "bf16"):
+                runs.append((f"fit-head {precision} cuda", time_fit(tmp / "caer-s.h5", tmp / f"head-cuda-{precision}",
+                                                                    device="cuda", precision=precision)))
+        table = Table(title="Stage two at paper size")
+        for column in ("run", "gradient", "steps", "wall s", "steps/s", "goal (5 epochs)", "final loss", "peak RSS GiB"):
+            table.add_column(column, justify="left" if column in ("run", "gradient") else "right")
+        for name, r in runs:
+            full = r["wall"] * PAPER_STEPS / r["steps"]
+            goal = f"<= {FIT_GOAL_S:.0f} s " + ("ok" if full <= FIT_GOAL_S else "MISSED")
+            if r["steps"] != PAPER_STEPS:
+                goal += f" (est. {full:.0f} s)"
+            table.add_row(name, r["gradient"], str(r["steps"]), f"{r['wall']:.1f}", f"{r['steps'] / r['wall']:.1f}",
+                          goal, f"{r['loss']:.4f}", f"{peak_rss_gib():.2f}")
+        if not args.skip_eval:
+            table.add_row(*time_evaluate(tmp, rng, console))
+        console.print(table)
+
+
+def time_evaluate(tmp: Path, rng: np.random.Generator, console: Console) -> list[str]:
+    """Evaluate the fp32 head and plain CLIP on the eight test sets x five prompt sets."""
+    from expclip.stages.evaluate import evaluate
+    from expclip.stages.heads import load_head
+
+    started = time.perf_counter()
+    caches = []
+    for name, (n, frames) in TEST_SETS.items():
+        caches.append(tmp / f"{name}.h5")
+        eval_cache(caches[-1], name, n, frames, rng)
+    console.print(f"generated the 8 evaluation caches in {time.perf_counter() - started:.1f} s (not timed)")
+    head = load_head(tmp / "head")
+    started = time.perf_counter()
+    records = evaluate(head, caches, prompt_sets=None, baseline=True)
+    wall = time.perf_counter() - started
+    goal = f"<= {EVAL_GOAL_S:.0f} s " + ("ok" if wall <= EVAL_GOAL_S else "MISSED")
+    return ["evaluate 8 datasets x 5 sets + CLIP", "", f"{len(records)} records", f"{wall:.1f}", "", goal, "",
+            f"{peak_rss_gib():.2f}"]
+
+
+if __name__ == "__main__":
+    main()

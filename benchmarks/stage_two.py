@@ -7,7 +7,8 @@ wall time includes reading the cache) in fp32 and bf16 (and on CUDA when
 there is one), and `evaluate` of a head on 8 datasets x 5 prompt sets with the
 CLIP baseline. bf16 runs --bf16-epochs epochs (default 1): CPUs without native
 bf16 (AVX2) run bf16 matmuls several times slower than fp32.
-Run: python benchmarks/stage_two.py [--bf16-epochs N] [--skip-eval]
+Run: python benchmarks/stage_two.py [--bf16-epochs N] [--skip-eval] [--threads N]
+(--threads 2 under `taskset -c 0,1` emulates a 2-core CPU on a bigger machine.)
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bf16-epochs", type=int, default=1, help="epochs of the bf16 CPU run (0 = skip)")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console(width=150)
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
                   f"{torch.backends.cpu.get_cpu_capability()}, CUDA {torch.cuda.is_available()}")

@@ -12,7 +12,10 @@ from rich.markup import escape
 
 from expclip.errors import ExpclipError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Exp-CLIP zero-shot FER: extract encoder features once, then fit heads and evaluate from the cache.",
+)
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")
 head_app = typer.Typer(no_args_is_help=True, help="Convert heads between formats.")
 app.add_typer(cache_app, name="cache")
@@ -120,7 +123,7 @@ def evaluate(
             baseline=baseline, label_map=read_label_map(label_map) if label_map else None, clip_key=clip_key,
         )
         for w in caught:
-            err.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
         for table in report.tables(records):
             out.print(table)
         if json_out:

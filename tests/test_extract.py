@@ -196,3 +196,30 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(faces, tiny_clip, tiny_blip
                 np.testing.assert_array_equal(a.text(key, s).features, b.text(key, s).features)
         assert a.failures() == b.failures()
     assert not partial_dir(out).exists()
+
+
+def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_path, faces):
+    """--transform exp-clip-official: Resize((224,224)) + ToTensor, the same tensor for CLIP and BLIP-2."""
+    from expclip.stages.encoders.tiny import save_tiny_blip2, save_tiny_clip
+    from expclip.stages.encoders.transforms import official_transform
+
+    clip_name = save_tiny_clip(tmp_path / "clip224", image_size=224)
+    blip = save_tiny_blip2(tmp_path / "blip224", image_size=224)
+    out = tmp_path / "official.h5"
+    result = _extract_cli(faces, "--out", out, "--clip-model", clip_name, "--teacher", blip, "--transform", "exp-clip-official")
+    assert result.exit_code == 0, result.output
+    model, _, _ = open_clip.create_model_and_transforms(clip_name)
+    teacher = load_teacher(str(blip), protocol.DEFAULT_INSTRUCTION, device=torch.device("cpu"),
+                           precision="float32", transform="model")
+    with CacheReader(out) as r:
+        items = r.items()
+        good = [i for i, ok in zip(items.ids, items.ok) if ok]
+        pixels = torch.stack([official_transform()(load_image(faces / i)) for i in good])
+        assert pixels.shape[1:] == (3, 224, 224) and pixels.min() >= 0 and pixels.max() <= 1
+        assert r.image_keys() == ["clip224+official"] and r.teacher_keys() == [("blip224+official", "paper")]
+        assert r.image_attrs("clip224+official")["transform"] == "exp-clip-official"
+        with torch.no_grad():
+            expected_image = model.encode_image(pixels).numpy()
+        expected_teacher = teacher.encode_images(pixels).numpy()  # the very same tensor, not the processor's
+        np.testing.assert_allclose(r.image("clip224+official")[items.ok].astype(np.float32), expected_image, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(r.teacher("blip224+official", "paper")[items.ok].astype(np.float32), expected_teacher, rtol=2e-3, atol=2e-3)

@@ -61,6 +61,13 @@ def read_items(f: h5py.File) -> fmt.Items:
     )
 
 
+def read_failures(f: h5py.File) -> dict[str, str]:
+    """Item id -> why it could not be decoded."""
+    if "failures" not in f:
+        return {}
+    return dict(zip(_strings(f["failures/id"]), _strings(f["failures/reason"]), strict=True))
+
+
 @dataclass(frozen=True)
 class TextFeatures:
     """One prompt set: raw CLIP text features and the canonical class of each prompt."""
@@ -103,9 +110,7 @@ class CacheReader:
         return read_items(self._f)
 
     def failures(self) -> dict[str, str]:
-        if "failures" not in self._f:
-            return {}
-        return dict(zip(_strings(self._f["failures/id"]), _strings(self._f["failures/reason"])))
+        return read_failures(self._f)
 
     def _keys(self, root: str) -> list[str]:
         return sorted(self._f[root].keys()) if root in self._f else []

@@ -10,16 +10,17 @@ cache. A SIGKILL at any moment therefore loses at most the shards in flight.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 
 from expclip import __version__
 from expclip.cache import format as fmt
-from expclip.cache.reader import attr_value, open_cache, read_items
+from expclip.atomic import write_atomically
+from expclip.cache.reader import attr_value, open_cache, read_failures, read_items
 from expclip.errors import ExpclipError
 
 MANIFEST = "manifest.json"
@@ -29,22 +30,15 @@ def _describe(config: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
 
 
-def _atomic_h5(path: Path):
-    """Context manager-free helper: returns (tmp_path, h5py.File) for an atomic write."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    return tmp, h5py.File(tmp, "w")
+def _write_h5(target: Path, fill: Callable[[h5py.File], None]) -> None:
+    """Write an HDF5 file whole or not at all (see expclip.atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
 
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
 
-def _commit(tmp: Path, final: Path) -> None:
-    """fsync a finished temporary file and rename it into place atomically."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(target, write)
 
 
 def write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
@@ -115,9 +109,7 @@ class Extraction:
     def _save_manifest(self) -> None:
         self.partial.mkdir(parents=True, exist_ok=True)
         path = self.partial / MANIFEST
-        tmp = path.with_name(f"{MANIFEST}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.manifest, indent=1), "utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(self.manifest, indent=1), "utf-8"))
 
     @property
     def shard_size(self) -> int:
@@ -182,24 +174,16 @@ class Extraction:
         expected = (stop - start, *spec["row_shape"])
         if rows.shape != expected:
             raise ValueError(f"shard {path}[{start}:{stop}] has shape {rows.shape}, expected {expected}")
-        target = self._shard_file(path, start, stop)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp, f = _atomic_h5(target)
-        with f:
+        def fill(f: h5py.File) -> None:
             f.create_dataset("rows", data=rows.astype(spec["dtype"]))
             f.create_dataset("failed_row", data=np.array(sorted(failures), dtype=np.int64))
             write_strings(f, "failed_reason", [failures[r] for r in sorted(failures)])
-        _commit(tmp, target)
+
+        _write_h5(self._shard_file(path, start, stop), fill)
 
     def write_small(self, path: str, data: np.ndarray, attrs: dict) -> None:
         """A dataset not aligned with /items (text features): one atomic file, merged at the end."""
-        target = self.partial / f"{path}.h5"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp, f = _atomic_h5(target)
-        with f:
-            ds = f.create_dataset("rows", data=data)
-            _set_attrs(ds, attrs)
-        _commit(tmp, target)
+        _write_h5(self.partial / f"{path}.h5", lambda f: _set_attrs(f.create_dataset("rows", data=data), attrs))
 
     def need_small(self, path: str, config: dict) -> bool:
         """Like `need` for a dataset not aligned with /items; its attrs must include `config`."""
@@ -212,9 +196,14 @@ class Extraction:
         """Merge the old cache and every shard into a new file, marker last, rename; returns failures."""
         if not self.complete():
             raise RuntimeError("finalize() before every shard is written")
-        tmp = self.cache.with_name(f"{self.cache.name}.tmp-{os.getpid()}")
-        ok = np.ones(len(self.items), dtype=bool)
         failures: dict[str, str] = {}
+        write_atomically(self.cache, lambda tmp: self._merge_into(tmp, failures))
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return failures
+
+    def _merge_into(self, tmp: Path, failures: dict[str, str]) -> None:
+        """The new cache: old groups copied, shards merged, items and failures, marker last."""
+        ok = np.ones(len(self.items), dtype=bool)
         with h5py.File(tmp, "w") as out:
             out.attrs["format"] = fmt.FORMAT
             out.attrs["format_version"] = fmt.FORMAT_VERSION
@@ -224,9 +213,7 @@ class Extraction:
             if self.cache.exists():
                 with open_cache(self.cache) as old:
                     ok &= old["items/ok"][:]
-                    if "failures" in old:
-                        ids = [s.decode() for s in old["failures/id"][:]]
-                        failures.update(zip(ids, [s.decode() for s in old["failures/reason"][:]]))
+                    failures.update(read_failures(old))
                     for root in fmt.ROOTS:
                         if root in old:
                             old.copy(old[root], out, name=root)
@@ -241,9 +228,6 @@ class Extraction:
             write_failures(out, failures)
             out.flush()
             out.attrs["complete"] = True
-        _commit(tmp, self.cache)
-        shutil.rmtree(self.partial, ignore_errors=True)
-        return failures
 
     def _merge_group(self, out: h5py.File, path: str, group: dict, ok: np.ndarray, failures: dict[str, str]) -> None:
         n = len(self.items)

@@ -11,12 +11,12 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from expclip.cache.reader import CacheReader
 from expclip.errors import ExpclipError
+from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.heads import load_head
@@ -67,13 +67,6 @@ def _fingerprint(path: Path) -> str:
         return r.fingerprint(groups)
 
 
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", "utf-8")
-    os.replace(tmp, path)
-
-
 def run_grid(
     train: list[Path],
     evals: list[Path],
@@ -115,7 +108,8 @@ def run_grid(
                 run = {"key": key, "grid": point, "identity": identity, "head": str(head_path),
                        "final_loss": meta["history"][-1]["loss"] if meta.get("history") else None,
                        "records": records}
-                _write_json(result, run)
+                result.parent.mkdir(parents=True, exist_ok=True)
+                write_json(run, result)
                 run["reused"] = False
             runs.append(run)
             bar.advance(task)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from expclip.atomic import write_atomically
 from expclip.cache.format import sanitize
 from expclip.stages import protocol
 
@@ -63,19 +63,8 @@ def _delta(clip: dict | None, exp: dict | None) -> str:
     return f"{exp['uar'] - clip['uar']:+.2f} / {exp['war'] - clip['war']:+.2f}"
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(records: list[dict], path: Path) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1) + "\n", "utf-8"))
+def write_json(records: list[dict] | dict, path: Path) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1) + "\n", "utf-8"))
 
 
 def csv_text(records: list[dict]) -> str:
@@ -92,7 +81,7 @@ def csv_text(records: list[dict]) -> str:
 
 
 def write_csv(records: list[dict], path: Path) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(csv_text(records), "utf-8"))
+    write_atomically(path, lambda tmp: tmp.write_text(csv_text(records), "utf-8"))
 
 
 def png_name(record: dict) -> str:
@@ -111,7 +100,7 @@ def write_confusion_pngs(records: list[dict], out_dir: Path) -> list[Path]:
         display.plot(ax=fig.subplots(), xticks_rotation=45, colorbar=True, cmap="Blues")
         display.ax_.set_title(f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}")
         path = out_dir / png_name(r)
-        _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         written.append(path)
     return written
 
@@ -126,7 +115,7 @@ def grid_table(rows: list[dict]) -> Table:
     grouped: dict[tuple, dict] = {}
     for r in rows:
         grouped.setdefault((r["run"], r["prompt_set"]), {})[r["dataset"]] = r
-    for (run, prompt_set), by_dataset in grouped.items():
+    for (_, prompt_set), by_dataset in grouped.items():
         first = next(iter(by_dataset.values()))
         cells = [_cell(by_dataset.get(d)) for d in datasets]
         table.add_row(*[str(first[p]) for p in params], prompt_set, *cells, "yes" if first["reused"] else "no")
@@ -144,4 +133,4 @@ def write_rows_csv(rows: list[dict], path: Path) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    _write_atomically(path, write)
+    write_atomically(path, write)

@@ -9,7 +9,7 @@ cache are encoded, and only the encoders they need are loaded.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,6 @@ class ExtractConfig:
     store_dtype: str = "float16"
     prompts: Path | None = None
     shard_size: int = 1024
-    extra_prompt_sets: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:

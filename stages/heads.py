@@ -10,7 +10,6 @@ weights-only unpickler, so a file that would run code is refused, not run.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from expclip.atomic import write_atomically
 from expclip.errors import ExpclipError
 
 KINDS = ("linear", "mlp")
@@ -70,12 +70,6 @@ def _stem(path: Path) -> Path:
     return path.with_suffix("") if path.suffix in _SUFFIXES else path
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
 def save_head(module: torch.nn.Module, kind: str, meta: dict, out: Path) -> tuple[Path, Path]:
     """Write OUT.safetensors and OUT.json atomically (`out` may carry either suffix or none)."""
     stem = _stem(out)
@@ -83,12 +77,9 @@ def save_head(module: torch.nn.Module, kind: str, meta: dict, out: Path) -> tupl
     weights, card = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
     d, dt = _dims(module)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = weights.with_name(f"{weights.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "expclip-head", "kind": kind, "d": str(d), "dt": str(dt)})
-    _replace_atomically(tmp, weights)
-    tmp = card.with_name(f"{card.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n", "utf-8")
-    _replace_atomically(tmp, card)
+    metadata = {"format": "expclip-head", "kind": kind, "d": str(d), "dt": str(dt)}
+    write_atomically(weights, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    write_atomically(card, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n", "utf-8"))
     return weights, card
 
 
@@ -159,6 +150,4 @@ def export_official(head: Head, out: Path) -> None:
         raise ExpclipError(f"{out}: the official format holds a linear head only; this head is {head.kind!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    torch.save({OFFICIAL_KEY: weight.float().cpu().contiguous().clone()}, tmp)
-    _replace_atomically(tmp, out)
+    write_atomically(out, lambda tmp: torch.save({OFFICIAL_KEY: weight.float().cpu().contiguous().clone()}, tmp))

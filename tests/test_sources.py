@@ -1,9 +1,7 @@
 """Listing sources: folders, list files, official clip lists, and their errors (file:line)."""
 
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -11,13 +11,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from pickle import UnpicklingError
 
 import open_clip
 import PIL.Image
 import torch
 from open_clip.factory import _find_checkpoint_in_dir
-from safetensors import SafetensorError
 
 from expclip.errors import ExpclipError
 from expclip.stages.encoders.precision import autocast, check_precision

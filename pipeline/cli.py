@@ -98,7 +98,7 @@ def evaluate(
     baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
     prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = every set in the cache.")] = None,
     ensemble: Annotated[str, typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding).")] = "logits",
-    label_map: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="JSON {\"1\": \"Surprise\"} or CSV label,name for numeric class names.")] = None,
+    label_map: Annotated[Optional[str], typer.Option(help="rafdb, affectnet, or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, for numeric class names.")] = None,
     clip_key: Annotated[Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +96,23 @@ def _checked(path: Path, line: int, label: str, name: str) -> str:
     return canonical
 
 
-def read_label_map(path: Path) -> dict[str, str]:
-    """A `--label-map` file as {cache class name: canonical class}.
+def builtin_label_maps() -> list[str]:
+    """Names of the label maps shipped with expclip (`--label-map rafdb`)."""
+    return sorted(p.stem for p in resources.files("expclip.stages").joinpath("label_maps").iterdir() if p.name.endswith(".csv"))
+
+
+def read_label_map(path: Path | str) -> dict[str, str]:
+    """A `--label-map` file, or a built-in map's name, as {cache class name: canonical class}.
 
     JSON `{"1": "Surprise", ...}` (`.json`) or two-column CSV/TXT `label,name`
     (any other suffix). Names go through the usual synonyms; errors name file:line.
+    Built-ins: `rafdb` (RAF-DB 1-7) and `affectnet` (AffectNet 0-7).
     """
+    if not Path(path).exists() and str(path).lower() in builtin_label_maps():
+        path = Path(str(resources.files("expclip.stages").joinpath("label_maps", f"{str(path).lower()}.csv")))
     path = Path(path)
+    if not path.exists():
+        raise ExpclipError(f"--label-map {path}: no such file, and not a built-in map ({', '.join(builtin_label_maps())})")
     try:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -117,7 +128,7 @@ def canonical_names(class_names: list[str], label_map: dict[str, str] | None = N
     resolved = [protocol.canonical_class(label_map.get(name, name)) for name in class_names]
     unknown = [n for n, c in zip(class_names, resolved) if c is None]
     if unknown:
-        hint = "" if label_map else "; numeric class names need --label-map FILE (e.g. RAF-DB 1-7, AffectNet 0-7)"
+        hint = "" if label_map else "; numeric class names need --label-map (built-in: rafdb for RAF-DB 1-7, affectnet for AffectNet 0-7, or a FILE)"
         raise ExpclipError(
             f"{where}: unknown class names {unknown} in /items/class_names; valid: {_valid_names()} "
             f"(case-insensitive, usual synonyms){hint}"
@@ -132,12 +143,20 @@ def canonical_names(class_names: list[str], label_map: dict[str, str] | None = N
 def dataset_labels(
     class_names: list[str], labels: np.ndarray, label_map: dict[str, str] | None = None, *, where: str = "cache"
 ) -> Labels:
-    """Re-index a cache's labels (into its class_names) onto its canonical classes in canonical order."""
-    resolved = canonical_names(class_names, label_map, where=where)
-    classes = [c for c in protocol.class_order() if c in resolved]
-    to_dataset = np.array([classes.index(c) for c in resolved] + [-1], dtype=np.int64)
+    """Re-index a cache's labels (into its class_names) onto its canonical classes in canonical order.
+
+    A class name that no item carries and that means nothing (e.g. "0" of a
+    RAF-DB list numbered 1-7) is a placeholder, not a class, and is left out.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     bad = (labels < -1) | (labels >= len(class_names))
     if bad.any():
         raise ExpclipError(f"{where}: /items/label holds {labels[bad][0]}, outside 0..{len(class_names) - 1}")
+    used = set(labels[labels >= 0].tolist())
+    label_map = label_map or {}
+    kept = [i for i, name in enumerate(class_names)
+            if i in used or protocol.canonical_class(label_map.get(name, name)) is not None]
+    resolved = dict(zip(kept, canonical_names([class_names[i] for i in kept], label_map, where=where), strict=True))
+    classes = [c for c in protocol.class_order() if c in resolved.values()]
+    to_dataset = np.array([classes.index(resolved[i]) if i in resolved else -1 for i in range(len(class_names))] + [-1])
     return Labels(classes=classes, y=to_dataset[labels])  # label -1 picks the trailing -1

@@ -206,6 +206,15 @@ def test_numeric_class_names_through_a_label_map(tmp_path):
     assert result.exit_code == 2 and "--label-map" in result.output and "Traceback" not in result.output
 
 
+def test_builtin_rafdb_label_map_by_name(tmp_path):
+    cache = known_answer_cache(tmp_path, stored_names=["6", "2", "4", "5"])  # RAF-DB: Anger, Fear, Happiness, Sadness
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["evaluate", "--baseline", "--cache", str(cache), "--label-map", "rafdb", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(out.read_text())
+    assert r["classes"] == ["Happiness", "Sadness", "Anger", "Fear"] and r["war"] == pytest.approx(60.0)
+
+
 def test_failed_and_unlabelled_rows_are_skipped(tmp_path):
     cache = known_answer_cache(tmp_path, failed=(0, 6), unlabelled=(9,))  # right happy, right angry, wrong angry
     [r] = evaluate(None, [cache], baseline=True)

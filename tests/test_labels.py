@@ -107,3 +107,20 @@ def test_empty_label_map(tmp_path):
     path.write_text("# nothing\n")
     with pytest.raises(ExpclipError, match="empty label map"):
         read_label_map(path)
+
+
+def test_builtin_label_maps_follow_the_datasets_published_layouts():
+    # RAF-DB basic: 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral.
+    rafdb = read_label_map("rafdb")
+    assert [rafdb[str(i)] for i in range(1, 8)] == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+    # AffectNet: 0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger, 7 Contempt.
+    affectnet = read_label_map("AffectNet")
+    assert [affectnet[str(i)] for i in range(8)] == ["Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+    labels = dataset_labels([str(i) for i in range(8)], np.array([4, 1, -1, 7]), rafdb)
+    assert labels.classes == ["Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust", "Fear"]
+    assert labels.y.tolist() == [0, 4, -1, 2]  # 4 = Happiness, 1 = Surprise, 7 = Neutral
+
+
+def test_unknown_label_map_name_lists_the_builtins(tmp_path):
+    with pytest.raises(ExpclipError, match=r"no such file, and not a built-in map \(affectnet, rafdb\)"):
+        read_label_map(tmp_path / "nope.csv")

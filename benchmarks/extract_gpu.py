@@ -92,12 +92,13 @@ def main() -> None:
             for source, name in ((warm, "warm-" + out), (faces, out)):  # the difference cancels model loading
                 torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
-                extract(source, tmp / name, ExtractConfig(teacher=teacher, **speed))
+                summary = extract(source, tmp / name, ExtractConfig(teacher=teacher, **speed))
                 walls.append(time.perf_counter() - t0)
             rate = (n - n_warm) / (walls[1] - walls[0])
             table.add_row(f"{label}: {n} faces, bf16, batch {args.batch_size}, {args.workers} workers",
                           f"{walls[1]:.1f} s wall incl. loading; {rate:.0f} faces/s marginal; "
                           f"peak GPU {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+            table.add_row("  where the time went", ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()))
         t0 = time.perf_counter()
         extract(faces, tmp / "both.h5", ExtractConfig(teacher=str(big_blip), **speed))
         table.add_row("re-run on the complete cache", f"{time.perf_counter() - t0:.2f} s (no encoder run)")

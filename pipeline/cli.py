@@ -79,6 +79,8 @@ def extract(
     if summary["ignored_files"]:
         err.print(f"[yellow]ignored[/] {summary['ignored_files']} non-image files in {source}")
     out.print(f"wrote {summary['cache']} ({summary['rows']} items, {summary['encoded_rows']} encoded, {len(summary['failures'])} failed)")
+    if summary["encoded_rows"]:
+        err.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()), highlight=False)
 
 
 @cache_app.command("info")

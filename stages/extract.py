@@ -9,6 +9,7 @@ cache are encoded, and only the encoders they need are loaded.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
         encoders[teacher_path] = teacher_encoder.load_teacher(
             cfg.teacher, cfg.instruction, device=device, precision=precision, transform=cfg.transform
         )
-    encoded = _encode_rows(source, job, {p: e for p, e in encoders.items() if job.missing(p)}, cfg)
+    encoded, clock = _encode_rows(source, job, {p: e for p, e in encoders.items() if job.missing(p)}, cfg)
 
     for name, (prompts, class_index, text_config) in text_todo.items():
         features = encoders[image_path].encode_texts(prompts).numpy().astype(np.float32)
@@ -150,13 +151,18 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     with CacheReader(out) as cache:
         failures = cache.failures()
     return {"cache": str(out), "rows": len(items), "encoded_rows": encoded, "failures": failures,
-            "loaded": sorted(encoders), "ignored_files": source.ignored}
+            "loaded": sorted(encoders), "ignored_files": source.ignored, "seconds": clock}
 
 
-def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractConfig) -> int:
-    """Run the loaded encoders over the shards any of them still miss; write shard files."""
+def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractConfig) -> tuple[int, dict[str, float]]:
+    """Run the loaded encoders over the shards any of them still miss; write shard files.
+
+    Returns the rows encoded and where the time went (waiting for the DataLoader,
+    encoding, writing shards), so a slow run shows its bottleneck.
+    """
+    clock = {"waiting for data": 0.0, "encoding": 0.0, "writing shards": 0.0}
     if not encoders:
-        return 0
+        return 0, clock
     clips = source.items.frame_index is not None
     transforms, slots, shared = [], {}, {}
     for path, enc in encoders.items():
@@ -177,7 +183,9 @@ def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractCo
     start, stop = next(shards)
     with progress("clips" if clips else "faces") as bar:
         task = bar.add_task("extract", total=sum(b - a for a, b in todo))
+        tick = time.perf_counter()
         for index, tensors, reasons in loader:
+            tick = _lap(clock, "waiting for data", tick)
             for path, enc in encoders.items():
                 x = tensors[slots[path]].to(enc.device, non_blocking=True)
                 rows = enc.encode_images(x.flatten(0, 1)) if clips else enc.encode_images(x)
@@ -185,8 +193,9 @@ def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractCo
                 if not job.started(path):
                     job.start(path, enc.attrs, tuple(rows.shape[1:]), cfg.store_dtype)
                 buffers[path].append(rows)
-            failed.update({i: r for i, r in zip(index, reasons) if r})
+            failed.update({i: r for i, r in zip(index, reasons, strict=True) if r})
             bar.advance(task, len(index))
+            tick = _lap(clock, "encoding", tick)
             if index[-1] == stop - 1:
                 for path in encoders:
                     if (start, stop) in job.missing(path):
@@ -196,4 +205,11 @@ def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractCo
                     buffers[path] = []
                 failed = {}
                 start, stop = next(shards, (None, None))
-    return sum(b - a for a, b in todo)
+                tick = _lap(clock, "writing shards", tick)
+    return sum(b - a for a, b in todo), clock
+
+
+def _lap(clock: dict[str, float], what: str, since: float) -> float:
+    now = time.perf_counter()
+    clock[what] += now - since
+    return now

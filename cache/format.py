@@ -10,6 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def partial_dir(cache: Path) -> Path:
     return cache.with_name(cache.name + ".partial")
 
 
-def digest(arrays: list[np.ndarray]) -> str:
+def digest(arrays: Iterable[np.ndarray]) -> str:
     """sha256 of arrays' bytes in order: the content fingerprint stored as `sha256`."""
     h = hashlib.sha256()
     for a in arrays:

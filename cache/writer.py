@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -186,16 +186,27 @@ class Extraction:
         _write_h5(self.partial / f"{path}.h5", lambda f: _set_attrs(f.create_dataset("rows", data=data), attrs))
 
     def need_small(self, path: str, config: dict) -> bool:
-        """Like `need` for a dataset not aligned with /items; its attrs must include `config`."""
-        return not self._check(path, config) and not (self.partial / f"{path}.h5").exists()
+        """Like `need` for a dataset not aligned with /items; its attrs must include `config`.
 
-    def complete(self) -> bool:
-        return all(self.started(p) and not self.missing(p) for p in self.manifest["groups"])
+        A file left in the partial folder by a run with another configuration is redone.
+        """
+        if self._check(path, config):
+            return False
+        done = self.partial / f"{path}.h5"
+        if not done.exists():
+            return True
+        with h5py.File(done, "r") as f:
+            had = {k: str(attr_value(f["rows"].attrs.get(k))) for k in config}
+        return had != {k: str(v) for k, v in config.items()}
+
+    def unfinished(self) -> list[str]:
+        """Registered groups that still miss shards (or were never started)."""
+        return [p for p in self.manifest["groups"] if not self.started(p) or self.missing(p)]
 
     def finalize(self) -> dict[str, str]:
         """Merge the old cache and every shard into a new file, marker last, rename; returns failures."""
-        if not self.complete():
-            raise RuntimeError("finalize() before every shard is written")
+        if self.unfinished():
+            raise RuntimeError(f"finalize() before every shard is written: {self.unfinished()}")
         failures: dict[str, str] = {}
         write_atomically(self.cache, lambda tmp: self._merge_into(tmp, failures))
         shutil.rmtree(self.partial, ignore_errors=True)
@@ -234,17 +245,19 @@ class Extraction:
         shape = (n, *group["row_shape"])
         chunk_rows = max(1, min(n, (1 << 20) // max(1, int(np.prod(group["row_shape"])) * 2)))
         ds = out.create_dataset(path, shape=shape, dtype=group["dtype"], chunks=(chunk_rows, *group["row_shape"]))
-        parts = []
-        for start, stop in self.ranges():
-            with h5py.File(self._shard_file(path, start, stop), "r") as shard:
-                rows = shard["rows"][:]
-                for r, reason in zip(shard["failed_row"][:], shard["failed_reason"][:]):
-                    ok[int(r)] = False
-                    failures.setdefault(self.items.ids[int(r)], reason.decode())
-            ds[start:stop] = rows
-            parts.append(rows)
+        def copied_shards() -> Iterator[np.ndarray]:
+            """Each shard's rows, copied into the dataset as they are hashed (one shard in memory)."""
+            for start, stop in self.ranges():
+                with h5py.File(self._shard_file(path, start, stop), "r") as shard:
+                    rows = shard["rows"][:]
+                    for r, reason in zip(shard["failed_row"][:], shard["failed_reason"][:], strict=True):
+                        ok[int(r)] = False
+                        failures.setdefault(self.items.ids[int(r)], reason.decode())
+                ds[start:stop] = rows
+                yield rows
+
+        ds.attrs["sha256"] = fmt.digest(copied_shards())
         _set_attrs(ds, group["attrs"] or group["config"])
-        ds.attrs["sha256"] = fmt.digest(parts)
 
 
 def _items_digest(items: fmt.Items) -> str:

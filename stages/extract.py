@@ -79,6 +79,10 @@ def load_prompt_file(path: Path) -> dict[str, dict[str, list[str]]]:
         raise ExpclipError(f'{path}: expected {{"set-name": {{"ClassName": ["prompt", ...]}}}}')
     sets = {}
     for name, classes in data.items():
+        if fmt.sanitize(name) != name:
+            raise ExpclipError(f"{path}: prompt set name {name!r} must use only letters, digits, '.', '_' and '-'")
+        if not classes:
+            raise ExpclipError(f"{path}: prompt set {name!r} is empty")
         sets[name] = {}
         for cls, prompts in classes.items():
             canonical = protocol.canonical_class(cls)
@@ -117,7 +121,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     for name, prompt_set in sets.items():
         prompts, class_index = _text_rows(prompt_set)
         text_config = {k: v for k, v in clip_config.items() if k != "transform"}
-        text_config["prompts_sha256"] = fmt.digest([np.frombuffer(json.dumps(prompts).encode(), dtype=np.uint8)])
+        text_config["prompts_sha256"] = fmt.digest([np.frombuffer(json.dumps([prompts, class_index]).encode(), dtype=np.uint8)])
         if job.need_small(fmt.text_path(clip_key, name), text_config):
             text_todo[name] = (prompts, class_index, text_config)
 
@@ -147,6 +151,12 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
             **text_config, "prompts": prompts, "class_names": protocol.class_order(), "class_index": class_index,
         })
     if job.partial.exists():
+        unfinished = job.unfinished()
+        if unfinished:
+            raise ExpclipError(
+                f"{job.partial}: an earlier run left unfinished groups this run does not extract "
+                f"({', '.join('/' + p for p in unfinished)}); re-run with that run's options, or delete the folder"
+            )
         job.finalize()
     with CacheReader(out) as cache:
         failures = cache.failures()
@@ -171,11 +181,12 @@ def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractCo
             shared[key] = len(transforms)
             transforms.append(enc.transform)
         slots[path] = shared[key]
-    todo = sorted({r for path in encoders for r in job.missing(path)})
+    missing = {path: set(job.missing(path)) for path in encoders}  # one stat per shard, not per batch
+    todo = sorted(set().union(*missing.values()))
     dataset = FaceDataset(source.paths, source.items, transforms)
     loader = DataLoader(
         dataset, batch_sampler=_shard_batches(todo, cfg.batch_size), num_workers=cfg.num_workers,
-        collate_fn=collate, pin_memory=torch.cuda.is_available(),
+        collate_fn=collate, pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
     )
     buffers: dict[str, list[np.ndarray]] = {p: [] for p in encoders}
     failed: dict[int, str] = {}
@@ -198,7 +209,7 @@ def _encode_rows(source: Source, job: Extraction, encoders: dict, cfg: ExtractCo
             tick = _lap(clock, "encoding", tick)
             if index[-1] == stop - 1:
                 for path in encoders:
-                    if (start, stop) in job.missing(path):
+                    if (start, stop) in missing[path]:
                         rows = np.concatenate(buffers[path])
                         rows[[i - start for i in failed]] = np.nan
                         job.write_shard(path, start, stop, rows, failed)

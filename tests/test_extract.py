@@ -223,3 +223,29 @@ def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_p
         expected_teacher = teacher.encode_images(pixels).numpy()  # the very same tensor, not the processor's
         np.testing.assert_allclose(r.image("clip224+official")[items.ok].astype(np.float32), expected_image, rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(r.teacher("blip224+official", "paper")[items.ok].astype(np.float32), expected_teacher, rtol=2e-3, atol=2e-3)
+
+
+def test_prompt_sets_are_keyed_by_prompts_and_their_classes(train_cache, faces, tiny_clip, tmp_path):
+    prompts = tmp_path / "moved.json"
+    prompts.write_text(json.dumps({"moved": {"Happiness": ["a", "b"], "Sadness": ["c"]}}))
+    assert _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts).exit_code == 0
+    prompts.write_text(json.dumps({"moved": {"Happiness": ["a"], "Sadness": ["b", "c"]}}))  # same prompts, other classes
+    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts)
+    assert result.exit_code == 2 and "/text/" in result.output and "prompts_sha256" in result.output
+    for bad, message in (({"a/b": {"Happiness": ["x"]}}, "must use only letters"), ({"empty": {}}, "is empty")):
+        prompts.write_text(json.dumps(bad))
+        result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_resuming_with_other_options_names_the_unfinished_groups(faces, tiny_clip, tiny_blip2, tmp_path):
+    from expclip.cache.writer import Extraction
+
+    out = tmp_path / "c.h5"
+    src = sources.resolve(faces)
+    job = Extraction(out, src.items, {}, shard_size=4)  # as if a run with the teacher had been killed early
+    job.need("teacher/other/paper", {"model": "other"})
+    result = _extract_cli(faces, "--out", out, "--clip-model", tiny_clip, "--no-teacher")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "unfinished groups" in result.output and "/teacher/other/paper" in result.output
+    assert not out.exists() and partial_dir(out).exists()  # nothing lost: the shards stay for a re-run

@@ -160,9 +160,16 @@ class CacheReader:
             class_index=np.asarray(a["class_index"], dtype=np.int64),
         )
 
+    def group_paths(self) -> list[str]:
+        """Every feature group: /image/<key>, /teacher/<key>/<instruction>, /text/<key>/<set>."""
+        paths = [fmt.image_path(k) for k in self.image_keys()]
+        paths += [fmt.teacher_path(t, i) for t, i in self.teacher_keys()]
+        return paths + [fmt.text_path(k, s) for k in self.image_keys() for s in self.text_sets(k)]
+
     def fingerprint(self, paths: list[str]) -> str:
         """Content fingerprint of the named groups plus the items: changes whenever they do."""
         parts = [self.group_attrs(p)["sha256"] for p in sorted(paths)]
-        ids = "\n".join(self.items().ids) + "\n" + ",".join(map(str, self.items().labels.tolist()))
+        items = self.items()
+        ids = "\n".join(items.ids) + "\n" + ",".join(map(str, items.labels.tolist()))
         text = "\n".join(parts) + "\n" + ids
         return fmt.digest([np.frombuffer(text.encode(), dtype=np.uint8)])

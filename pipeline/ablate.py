@@ -62,9 +62,7 @@ def parse_grid(text: str) -> dict[str, list]:
 def _fingerprint(path: Path) -> str:
     """Fingerprint of everything a cache holds (items plus every feature group)."""
     with CacheReader(path) as r:
-        groups = [f"image/{k}" for k in r.image_keys()] + [f"teacher/{t}/{i}" for t, i in r.teacher_keys()]
-        groups += [f"text/{k}/{s}" for k in r.image_keys() for s in r.text_sets(k)]
-        return r.fingerprint(groups)
+        return r.fingerprint(r.group_paths())
 
 
 def run_grid(
@@ -77,6 +75,7 @@ def run_grid(
     prompt_sets: list[str] | None = None,
     ensemble: str = "logits",
     select: dict[str, str | None] | None = None,
+    label_map: dict[str, str] | None = None,
 ) -> list[dict]:
     """Run every grid point not already in `out_dir/runs/`; return all runs of the grid in order.
 
@@ -95,7 +94,7 @@ def run_grid(
             fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_FIELDS})
             chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
             identity = {"fit": asdict(fit), "select": chosen, "caches": caches,
-                        "prompt_sets": prompt_sets, "ensemble": ensemble}
+                        "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}
             key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
             result = out_dir / "runs" / f"{key}.json"
             if result.exists():
@@ -103,8 +102,9 @@ def run_grid(
                 run["reused"] = True
             else:
                 head_path = out_dir / "heads" / key
-                meta = fit_head(train, head_path, dataclasses.replace(fit, device=base.device), **chosen)
-                records = evaluate(load_head(head_path), evals, prompt_sets=prompt_sets, ensemble=ensemble)
+                meta = fit_head(train, head_path, fit, **chosen)
+                records = evaluate(load_head(head_path), evals, prompt_sets=prompt_sets, ensemble=ensemble,
+                                   label_map=label_map)
                 run = {"key": key, "grid": point, "identity": identity, "head": str(head_path),
                        "final_loss": meta["history"][-1]["loss"] if meta.get("history") else None,
                        "records": records}

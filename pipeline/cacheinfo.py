@@ -33,10 +33,7 @@ def info_tables(path: Path) -> list[Table]:
         groups = Table(title="feature groups")
         for col in ("group", "shape", "dtype", "provenance"):
             groups.add_column(col, overflow="fold")
-        paths = [f"image/{k}" for k in r.image_keys()]
-        paths += [f"teacher/{t}/{i}" for t, i in r.teacher_keys()]
-        paths += [f"text/{k}/{s}" for k in r.image_keys() for s in r.text_sets(k)]
-        for p in paths:
+        for p in r.group_paths():
             shape, dtype = r.group_shape(p)
             a = r.group_attrs(p)
             if "prompts" in a:  # text groups share their encoder's provenance, shown above

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from expclip.errors import ExpclipError
+from expclip.stages import protocol  # data only: keeps `expclip --help` free of torch imports
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -41,7 +42,7 @@ def extract(
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
     clip_model: Annotated[str, typer.Option(help="open_clip model name, or local-dir:PATH.")] = "ViT-B-32",
     clip_pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag or weights file (default: openai where the model has it).")] = None,
-    teacher: Annotated[str, typer.Option(help="BLIP-2 (Flan-T5) HF id or save_pretrained folder.")] = "Salesforce/blip2-flan-t5-xxl",
+    teacher: Annotated[str, typer.Option(help="BLIP-2 (Flan-T5) HF id or save_pretrained folder.")] = protocol.DEFAULT_TEACHER,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Skip the teacher (evaluation sets).")] = False,
     instruction: Annotated[Optional[str], typer.Option(help="Teacher instruction (default: the paper's).")] = None,
     transform: Annotated[str, typer.Option(help="model (each model's own preprocessing) or exp-clip-official.")] = "model",
@@ -49,7 +50,7 @@ def extract(
     source_type: Annotated[str, typer.Option(help="auto, folder, list or clips.")] = "auto",
     root: Annotated[Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")] = None,
     strip_prefix: Annotated[Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
-    frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = 16,
+    frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     num_workers: Annotated[int, typer.Option(min=0)] = 4,
@@ -59,7 +60,7 @@ def extract(
     shard_size: Annotated[int, typer.Option(min=1, help="Rows per resumable shard.")] = 1024,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5."""
-    from expclip.stages import protocol, sources
+    from expclip.stages import sources
     from expclip.stages.extract import ExtractConfig, extract as run_extract
 
     with user_errors():
@@ -212,18 +213,21 @@ def ablate(
     clip_key: Annotated[Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
+    label_map: Annotated[Optional[str], typer.Option(help="rafdb, affectnet, or a label,name file, for numeric class names.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
     from expclip import ablate as grid_runs
     from expclip import report
     from expclip.stages.fit_head import FitConfig
+    from expclip.stages.labels import read_label_map
 
     with user_errors():
         runs = grid_runs.run_grid(
             train, eval_caches, grid_runs.parse_grid(grid), out_dir, base=FitConfig(device=device),
             prompt_sets=None if not prompt_set or "all" in prompt_set else prompt_set, ensemble=ensemble,
             select={"clip_key": clip_key, "teacher_key": teacher_key, "instruction": instruction},
+            label_map=read_label_map(label_map) if label_map else None,
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))

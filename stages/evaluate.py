@@ -21,6 +21,7 @@ import sklearn
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
+from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.errors import ExpclipError
 from expclip.stages import protocol
@@ -29,7 +30,6 @@ from expclip.stages.labels import dataset_labels
 
 ENSEMBLES = ("logits", "embedding")
 CLIP, EXP_CLIP = "clip", "exp-clip"
-OFFICIAL_SUFFIX = "+official"
 FRAME_CHUNK = 8192  # frames processed at once: bounds float64 copies and (frames, Dt) activations
 
 
@@ -237,9 +237,7 @@ def _head_dim(head: Head) -> int:
 
 def _encoder(clip: dict) -> tuple[str, str]:
     """What identifies a CLIP encoder: model (a local folder by name) and weights (sha256 when a file)."""
-    model = str(clip.get("model", ""))
-    if model.startswith("local-dir:"):
-        model = Path(model[len("local-dir:"):]).name
+    model = fmt.model_name(str(clip.get("model", "")))
     return model, str(clip.get("pretrained_sha256") or clip.get("pretrained", ""))
 
 
@@ -247,7 +245,7 @@ def _trained_on(head: Head, key: str, attrs: dict) -> bool:
     """Whether the head's recorded CLIP encoder is the one behind a cache's image key."""
     if isinstance(head.meta.get("clip"), dict) and head.meta["clip"].get("model"):
         return _encoder(head.meta["clip"]) == _encoder(attrs)
-    return str(head.meta["clip_key"]).removesuffix(OFFICIAL_SUFFIX) == key.removesuffix(OFFICIAL_SUFFIX)
+    return str(head.meta.get("clip_key", "")).removesuffix(fmt.OFFICIAL_SUFFIX) == key.removesuffix(fmt.OFFICIAL_SUFFIX)
 
 
 def _choose_key(cache: CacheReader, head: Head | None, clip_key: str | None) -> str:

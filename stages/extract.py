@@ -22,13 +22,14 @@ from expclip.cache.reader import CacheReader
 from expclip.cache.writer import Extraction
 from expclip.errors import ExpclipError
 from expclip.stages import protocol
+from expclip.stages.devices import resolve_device
 from expclip.stages.encoders import clip as clip_encoder
 from expclip.stages.encoders import teacher as teacher_encoder
+from expclip.stages.encoders.precision import PRECISIONS
 from expclip.stages.loading import FaceDataset, collate
 from expclip.stages.progress import progress, stderr
 from expclip.stages.sources import Source
 
-DEFAULT_TEACHER = "Salesforce/blip2-flan-t5-xxl"
 STORE_DTYPES = ("float16", "float32")
 
 
@@ -38,7 +39,7 @@ class ExtractConfig:
 
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = None  # None: "openai" where the model has it
-    teacher: str | None = DEFAULT_TEACHER  # None: --no-teacher
+    teacher: str | None = protocol.DEFAULT_TEACHER  # None: --no-teacher
     instruction: str = protocol.DEFAULT_INSTRUCTION
     transform: str = "model"
     batch_size: int = 64
@@ -50,22 +51,12 @@ class ExtractConfig:
     shard_size: int = 1024
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ExpclipError(f"--device {device!r}: choose auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExpclipError("--device cuda: no CUDA device is available here")
-    return torch.device(device)
-
-
 def resolve_precision(dtype: str, device: torch.device) -> str:
     """bf16 autocast on CUDA by default; float32 on CPU, where it is both exact and faster."""
     if dtype == "auto":
         return "bfloat16" if device.type == "cuda" else "float32"
-    if dtype not in ("float32", "bfloat16"):
-        raise ExpclipError(f"--dtype {dtype!r}: choose auto, float32 or bfloat16")
+    if dtype not in PRECISIONS:
+        raise ExpclipError(f"--dtype {dtype!r}: choose auto, {' or '.join(PRECISIONS)}")
     return dtype
 
 

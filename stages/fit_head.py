@@ -28,11 +28,11 @@ from expclip import __version__
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.errors import ExpclipError
+from expclip.stages.devices import DEVICES, resolve_device
 from expclip.stages.heads import KINDS, build_head, load_head, save_head
 from expclip.stages.progress import progress
 
 OPTIMIZERS = ("sgd", "adamw")
-DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EPS = 1e-12  # F.normalize's floor on a norm
 
@@ -186,12 +186,6 @@ def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scale: 
     return loss, logits
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ExpclipError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-
-
 def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
     """The default init under the seed, or a copy of --init-from (same kind and sizes)."""
     with torch.random.fork_rng(devices=[]):
@@ -212,7 +206,7 @@ def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str 
              teacher_key: str | None = None, instruction: str | None = None) -> dict:
     """Train a head on the caches' (image, teacher) pairs; write OUT.safetensors + OUT.json; return the JSON."""
     config.check()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     started = time.perf_counter()
     data = load_training_set(caches, clip_key, teacher_key, instruction)
     n, d = data.images.shape

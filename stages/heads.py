@@ -105,8 +105,19 @@ def load_head(path: Path) -> Head:
         module.load_state_dict(state)
     except RuntimeError as e:
         raise ExpclipError(f"{weights}: weights do not fit a {info['kind']} head: {e}") from None
-    meta = json.loads(card.read_text("utf-8")) if card.is_file() else {k: info[k] for k in ("kind", "d", "dt")}
+    meta = _read_card(card) if card.is_file() else {k: info[k] for k in ("kind", "d", "dt")}
     return Head(module=module, kind=info["kind"], meta=meta)
+
+
+def _read_card(card: Path) -> dict:
+    """HEAD.json, refused with its name when it is not a JSON object."""
+    try:
+        meta = json.loads(card.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExpclipError(f"{card}: not a readable head card ({e})") from None
+    if not isinstance(meta, dict):
+        raise ExpclipError(f"{card}: a head card is a JSON object, found {type(meta).__name__}")
+    return meta
 
 
 def _load_official(path: Path) -> Head:

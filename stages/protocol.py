@@ -15,6 +15,7 @@ DEFAULT_INSTRUCTION = (
     "Objectively describe the detailed facial actions of the person in the image."
 )
 DEFAULT_FRAMES = 16
+DEFAULT_TEACHER = "Salesforce/blip2-flan-t5-xxl"  # LAVIS pretrain_flant5xxl, as used by the paper
 
 # Lower-case spellings that datasets use for the canonical class names.
 _SYNONYMS = {

@@ -94,3 +94,25 @@ def test_ablate_cli_writes_table_csv_and_json(caches, tmp_path):
     assert "2 runs (2 reused)" in runner.invoke(app, args).output
     bad = runner.invoke(app, [*args[:4], "--grid", "speed=1"])
     assert bad.exit_code == 2 and "unknown name 'speed'" in bad.output and "Traceback" not in bad.output
+
+
+def test_ablate_label_map_reaches_evaluate(caches, tmp_path):
+    train, _ = caches
+    rng = np.random.default_rng(1)
+    order = protocol.class_order()
+    numeric = tmp_path / "numeric.h5"
+    items = fmt.Items(ids=[f"e{i}" for i in range(12)], labels=np.arange(12) % 2, class_names=["0", "1"])
+    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
+                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    write_arrays(numeric, items, file_attrs={"dataset": "numeric"},
+                 aligned={fmt.image_path(KEY): (rng.standard_normal((12, 8)).astype(np.float32), CLIP)}, small=text)
+    label_map = tmp_path / "map.csv"
+    label_map.write_text("0,Neutral\n1,Happiness\n")
+    args = ["ablate", str(train), "--eval", str(numeric), "--grid", "epochs=1 batch_size=16", "--out-dir", str(tmp_path / "a"),
+            "--device", "cpu", "--instruction", "paper"]
+    without = runner.invoke(app, args)
+    assert without.exit_code == 2 and "--label-map" in without.output
+    result = runner.invoke(app, [*args, "--label-map", str(label_map)])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads((tmp_path / "a" / "ablation.json").read_text())
+    assert row["dataset"] == "numeric" and row["n"] == 12

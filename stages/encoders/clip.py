@@ -19,8 +19,9 @@ from open_clip.factory import _find_checkpoint_in_dir
 
 from expclip.errors import ExpclipError
 from expclip.stages.encoders.precision import autocast, check_precision
-from expclip.stages.encoders.provenance import LOCAL_DIR, encoder_key, sha256_file, versions_json
-from expclip.stages.encoders.transforms import MODEL, check_transform, official_transform
+from expclip.cache.format import LOCAL_DIR, encoder_key, model_name
+from expclip.stages.encoders.provenance import sha256_file, versions_json
+from expclip.stages.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
 
 DEFAULT_TAG = "openai"
 
@@ -95,12 +96,12 @@ def identity(name: str, pretrained: str | None, transform: str, precision: str) 
     check_precision(precision)
     model_ref, weights, weights_sha = _resolve_weights(name, pretrained)
     if model_ref.startswith(LOCAL_DIR):
-        parts = [Path(model_ref[len(LOCAL_DIR):]).name]
+        parts = [model_name(model_ref)]
     else:
         parts = [model_ref, Path(weights).stem if weights_sha else weights]
     config = {"model": model_ref, "pretrained": weights, "pretrained_sha256": weights_sha,
               "transform": transform, "precision": precision}
-    return encoder_key(parts, transform), config
+    return encoder_key(parts, transform == OFFICIAL), config
 
 
 def load_clip(

@@ -1,4 +1,4 @@
-"""Provenance shared by the encoders: cache keys, library versions, file hashes.
+"""Provenance shared by the encoders: library versions and file hashes.
 
 Every feature group of a cache carries the configuration that produced it
 (docs/cache-format.md); both encoders derive keys and attributes the same way.
@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import expclip
-from expclip.cache.format import sanitize
-from expclip.stages.encoders.transforms import OFFICIAL
-
-LOCAL_DIR = "local-dir:"
-
-
-def encoder_key(parts: list[str], transform: str) -> str:
-    """`<part>@<part>...` with characters outside [A-Za-z0-9._-] as `_`, `+official` for the official transform."""
-    key = "@".join(sanitize(part) for part in parts)
-    return key + "+official" if transform == OFFICIAL else key
-
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (weights can be gigabytes)."""
+    """Hex sha256 of a file, read in 1 MiB blocks (weights can be gigabytes), once per process."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed by size and mtime too, so a rewritten file is hashed again."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

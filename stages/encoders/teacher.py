@@ -22,8 +22,9 @@ from transformers.utils import logging as hf_logging
 
 from expclip.errors import ExpclipError
 from expclip.stages.encoders.precision import autocast, check_precision
-from expclip.stages.encoders.provenance import encoder_key, versions_json
-from expclip.stages.encoders.transforms import MODEL, check_transform, official_transform
+from expclip.cache.format import encoder_key
+from expclip.stages.encoders.provenance import versions_json
+from expclip.stages.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
 from expclip.stages.protocol import DEFAULT_INSTRUCTION
 
 
@@ -87,7 +88,7 @@ def identity(id_or_dir: str, instruction: str, transform: str, precision: str) -
     check_transform(transform)
     check_precision(precision)
     source = _source(id_or_dir)
-    key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform)
+    key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform == OFFICIAL)
     config = {"model": source, "instruction": instruction, "transform": transform, "precision": precision}
     return key, instruction_key(instruction), config
 

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from expclip.stages.protocol import DEFAULT_INSTRUCTION, class_order
-from expclip.stages.encoders.provenance import LOCAL_DIR
+from expclip.cache.format import LOCAL_DIR
 
 # Not 100 (OpenAI's value): tests prove logit_scale is read from the model, not assumed.
 TINY_LOGIT_SCALE = 50.0

@@ -1,0 +1,20 @@
+"""Which torch device a stage runs on: one rule for `--device auto|cpu|cuda` everywhere."""
+
+from __future__ import annotations
+
+import torch
+
+from expclip.errors import ExpclipError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when there is one, else the CPU; asking for a missing CUDA is an error."""
+    if name not in DEVICES:
+        raise ExpclipError(f"--device {name!r}: choose one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExpclipError("--device cuda: no CUDA device is available here")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

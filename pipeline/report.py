@@ -8,7 +8,8 @@ Formats (each file written to a temporary name and renamed into place):
   any record in canonical order (empty where the class is absent from the
   dataset or from its ground truth). Percentages, full precision.
 - PNG: `<dataset>__<method>__<prompt_set>.png`, one confusion matrix per record
-  (rows: true class, columns: predicted).
+  (rows: true class, columns: predicted); when two caches share a dataset
+  name, the dataset part becomes `<dataset>-<cache stem>`.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def write_csv(records: list[dict], path: Path) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(csv_text(records), "utf-8"))
 
 
-def png_name(record: dict) -> str:
-    return "__".join(sanitize(record[k]) for k in ("dataset", "method", "prompt_set")) + ".png"
+def png_name(record: dict, *, with_cache: bool = False) -> str:
+    """`<dataset>__<method>__<prompt_set>.png`; `with_cache` adds the cache's stem to the dataset part."""
+    dataset = f"{record['dataset']}-{Path(record['cache']).stem}" if with_cache else record["dataset"]
+    return "__".join(sanitize(v) for v in (dataset, record["method"], record["prompt_set"])) + ".png"
 
 
 def write_confusion_pngs(records: list[dict], out_dir: Path) -> list[Path]:
@@ -93,13 +96,14 @@ def write_confusion_pngs(records: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    caches_per_dataset = {d: {r["cache"] for r in records if r["dataset"] == d} for d in {r["dataset"] for r in records}}
     for r in records:
         size = 2.5 + 0.6 * len(r["classes"])
         fig = Figure(figsize=(size + 1, size), layout="constrained")
         display = ConfusionMatrixDisplay(np.asarray(r["confusion"]), display_labels=r["classes"])
         display.plot(ax=fig.subplots(), xticks_rotation=45, colorbar=True, cmap="Blues")
         display.ax_.set_title(f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}")
-        path = out_dir / png_name(r)
+        path = out_dir / png_name(r, with_cache=len(caches_per_dataset[r["dataset"]]) > 1)  # never overwrite
         write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         written.append(path)
     return written

@@ -70,3 +70,10 @@ def test_confusion_pngs(records, tmp_path):
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [p.name for p in written]
+
+
+def test_confusion_pngs_of_two_caches_with_one_dataset_name_do_not_overwrite(records, tmp_path):
+    first = dict(records[0], cache="/data/a/test.h5")
+    second = dict(records[0], cache="/data/b/other.h5")
+    written = report.write_confusion_pngs([first, second], tmp_path)
+    assert [p.name for p in written] == ["RAFDB-test__clip__ensemble_ten.png", "RAFDB-other__clip__ensemble_ten.png"]

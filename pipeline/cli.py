@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -53,7 +54,7 @@ def extract(
     frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    num_workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding images.")] = min(8, os.cpu_count() or 1),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), float32 or bfloat16.")] = "auto",
     store_dtype: Annotated[str, typer.Option(help="float16 or float32 on disk.")] = "float16",

@@ -9,6 +9,7 @@ cache are encoded, and only the encoders they need are loaded.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class ExtractConfig:
     instruction: str = protocol.DEFAULT_INSTRUCTION
     transform: str = "model"
     batch_size: int = 64
-    num_workers: int = 4
+    num_workers: int = min(8, os.cpu_count() or 1)  # decoding workers; more than cores only thrash
     device: str = "auto"
     dtype: str = "auto"
     store_dtype: str = "float16"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from expclip.cache.format import partial_dir
 from expclip.cache.reader import CacheReader
 
 _SKIP = {"prompts", "class_index", "class_names", "versions", "sha256", "prompts_sha256"}
@@ -30,6 +31,8 @@ def info_tables(path: Path) -> list[Table]:
         facts.add_row("classes", ", ".join(items.class_names) or "-")
         if items.frame_index is not None:
             facts.add_row("frames per clip", str(items.frame_index.shape[1]))
+        if partial_dir(Path(path)).exists():
+            facts.add_row("unfinished run", f"{partial_dir(Path(path))} (re-run the same extract to finish it)")
         groups = Table(title="feature groups")
         for col in ("group", "shape", "dtype", "provenance"):
             groups.add_column(col, overflow="fold")

@@ -168,6 +168,9 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
     assert result.exit_code == 0, result.output
     for text in ("complete", "True", "image/m@t", "10×8", "float16", "logit_scale=50.0", "10 (10 labelled, 0 failed)"):
         assert text in result.output
+    assert "unfinished run" not in result.output
+    partial_dir(path).mkdir()
+    assert "unfinished run" in CliRunner().invoke(app, ["cache", "info", str(path)]).output
     (tmp_path / "bad.h5").write_bytes(b"")
     bad = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "bad.h5")])
     assert bad.exit_code == 2 and "bad.h5: not a readable HDF5 file" in bad.output

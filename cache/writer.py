@@ -26,6 +26,11 @@ from expclip.errors import ExpclipError
 MANIFEST = "manifest.json"
 
 
+def _config_view(attrs, keys) -> dict[str, str]:
+    """The `keys` of attributes (HDF5 or a dict) as strings: how configurations are compared."""
+    return {k: str(attr_value(attrs.get(k))) for k in keys}
+
+
 def _describe(config: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
 
@@ -91,7 +96,7 @@ class Extraction:
 
     def _note_existing(self, name: str, obj: h5py.HLObject) -> None:
         if isinstance(obj, h5py.Dataset) and name.split("/")[0] in fmt.ROOTS:
-            self.existing[name] = {k: str(attr_value(v)) for k, v in obj.attrs.items()}
+            self.existing[name] = _config_view(obj.attrs, obj.attrs)
 
     def _load_manifest(self, shard_size: int) -> dict:
         path = self.partial / MANIFEST
@@ -119,11 +124,11 @@ class Extraction:
         """Refuse a different configuration under an existing key; True when the cache has it."""
         found = [(str(self.cache), self.existing.get(path))]
         found.append((str(self.partial), self.manifest["groups"].get(path, {}).get("config")))
-        wanted = {k: str(v) for k, v in config.items()}
+        wanted = _config_view(config, config)
         for where, attrs in found:
             if attrs is None:
                 continue
-            had = {k: str(attrs.get(k)) for k in wanted}
+            had = _config_view(attrs, wanted)
             if had != wanted:
                 raise ExpclipError(
                     f"{where}: /{path} was made by [{_describe(had)}]; this run asks for "
@@ -174,6 +179,7 @@ class Extraction:
         expected = (stop - start, *spec["row_shape"])
         if rows.shape != expected:
             raise ValueError(f"shard {path}[{start}:{stop}] has shape {rows.shape}, expected {expected}")
+
         def fill(f: h5py.File) -> None:
             f.create_dataset("rows", data=rows.astype(spec["dtype"]))
             f.create_dataset("failed_row", data=np.array(sorted(failures), dtype=np.int64))
@@ -196,8 +202,7 @@ class Extraction:
         if not done.exists():
             return True
         with h5py.File(done, "r") as f:
-            had = {k: str(attr_value(f["rows"].attrs.get(k))) for k in config}
-        return had != {k: str(v) for k, v in config.items()}
+            return _config_view(f["rows"].attrs, config) != _config_view(config, config)
 
     def unfinished(self) -> list[str]:
         """Registered groups that still miss shards (or were never started)."""

@@ -25,10 +25,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from expclip.cache.reader import CacheReader  # noqa: E402
-from expclip.stages import sources, synthetic  # noqa: E402
-from expclip.stages.encoders.tiny import save_tiny_blip2, save_tiny_clip  # noqa: E402
+from expclip.stages.extract import sources, synthetic  # noqa: E402
+from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip  # noqa: E402
 from expclip.stages.extract import ExtractConfig, extract  # noqa: E402
-from expclip.stages.protocol import class_order  # noqa: E402
+from expclip.stages.shared.protocol import class_order  # noqa: E402
 
 VIT_G = {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16, "patch_size": 14}
 QFORMER = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
@@ -70,7 +70,7 @@ def main() -> None:
         small = sources.resolve(tmp / "small")
         common = dict(clip_model=clip, teacher=str(blip), batch_size=64, num_workers=4)
         extract(small, tmp / "gpu.h5", ExtractConfig(device="cuda", **common))
-        extract(small, tmp / "cpu.h5", ExtractConfig(device="cpu", dtype="float32", **common))
+        extract(small, tmp / "cpu.h5", ExtractConfig(device="cpu", precision="fp32", **common))
         (gi, gt), (ci, ct) = _features(tmp / "gpu.h5"), _features(tmp / "cpu.h5")
         table.add_row("bf16 CUDA vs fp32 CPU, image cosine (min / mean)", f"{_cosine(gi, ci).min():.5f} / {_cosine(gi, ci).mean():.5f}")
         table.add_row("bf16 CUDA vs fp32 CPU, teacher cosine (min / mean)", f"{_cosine(gt, ct).min():.5f} / {_cosine(gt, ct).mean():.5f}")

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
-from expclip.stages import protocol
+from expclip.stages.shared import protocol
 from expclip.stages.fit_head import FitConfig, fit_head
 
 N_TRAIN, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
@@ -130,7 +130,7 @@ def main() -> None:
 def time_evaluate(tmp: Path, rng: np.random.Generator, console: Console) -> list[str]:
     """Evaluate the fp32 head and plain CLIP on the eight test sets x five prompt sets."""
     from expclip.stages.evaluate import evaluate
-    from expclip.stages.heads import load_head
+    from expclip.stages.shared.heads import load_head
 
     started = time.perf_counter()
     caches = []

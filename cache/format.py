@@ -58,7 +58,6 @@ def sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("_") or "_"
 
 
-LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder
 OFFICIAL_SUFFIX = "+official"  # keys of features made with --transform exp-clip-official
 
 
@@ -66,11 +65,6 @@ def encoder_key(parts: list[str], official: bool) -> str:
     """`<part>@<part>...`, each part sanitised, `+official` for the official transform (docs/cache-format.md)."""
     key = "@".join(sanitize(part) for part in parts)
     return key + OFFICIAL_SUFFIX if official else key
-
-
-def model_name(model: str) -> str:
-    """A CLIP model as keys name it: a `local-dir:` folder by its base name."""
-    return Path(model[len(LOCAL_DIR):]).name if model.startswith(LOCAL_DIR) else model
 
 
 def image_path(key: str) -> str:

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from expclip.cache import format as fmt
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 
 
 def attr_value(value):

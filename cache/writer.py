@@ -17,11 +17,11 @@ from typing import Callable, Iterator
 import h5py
 import numpy as np
 
-from expclip import __version__
+from expclip.base.version import __version__
 from expclip.cache import format as fmt
-from expclip.atomic import write_atomically
+from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import attr_value, open_cache, read_failures, read_items
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 
 MANIFEST = "manifest.json"
 
@@ -36,7 +36,7 @@ def _describe(config: dict) -> str:
 
 
 def _write_h5(target: Path, fill: Callable[[h5py.File], None]) -> None:
-    """Write an HDF5 file whole or not at all (see expclip.atomic)."""
+    """Write an HDF5 file whole or not at all (see expclip.cache.atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:

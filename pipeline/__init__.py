@@ -1,3 +1,5 @@
 """expclip: Exp-CLIP as a feature-caching two-stage pipeline."""
 
-__version__ = "0.1.0"
+from expclip.base.version import __version__
+
+__all__ = ["__version__"]

@@ -15,12 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from expclip.cache.reader import CacheReader
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig, fit_head
-from expclip.stages.heads import load_head
-from expclip.stages.progress import progress
+from expclip.stages.shared.heads import load_head
+from expclip.stages.shared.progress import progress
 
 # Grid names: FitConfig's scalar fields, plus which cache groups to train on.
 _FIT_FIELDS = {f.name: f for f in dataclasses.fields(FitConfig) if f.name not in ("milestones", "init_from", "device")}

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from expclip.errors import ExpclipError
-from expclip.stages import protocol  # data only: keeps `expclip --help` free of torch imports
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol  # data only: keeps `expclip --help` free of torch imports
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -56,12 +56,12 @@ def extract(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     num_workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding images.")] = min(8, os.cpu_count() or 1),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), float32 or bfloat16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")] = "auto",
     store_dtype: Annotated[str, typer.Option(help="float16 or float32 on disk.")] = "float16",
     shard_size: Annotated[int, typer.Option(min=1, help="Rows per resumable shard.")] = 1024,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5."""
-    from expclip.stages import sources
+    from expclip.stages.extract import sources
     from expclip.stages.extract import ExtractConfig, extract as run_extract
 
     with user_errors():
@@ -69,7 +69,7 @@ def extract(
         cfg = ExtractConfig(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction or protocol.DEFAULT_INSTRUCTION, transform=transform, batch_size=batch_size,
-            num_workers=num_workers, device=device, dtype=dtype, store_dtype=store_dtype, prompts=prompts,
+            num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
             shard_size=shard_size,
         )
         summary = run_extract(src, cache, cfg)
@@ -113,8 +113,8 @@ def evaluate(
 
     from expclip import report
     from expclip.stages.evaluate import evaluate as run_evaluate
-    from expclip.stages.heads import load_head
-    from expclip.stages.labels import read_label_map
+    from expclip.stages.shared.heads import load_head
+    from expclip.stages.shared.labels import read_label_map
 
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -194,7 +194,7 @@ def head_export(
     to: Annotated[str, typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict {mlp.weight}.")] = "official",
 ) -> None:
     """Write a linear head in the official Exp-CLIP .pth format (loadable by the original code)."""
-    from expclip.stages.heads import export_official, load_head
+    from expclip.stages.shared.heads import export_official, load_head
 
     with user_errors():
         if to != "official":
@@ -221,7 +221,7 @@ def ablate(
     from expclip import ablate as grid_runs
     from expclip import report
     from expclip.stages.fit_head import FitConfig
-    from expclip.stages.labels import read_label_map
+    from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
         runs = grid_runs.run_grid(
@@ -244,7 +244,7 @@ def demo(
 ) -> None:
     """The whole pipeline offline on synthetic faces and tiny random encoders (about a minute)."""
     from expclip import report
-    from expclip.demo import REAL_RUN, run_demo
+    from expclip.demo.run import REAL_RUN, run_demo
 
     with user_errors():
         run = run_demo(workdir)

@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from expclip.atomic import write_atomically
+from expclip.cache.atomic import write_atomically
 from expclip.cache.format import sanitize
-from expclip.stages import protocol
+from expclip.stages.shared import protocol
 
 METHOD_ROWS = (("clip", "CLIP"), ("exp-clip", "Exp-CLIP"))
 CSV_FIELDS = ["dataset", "method", "prompt_set", "ensemble", "uar", "war", "n", "skipped", "clip_key", "cache"]

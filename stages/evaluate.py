@@ -23,10 +23,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
-from expclip.stages.heads import Head
-from expclip.stages.labels import dataset_labels
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
+from expclip.stages.shared.clip_identity import clip_identity
+from expclip.stages.shared.heads import Head
+from expclip.stages.shared.labels import dataset_labels
 
 ENSEMBLES = ("logits", "embedding")
 CLIP, EXP_CLIP = "clip", "exp-clip"
@@ -235,16 +236,10 @@ def _head_dim(head: Head) -> int:
     return next(m for m in head.module.modules() if isinstance(m, torch.nn.Linear)).in_features
 
 
-def _encoder(clip: dict) -> tuple[str, str]:
-    """What identifies a CLIP encoder: model (a local folder by name) and weights (sha256 when a file)."""
-    model = fmt.model_name(str(clip.get("model", "")))
-    return model, str(clip.get("pretrained_sha256") or clip.get("pretrained", ""))
-
-
 def _trained_on(head: Head, key: str, attrs: dict) -> bool:
     """Whether the head's recorded CLIP encoder is the one behind a cache's image key."""
     if isinstance(head.meta.get("clip"), dict) and head.meta["clip"].get("model"):
-        return _encoder(head.meta["clip"]) == _encoder(attrs)
+        return clip_identity(head.meta["clip"]) == clip_identity(attrs)
     return str(head.meta.get("clip_key", "")).removesuffix(fmt.OFFICIAL_SUFFIX) == key.removesuffix(fmt.OFFICIAL_SUFFIX)
 
 

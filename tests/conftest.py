@@ -6,7 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/open_clip import: 
 
 import pytest
 
-from expclip.stages.encoders.tiny import save_tiny_blip2, save_tiny_clip
+from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
 
 
 @pytest.fixture(scope="session")

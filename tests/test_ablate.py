@@ -10,11 +10,11 @@ from expclip import ablate
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig, fit_head
-from expclip.stages.heads import load_head
+from expclip.stages.shared.heads import load_head
 
 KEY = "ViT-T@test"
 CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 20.0, "embed_dim": 8}

@@ -14,7 +14,7 @@ import pytest
 from expclip.cache.format import Items, partial_dir
 from expclip.cache.reader import CacheReader, open_cache
 from expclip.cache.writer import Extraction, write_arrays
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 
 
 def _items(n=10):

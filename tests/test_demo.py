@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
-from expclip.stages import protocol
+from expclip.stages.shared import protocol
 
 
 def test_demo_runs_every_stage_and_says_what_it_is(tmp_path):

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from expclip.errors import ExpclipError
-from expclip.stages.encoders.clip import load_clip
-from expclip.stages.encoders.provenance import sha256_file
-from expclip.stages.encoders.teacher import instruction_key, load_teacher
-from expclip.stages.encoders.tiny import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
-from expclip.stages.encoders.transforms import official_transform
-from expclip.stages.protocol import DEFAULT_INSTRUCTION, class_order
-from expclip.stages.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
+from expclip.base.errors import ExpclipError
+from expclip.stages.extract.encoders.clip import load_clip
+from expclip.stages.extract.encoders.provenance import sha256_file
+from expclip.stages.extract.encoders.teacher import instruction_key, load_teacher
+from expclip.demo.checkpoints import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
+from expclip.stages.extract.encoders.transforms import official_transform
+from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
+from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
 
 CPU = torch.device("cpu")
 PROMPTS = ["a photo of a happy face", "an expression of anger", "sadness"]
@@ -31,12 +31,12 @@ def faces() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def clip(tiny_clip):
-    return load_clip(tiny_clip, None, device=CPU, precision="float32", transform="model")
+    return load_clip(tiny_clip, None, device=CPU, precision="fp32", transform="model")
 
 
 @pytest.fixture(scope="module")
 def teacher(tiny_blip2):
-    return load_teacher(str(tiny_blip2), DEFAULT_INSTRUCTION, device=CPU, precision="float32", transform="model")
+    return load_teacher(str(tiny_blip2), DEFAULT_INSTRUCTION, device=CPU, precision="fp32", transform="model")
 
 
 def test_clip_image_features_equal_open_clip(clip, tiny_clip, faces):
@@ -128,8 +128,8 @@ def test_official_transform_feeds_both_encoders_the_same_tensor(tmp_path, faces)
     # The official transform yields 224x224 tensors, so these tiny models take 224x224 images.
     clip_name = save_tiny_clip(tmp_path / "clip", image_size=224)
     blip2 = save_tiny_blip2(tmp_path / "blip2", image_size=224)
-    clip = load_clip(clip_name, None, device=CPU, precision="float32", transform="exp-clip-official")
-    teacher = load_teacher(str(blip2), "Describe.", device=CPU, precision="bfloat16", transform="exp-clip-official")
+    clip = load_clip(clip_name, None, device=CPU, precision="fp32", transform="exp-clip-official")
+    teacher = load_teacher(str(blip2), "Describe.", device=CPU, precision="bf16", transform="exp-clip-official")
     assert clip.key.endswith("+official") and teacher.key.endswith("+official")
     assert teacher.instruction_key.startswith("sha-")
     a, b = clip.transform(faces[0]), teacher.transform(faces[0])
@@ -144,7 +144,7 @@ def test_official_transform_feeds_both_encoders_the_same_tensor(tmp_path, faces)
 
 
 def test_bfloat16_clip_is_close_to_float32(clip, tiny_clip, faces):
-    bf16 = load_clip(tiny_clip, None, device=CPU, precision="bfloat16", transform="model")
+    bf16 = load_clip(tiny_clip, None, device=CPU, precision="bf16", transform="model")
     batch = torch.stack([clip.transform(face) for face in faces])
     full, half = clip.encode_images(batch), bf16.encode_images(batch)
     assert half.dtype == torch.float32
@@ -154,15 +154,15 @@ def test_bfloat16_clip_is_close_to_float32(clip, tiny_clip, faces):
 @pytest.mark.parametrize(
     ("call", "needle"),
     [
-        (lambda: load_clip("ViT-Nope-1", None, device=CPU, precision="float32", transform="model"), "ViT-B-32"),
-        (lambda: load_clip("ViT-B-32", "nope", device=CPU, precision="float32", transform="model"), "openai"),
-        (lambda: load_clip("ViT-B-32", None, device=CPU, precision="float32", transform="crop"), "exp-clip-official"),
-        (lambda: load_clip("ViT-B-32", None, device=CPU, precision="fp8", transform="model"), "bfloat16"),
-        (lambda: load_clip("local-dir:/no/such/clip", None, device=CPU, precision="float32", transform="model"),
+        (lambda: load_clip("ViT-Nope-1", None, device=CPU, precision="fp32", transform="model"), "ViT-B-32"),
+        (lambda: load_clip("ViT-B-32", "nope", device=CPU, precision="fp32", transform="model"), "openai"),
+        (lambda: load_clip("ViT-B-32", None, device=CPU, precision="fp32", transform="crop"), "exp-clip-official"),
+        (lambda: load_clip("ViT-B-32", None, device=CPU, precision="fp8", transform="model"), "bf16"),
+        (lambda: load_clip("local-dir:/no/such/clip", None, device=CPU, precision="fp32", transform="model"),
          "/no/such/clip"),
-        (lambda: load_teacher("/no/such/blip2", "x", device=CPU, precision="float32", transform="model"),
+        (lambda: load_teacher("/no/such/blip2", "x", device=CPU, precision="fp32", transform="model"),
          "/no/such/blip2"),
-        (lambda: load_teacher("nobody/no-such-blip2", "x", device=CPU, precision="float32", transform="model"),
+        (lambda: load_teacher("nobody/no-such-blip2", "x", device=CPU, precision="fp32", transform="model"),
          "nobody/no-such-blip2"),
     ],
 )

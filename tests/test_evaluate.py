@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
 from expclip.stages.evaluate import GramSpace, evaluate
-from expclip.stages.heads import Head, build_head, export_official, save_head
+from expclip.stages.shared.heads import Head, build_head, export_official, save_head
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_protocol.json"
 KEY = "ViT-T@test"

@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 from expclip.cache.format import partial_dir
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
-from expclip.stages import protocol, sources
-from expclip.stages.encoders import clip as clip_module
-from expclip.stages.encoders import teacher as teacher_module
-from expclip.stages.encoders.teacher import load_teacher
+from expclip.stages.shared import protocol
+from expclip.stages.extract import sources
+from expclip.stages.extract.encoders import clip as clip_module
+from expclip.stages.extract.encoders import teacher as teacher_module
+from expclip.stages.extract.encoders.teacher import load_teacher
 from expclip.stages.extract import ExtractConfig, extract
-from expclip.stages.loading import load_image
-from expclip.stages.synthetic import write_clips, write_faces
+from expclip.stages.extract.loading import load_image
+from expclip.demo.synthetic import write_clips, write_faces
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_protocol.json"
 runner = CliRunner()
@@ -82,7 +83,7 @@ def test_image_and_text_features_equal_open_clip(train_cache, faces, tiny_clip):
 
 def test_teacher_features_equal_the_encoder_and_bad_files_are_recorded(train_cache, faces, tiny_blip2):
     teacher = load_teacher(str(tiny_blip2), protocol.DEFAULT_INSTRUCTION, device=torch.device("cpu"),
-                           precision="float32", transform="model")
+                           precision="fp32", transform="model")
     with CacheReader(train_cache) as r:
         items = r.items()
         assert r.teacher_keys() == [(Path(tiny_blip2).name, "paper")]
@@ -116,7 +117,7 @@ def test_rerun_on_complete_cache_runs_no_encoder(train_cache, faces, tiny_clip, 
 
 
 def test_other_configuration_under_existing_key_is_refused(train_cache, faces, tiny_clip):
-    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--dtype", "bfloat16")
+    result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--precision", "bf16")
     assert result.exit_code == 2
     assert "was made by [" in result.output and "precision=float32" in result.output and "precision=bfloat16" in result.output
     assert "Traceback" not in result.output
@@ -200,8 +201,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(faces, tiny_clip, tiny_blip
 
 def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_path, faces):
     """--transform exp-clip-official: Resize((224,224)) + ToTensor, the same tensor for CLIP and BLIP-2."""
-    from expclip.stages.encoders.tiny import save_tiny_blip2, save_tiny_clip
-    from expclip.stages.encoders.transforms import official_transform
+    from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
+    from expclip.stages.extract.encoders.transforms import official_transform
 
     clip_name = save_tiny_clip(tmp_path / "clip224", image_size=224)
     blip = save_tiny_blip2(tmp_path / "blip224", image_size=224)
@@ -210,7 +211,7 @@ def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_p
     assert result.exit_code == 0, result.output
     model, _, _ = open_clip.create_model_and_transforms(clip_name)
     teacher = load_teacher(str(blip), protocol.DEFAULT_INSTRUCTION, device=torch.device("cpu"),
-                           precision="float32", transform="model")
+                           precision="fp32", transform="model")
     with CacheReader(out) as r:
         items = r.items()
         good = [i for i, ok in zip(items.ids, items.ok) if ok]

@@ -15,9 +15,9 @@ from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 from expclip.stages.fit_head import FitConfig, fit_head
-from expclip.stages.heads import build_head, load_head, save_head
+from expclip.stages.shared.heads import build_head, load_head, save_head
 
 # The official run as published: ../shared/reference/exp_clip_paper_results.json, `official_training`.
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_paper_results.json"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from expclip.errors import ExpclipError
-from expclip.stages.heads import Head, build_head, export_official, load_head, save_head
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared.heads import Head, build_head, export_official, load_head, save_head
 
 
 def _marker_pickle(path: Path, marker: Path, *, plain: bool) -> None:

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
-from expclip.stages.labels import canonical_names, dataset_labels, read_label_map
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
+from expclip.stages.shared.labels import canonical_names, dataset_labels, read_label_map
 
 RAFDB = {"1": "Surprise", "2": "Fear", "3": "Disgust", "4": "Happiness", "5": "Sadness", "6": "Anger", "7": "Neutral"}
 AFFECTNET = {"0": "Neutral", "1": "Happy", "2": "Sad", "3": "Surprise", "4": "Fear", "5": "Disgust", "6": "Anger", "7": "Contempt"}

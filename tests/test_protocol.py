@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from expclip.stages import protocol
+from expclip.stages.shared import protocol
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
-from expclip.stages.sources import resolve
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
+from expclip.stages.extract.sources import resolve
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annotation_samples"
 

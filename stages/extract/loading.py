@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from expclip.cache.format import Items
-from expclip.stages.sources import IMAGE_SUFFIXES
+from expclip.stages.extract.sources import IMAGE_SUFFIXES
 
 Transform = Callable[[Image.Image], torch.Tensor]
 

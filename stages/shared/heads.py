@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from expclip.atomic import write_atomically
-from expclip.errors import ExpclipError
+from expclip.cache.atomic import write_atomically
+from expclip.base.errors import ExpclipError
 
 KINDS = ("linear", "mlp")
 OFFICIAL_KEY = "mlp.weight"

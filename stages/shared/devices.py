@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 
 DEVICES = ("auto", "cpu", "cuda")
 

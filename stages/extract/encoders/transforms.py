@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torchvision import transforms as T
 
-from expclip.errors import ExpclipError
+from expclip.base.errors import ExpclipError
 
 MODEL = "model"
 OFFICIAL = "exp-clip-official"

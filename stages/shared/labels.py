@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _checked(path: Path, line: int, label: str, name: str) -> str:
 
 def builtin_label_maps() -> list[str]:
     """Names of the label maps shipped with expclip (`--label-map rafdb`)."""
-    return sorted(p.stem for p in resources.files("expclip.stages").joinpath("label_maps").iterdir() if p.name.endswith(".csv"))
+    return sorted(p.stem for p in resources.files("expclip.stages.shared").joinpath("label_maps").iterdir() if p.name.endswith(".csv"))
 
 
 def read_label_map(path: Path | str) -> dict[str, str]:
@@ -109,7 +109,7 @@ def read_label_map(path: Path | str) -> dict[str, str]:
     Built-ins: `rafdb` (RAF-DB 1-7) and `affectnet` (AffectNet 0-7).
     """
     if not Path(path).exists() and str(path).lower() in builtin_label_maps():
-        path = Path(str(resources.files("expclip.stages").joinpath("label_maps", f"{str(path).lower()}.csv")))
+        path = Path(str(resources.files("expclip.stages.shared").joinpath("label_maps", f"{str(path).lower()}.csv")))
     path = Path(path)
     if not path.exists():
         raise ExpclipError(f"--label-map {path}: no such file, and not a built-in map ({', '.join(builtin_label_maps())})")

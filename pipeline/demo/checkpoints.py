@@ -28,8 +28,8 @@ from transformers import (
     T5Config,
 )
 
-from expclip.stages.protocol import DEFAULT_INSTRUCTION, class_order
-from expclip.cache.format import LOCAL_DIR
+from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
+from expclip.stages.shared.clip_identity import LOCAL_DIR
 
 # Not 100 (OpenAI's value): tests prove logit_scale is read from the model, not assumed.
 TINY_LOGIT_SCALE = 50.0

@@ -12,12 +12,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from expclip.stages import protocol, sources, synthetic
-from expclip.stages.encoders.tiny import save_tiny_blip2, save_tiny_clip
+from expclip.stages.shared import protocol
+from expclip.stages.extract import sources
+from expclip.demo import synthetic
+from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
 from expclip.stages.evaluate import evaluate
 from expclip.stages.extract import ExtractConfig, extract
 from expclip.stages.fit_head import FitConfig, fit_head
-from expclip.stages.heads import load_head
+from expclip.stages.shared.heads import load_head
 
 DEMO_CLASSES = protocol.class_order()[:7]
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import expclip
+from expclip.base.version import __version__
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (weights can be gigabytes), once per process."""
@@ -32,7 +32,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def versions_json() -> str:
     """JSON object of the library versions that shape the features."""
-    found = {"expclip": expclip.__version__}
+    found = {"expclip": __version__}
     for name, package in (("torch", "torch"), ("open_clip", "open_clip_torch"), ("transformers", "transformers")):
         try:
             found[name] = version(package)

@@ -20,12 +20,12 @@ from safetensors import SafetensorError
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from transformers.utils import logging as hf_logging
 
-from expclip.errors import ExpclipError
-from expclip.stages.encoders.precision import autocast, check_precision
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared.precision import autocast, check_precision, recorded_name, torch_dtype
 from expclip.cache.format import encoder_key
-from expclip.stages.encoders.provenance import versions_json
-from expclip.stages.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
-from expclip.stages.protocol import DEFAULT_INSTRUCTION
+from expclip.stages.extract.encoders.provenance import versions_json
+from expclip.stages.extract.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
+from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 
 
 def instruction_key(instruction: str) -> str:
@@ -89,7 +89,7 @@ def identity(id_or_dir: str, instruction: str, transform: str, precision: str) -
     check_precision(precision)
     source = _source(id_or_dir)
     key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform == OFFICIAL)
-    config = {"model": source, "instruction": instruction, "transform": transform, "precision": precision}
+    config = {"model": source, "instruction": instruction, "transform": transform, "precision": recorded_name(precision)}
     return key, instruction_key(instruction), config
 
 
@@ -99,7 +99,7 @@ def load_teacher(
     """Load a BLIP-2 Flan-T5 checkpoint (HF id or saved folder) as a frozen teacher on `device`."""
     key, i_key, config = identity(id_or_dir, instruction, transform, precision)
     source = config["model"]
-    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    dtype = torch_dtype(precision)
     hf_logging.disable_progress_bar()  # the extract bar is the one progress display
     try:
         processor = Blip2Processor.from_pretrained(source)

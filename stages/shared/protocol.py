@@ -36,7 +36,7 @@ _SYNONYMS = {
 @lru_cache(maxsize=1)
 def protocol() -> dict:
     """The packaged protocol JSON (class order, dataset class counts, prompt sets)."""
-    text = resources.files("expclip.stages").joinpath("protocol.json").read_text("utf-8")
+    text = resources.files("expclip.stages.shared").joinpath("protocol.json").read_text("utf-8")
     return json.loads(text)
 
 

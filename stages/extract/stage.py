@@ -21,15 +21,15 @@ from torch.utils.data import DataLoader
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.cache.writer import Extraction
-from expclip.errors import ExpclipError
-from expclip.stages import protocol
-from expclip.stages.devices import resolve_device
-from expclip.stages.encoders import clip as clip_encoder
-from expclip.stages.encoders import teacher as teacher_encoder
-from expclip.stages.encoders.precision import PRECISIONS
-from expclip.stages.loading import FaceDataset, collate
-from expclip.stages.progress import progress, stderr
-from expclip.stages.sources import Source
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared import protocol
+from expclip.stages.shared.devices import resolve_device
+from expclip.stages.extract.encoders import clip as clip_encoder
+from expclip.stages.extract.encoders import teacher as teacher_encoder
+from expclip.stages.shared.precision import AUTO, resolve_precision
+from expclip.stages.extract.loading import FaceDataset, collate
+from expclip.stages.shared.progress import progress, stderr
+from expclip.stages.extract.sources import Source
 
 STORE_DTYPES = ("float16", "float32")
 
@@ -46,19 +46,10 @@ class ExtractConfig:
     batch_size: int = 64
     num_workers: int = min(8, os.cpu_count() or 1)  # decoding workers; more than cores only thrash
     device: str = "auto"
-    dtype: str = "auto"
+    precision: str = AUTO
     store_dtype: str = "float16"
     prompts: Path | None = None
     shard_size: int = 1024
-
-
-def resolve_precision(dtype: str, device: torch.device) -> str:
-    """bf16 autocast on CUDA by default; float32 on CPU, where it is both exact and faster."""
-    if dtype == "auto":
-        return "bfloat16" if device.type == "cuda" else "float32"
-    if dtype not in PRECISIONS:
-        raise ExpclipError(f"--dtype {dtype!r}: choose auto, {' or '.join(PRECISIONS)}")
-    return dtype
 
 
 def load_prompt_file(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -101,7 +92,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     if cfg.store_dtype not in STORE_DTYPES:
         raise ExpclipError(f"--store-dtype {cfg.store_dtype!r}: choose {' or '.join(STORE_DTYPES)}")
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.dtype, device)
+    precision = resolve_precision(cfg.precision, device)
     items = source.items
     job = Extraction(out, items, {"dataset": source.dataset, "source": str(source.origin)}, shard_size=cfg.shard_size)
 

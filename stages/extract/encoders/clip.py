@@ -17,11 +17,12 @@ import PIL.Image
 import torch
 from open_clip.factory import _find_checkpoint_in_dir
 
-from expclip.errors import ExpclipError
-from expclip.stages.encoders.precision import autocast, check_precision
-from expclip.cache.format import LOCAL_DIR, encoder_key, model_name
-from expclip.stages.encoders.provenance import sha256_file, versions_json
-from expclip.stages.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared.precision import autocast, check_precision, recorded_name, torch_dtype
+from expclip.cache.format import encoder_key
+from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
+from expclip.stages.extract.encoders.provenance import sha256_file, versions_json
+from expclip.stages.extract.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
 
 DEFAULT_TAG = "openai"
 
@@ -100,7 +101,7 @@ def identity(name: str, pretrained: str | None, transform: str, precision: str) 
     else:
         parts = [model_ref, Path(weights).stem if weights_sha else weights]
     config = {"model": model_ref, "pretrained": weights, "pretrained_sha256": weights_sha,
-              "transform": transform, "precision": precision}
+              "transform": transform, "precision": recorded_name(precision)}
     return encoder_key(parts, transform == OFFICIAL), config
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from expclip.stages.protocol import canonical_class, class_order
+from expclip.stages.shared.protocol import canonical_class, class_order
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from expclip import __version__
+from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
-from expclip.errors import ExpclipError
-from expclip.stages.devices import DEVICES, resolve_device
-from expclip.stages.heads import KINDS, build_head, load_head, save_head
-from expclip.stages.progress import progress
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared.devices import DEVICES, resolve_device
+from expclip.stages.shared.heads import KINDS, build_head, load_head, save_head
+from expclip.stages.shared.progress import progress
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16")

@@ -1,0 +1,1 @@
+"""What several stages share: the protocol, label maps, heads, devices, precision, progress, key selection."""

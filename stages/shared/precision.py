@@ -1,0 +1,49 @@
+"""One precision vocabulary for every stage: `fp32`, or `bf16` autocast on the device that computes.
+
+Options and configurations use the short names; caches record the torch dtype
+name (`float32` / `bfloat16`, docs/cache-format.md), so files written before
+read the same.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from expclip.base.errors import ExpclipError
+
+PRECISIONS = ("fp32", "bf16")
+AUTO = "auto"  # stage one: bf16 on CUDA, fp32 on the CPU (exact there, and faster without native bf16)
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a name outside the vocabulary, listing it."""
+    if precision not in PRECISIONS:
+        raise ExpclipError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` becomes bf16 on CUDA and fp32 elsewhere; other names are checked and kept."""
+    if precision == AUTO:
+        return "bf16" if device.type == "cuda" else "fp32"
+    check_precision(precision)
+    return precision
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    check_precision(precision)
+    return _DTYPES[precision]
+
+
+def recorded_name(precision: str) -> str:
+    """How a cache records the precision of its features: the torch dtype name."""
+    return str(torch_dtype(precision)).removeprefix("torch.")
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast on `device` when asked for, so the recorded precision is true; else nothing."""
+    if torch_dtype(precision) == torch.bfloat16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()

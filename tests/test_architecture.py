@@ -1,0 +1,165 @@
+"""The rooms of the house (docs/architecture.md), read from the source's import statements.
+
+base imports nothing of expclip; cache imports only base; stages import base,
+cache and stages, never the wiring; a stage never imports another stage; only
+stage one's encoders (and the demo's checkpoint builder) import open_clip or
+transformers; module-level imports form no cycle; no source file is over 400 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Source folder -> the package it installs as (pyproject.toml, [tool.setuptools.package-dir]).
+FOLDERS = {"base": "expclip.base", "cache": "expclip.cache", "stages": "expclip.stages", "pipeline": "expclip"}
+MODEL_LIBRARIES = ("open_clip", "transformers")
+MAY_IMPORT_MODEL_LIBRARIES = ("expclip.stages.extract.encoders", "expclip.demo.checkpoints")
+MAX_LINES = 400
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def modules(root: Path) -> dict[str, Path]:
+    """Dotted module name -> source file, for every .py file of the four source folders."""
+    found = {}
+    for folder, package in FOLDERS.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = list(path.relative_to(root / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def imports(module: str, path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for each import; `from A import b` names A.b when that is a module."""
+    tree = ast.parse(path.read_text("utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno, id(node) in top_level) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                found.append((target if target in known else base, node.lineno, id(node) in top_level))
+    return found
+
+
+def room(module: str) -> str:
+    """base, cache, stages.shared, stages.<stage>, or wiring (everything else under expclip)."""
+    for name in ("expclip.base", "expclip.cache", "expclip.stages.shared"):
+        if _within(module, name):
+            return name.removeprefix("expclip.")
+    if _within(module, "expclip.stages"):
+        return ".".join(module.split(".")[:3]).removeprefix("expclip.")
+    return "wiring"
+
+
+def _allowed(source: str, target: str) -> bool:
+    src, dst = room(source), room(target)
+    if src == "base":
+        return dst == "base"
+    if src == "cache":
+        return dst in ("base", "cache")
+    if src == "stages.shared":
+        return dst in ("base", "cache", "stages.shared")
+    if src.startswith("stages."):  # a stage: base, storage, what stages share, and its own parts
+        return dst in ("base", "cache", "stages.shared", src)
+    return True
+
+
+def violations(root: Path) -> list[str]:
+    """Every broken rule, one line each, naming the file and line."""
+    found = modules(root)
+    known = set(found) | {name.rpartition(".")[0] for name in found}
+    problems, graph = [], {name: set() for name in found}
+    for module, path in found.items():
+        where = path.relative_to(root)
+        lines = len(path.read_text("utf-8").splitlines())
+        if lines > MAX_LINES:
+            problems.append(f"{where}: {lines} lines (at most {MAX_LINES})")
+        for target, line, top in imports(module, path, known):
+            library = target.split(".")[0]
+            if library in MODEL_LIBRARIES and not any(_within(module, p) for p in MAY_IMPORT_MODEL_LIBRARIES):
+                problems.append(f"{where}:{line}: imports {target}; only stage one's encoders may")
+            if not _within(target, "expclip"):
+                continue
+            if not _allowed(module, target):
+                problems.append(f"{where}:{line}: {room(module)} imports {target} ({room(target)})")
+            if top and target in found and target != module:
+                graph[module].add(target)
+    problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in _cycles(graph)]
+    return problems
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected loop found by depth-first search (module-level imports)."""
+    state, stack, cycles = {}, [], []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_the_house_keeps_its_rooms():
+    assert violations(ROOT) == []
+
+
+def test_every_stage_is_a_room_and_shared_parts_are_named():
+    rooms = {room(m) for m in modules(ROOT)}
+    assert {"stages.extract", "stages.fit_head", "stages.evaluate", "stages.shared"} <= rooms
+    assert not any(_within(m, "expclip.stages") and ("synthetic" in m or "checkpoints" in m) for m in modules(ROOT))
+
+
+@pytest.mark.parametrize(
+    "file, line, rule",
+    [
+        ("cache/reader.py", "from expclip.cli import app", "cache imports expclip.cli"),
+        ("cache/format.py", "from expclip.stages.shared import protocol", "cache imports expclip.stages.shared.protocol"),
+        ("base/errors.py", "import expclip.cache.format", "base imports expclip.cache.format"),
+        ("stages/evaluate.py", "from expclip.stages.fit_head import FitConfig", "stages.evaluate imports expclip.stages.fit_head"),
+        ("stages/shared/heads.py", "from expclip.report import tables", "stages.shared imports expclip.report"),
+        ("stages/fit_head/train.py", "import open_clip", "imports open_clip; only stage one's encoders may"),
+        ("cache/format.py", "from expclip.cache import reader", "import cycle: expclip.cache.reader -> expclip.cache.format -> expclip.cache.reader"),
+    ],
+)
+def test_a_forbidden_import_is_caught(tmp_path, file, line, rule):
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / file
+    target.write_text(target.read_text("utf-8") + f"\n{line}\n", "utf-8")
+    found = violations(tmp_path)
+    assert any(rule in problem for problem in found), found
+    assert all(file in p or "cycle" in p for p in found)
+
+
+def test_a_long_file_is_caught(tmp_path):
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "cache" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1), "utf-8")
+    assert violations(tmp_path) == [f"cache/long.py: {MAX_LINES + 1} lines (at most {MAX_LINES})"]

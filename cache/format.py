@@ -7,6 +7,7 @@ that the documented format has exactly one implementation.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,16 @@ class Items:
             and self.class_names == other.class_names
             and frames_equal
         )
+
+    def identity(self) -> str:
+        """sha256 of what defines the rows (ids, labels, class names, sampled frames).
+
+        The one item-set identity: the writer refuses to resume other items with
+        it, and the reader's fingerprints (hence ablation run keys) include it.
+        """
+        frames = [] if self.frame_index is None else [np.asarray(self.frame_index, dtype=np.int32)]
+        text = json.dumps([self.ids, self.class_names]).encode()
+        return digest([np.frombuffer(text, dtype=np.uint8), np.asarray(self.labels, dtype=np.int64), *frames])
 
 
 def sanitize(text: str) -> str:

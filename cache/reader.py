@@ -167,9 +167,6 @@ class CacheReader:
         return paths + [fmt.text_path(k, s) for k in self.image_keys() for s in self.text_sets(k)]
 
     def fingerprint(self, paths: list[str]) -> str:
-        """Content fingerprint of the named groups plus the items: changes whenever they do."""
-        parts = [self.group_attrs(p)["sha256"] for p in sorted(paths)]
-        items = self.items()
-        ids = "\n".join(items.ids) + "\n" + ",".join(map(str, items.labels.tolist()))
-        text = "\n".join(parts) + "\n" + ids
+        """Content fingerprint of the named groups plus the item set's identity: changes whenever either does."""
+        text = "\n".join([*(self.group_attrs(p)["sha256"] for p in sorted(paths)), self.items().identity()])
         return fmt.digest([np.frombuffer(text.encode(), dtype=np.uint8)])

@@ -100,7 +100,7 @@ class Extraction:
 
     def _load_manifest(self, shard_size: int) -> dict:
         path = self.partial / MANIFEST
-        items_digest = _items_digest(self.items)
+        items_digest = self.items.identity()
         if path.exists():
             manifest = json.loads(path.read_text("utf-8"))
             if manifest["items_digest"] != items_digest:
@@ -263,12 +263,6 @@ class Extraction:
 
         ds.attrs["sha256"] = fmt.digest(copied_shards())
         _set_attrs(ds, group["attrs"] or group["config"])
-
-
-def _items_digest(items: fmt.Items) -> str:
-    frames = [] if items.frame_index is None else [np.asarray(items.frame_index, dtype=np.int32)]
-    text = json.dumps([items.ids, items.class_names]).encode()
-    return fmt.digest([np.frombuffer(text, dtype=np.uint8), np.asarray(items.labels, dtype=np.int64), *frames])
 
 
 def write_arrays(

@@ -9,13 +9,10 @@ cache are encoded, and only the encoders they need are loaded.
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from expclip.cache import format as fmt
@@ -24,64 +21,14 @@ from expclip.cache.writer import Extraction
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
 from expclip.stages.shared.devices import resolve_device
+from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.extract.encoders import teacher as teacher_encoder
-from expclip.stages.shared.precision import AUTO, resolve_precision
+from expclip.stages.extract.prompts import load_prompt_file, text_rows
+from expclip.stages.shared.precision import resolve_precision
 from expclip.stages.extract.loading import FaceDataset, collate
 from expclip.stages.shared.progress import progress, stderr
 from expclip.stages.extract.sources import Source
-
-STORE_DTYPES = ("float16", "float32")
-
-
-@dataclass
-class ExtractConfig:
-    """Everything `expclip extract` can be told; defaults reproduce the paper's encoders."""
-
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str | None = None  # None: "openai" where the model has it
-    teacher: str | None = protocol.DEFAULT_TEACHER  # None: --no-teacher
-    instruction: str = protocol.DEFAULT_INSTRUCTION
-    transform: str = "model"
-    batch_size: int = 64
-    num_workers: int = min(8, os.cpu_count() or 1)  # decoding workers; more than cores only thrash
-    device: str = "auto"
-    precision: str = AUTO
-    store_dtype: str = "float16"
-    prompts: Path | None = None
-    shard_size: int = 1024
-
-
-def load_prompt_file(path: Path) -> dict[str, dict[str, list[str]]]:
-    """User prompt sets `{"set": {"Happiness": ["...", ...], ...}}`, class names canonicalised."""
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExpclipError(f"{path}: not a readable JSON prompt file ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ExpclipError(f'{path}: expected {{"set-name": {{"ClassName": ["prompt", ...]}}}}')
-    sets = {}
-    for name, classes in data.items():
-        if fmt.sanitize(name) != name:
-            raise ExpclipError(f"{path}: prompt set name {name!r} must use only letters, digits, '.', '_' and '-'")
-        if not classes:
-            raise ExpclipError(f"{path}: prompt set {name!r} is empty")
-        sets[name] = {}
-        for cls, prompts in classes.items():
-            canonical = protocol.canonical_class(cls)
-            if canonical is None:
-                raise ExpclipError(f"{path}: set {name!r}: unknown class {cls!r}; known: {', '.join(protocol.class_order())}")
-            if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-                raise ExpclipError(f"{path}: set {name!r}, class {cls!r}: expected a non-empty list of strings")
-            sets[name][canonical] = prompts
-    return sets
-
-
-def _text_rows(prompt_set: dict[str, list[str]]) -> tuple[list[str], list[int]]:
-    order = protocol.class_order()
-    pairs = [(p, order.index(c)) for c in order if c in prompt_set for p in prompt_set[c]]
-    return [p for p, _ in pairs], [i for _, i in pairs]
-
 
 def _shard_batches(ranges: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
     return [list(range(a, min(a + batch_size, b))) for start, b in ranges for a in range(start, b, batch_size)]
@@ -89,8 +36,7 @@ def _shard_batches(ranges: list[tuple[int, int]], batch_size: int) -> list[list[
 
 def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     """Encode what the cache at `out` lacks; returns a summary (rows encoded, failures, groups)."""
-    if cfg.store_dtype not in STORE_DTYPES:
-        raise ExpclipError(f"--store-dtype {cfg.store_dtype!r}: choose {' or '.join(STORE_DTYPES)}")
+    cfg.check()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     items = source.items
@@ -102,7 +48,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     sets = {**protocol.prompt_sets(), **(load_prompt_file(cfg.prompts) if cfg.prompts else {})}
     text_todo = {}
     for name, prompt_set in sets.items():
-        prompts, class_index = _text_rows(prompt_set)
+        prompts, class_index = text_rows(prompt_set)
         text_config = {k: v for k, v in clip_config.items() if k != "transform"}
         text_config["prompts_sha256"] = fmt.digest([np.frombuffer(json.dumps([prompts, class_index]).encode(), dtype=np.uint8)])
         if job.need_small(fmt.text_path(clip_key, name), text_config):

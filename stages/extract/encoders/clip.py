@@ -18,7 +18,7 @@ import torch
 from open_clip.factory import _find_checkpoint_in_dir
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.precision import autocast, check_precision, recorded_name, torch_dtype
+from expclip.stages.shared.precision import autocast, check_precision, recorded_name
 from expclip.cache.format import encoder_key
 from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
 from expclip.stages.extract.encoders.provenance import sha256_file, versions_json

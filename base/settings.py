@@ -1,0 +1,32 @@
+"""Configuration fields that carry their own help and choices, so each default is stated once.
+
+A stage's config dataclass declares `name: type = setting(default, "help", choices=...)`;
+the CLI builds its options from those fields (default, help, choices) and
+`check_choices` refuses a value outside them with the option's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from expclip.base.errors import ExpclipError
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its default, its one-line help and (optionally) its allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def option_name(name: str) -> str:
+    """The command-line spelling of a field: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_choices(config: Any) -> None:
+    """Refuse any field whose value lies outside its declared choices, naming the option."""
+    for f in dataclasses.fields(config):
+        allowed = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if allowed and value not in allowed:
+            raise ExpclipError(f"{option_name(f.name)}: {value!r} is not one of {', '.join(allowed)}")

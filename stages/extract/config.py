@@ -1,0 +1,46 @@
+"""What `expclip extract` can be told; each default, help line and choice list is stated here once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from expclip.base.errors import ExpclipError
+from expclip.base.settings import check_choices, setting
+from expclip.stages.extract.encoders.transforms import MODEL, TRANSFORMS
+from expclip.stages.shared import protocol
+from expclip.stages.shared.devices import DEVICES
+from expclip.stages.shared.precision import AUTO, PRECISIONS
+
+STORE_DTYPES = ("float16", "float32")
+
+
+def default_workers() -> int:
+    """DataLoader workers decoding images: one per core, at most 8 (more only thrash)."""
+    return min(8, os.cpu_count() or 1)
+
+
+@dataclass
+class ExtractConfig:
+    """Everything stage one can be told; the defaults reproduce the paper's encoders."""
+
+    clip_model: str = setting("ViT-B-32", "open_clip model name, or local-dir:PATH.")
+    clip_pretrained: str | None = setting(None, "Pretrained tag or weights file (default: openai where the model has it).")
+    teacher: str | None = setting(protocol.DEFAULT_TEACHER, "Teacher: HF id or save_pretrained folder (BLIP-2 T5/OPT, InstructBLIP T5); None = no teacher.")
+    instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
+    transform: str = setting(MODEL, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
+    batch_size: int = setting(64, "Images (or clips) per encoder batch.")
+    num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, at most 8).")
+    device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
+    precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
+    store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)
+    prompts: Path | None = setting(None, "JSON file of extra prompt sets.")
+    shard_size: int = setting(1024, "Rows per resumable shard.")
+
+    def check(self) -> None:
+        """Refuse values outside their choices or ranges, naming the option."""
+        check_choices(self)
+        for name in ("batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ExpclipError(f"--{name.replace('_', '-')}: must be at least 1")

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import types
+import typing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,21 +23,26 @@ from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared.heads import load_head
 from expclip.stages.shared.progress import progress
+from expclip.stages.shared.vocabulary import ENSEMBLE
 
-# Grid names: FitConfig's scalar fields, plus which cache groups to train on.
-_FIT_FIELDS = {f.name: f for f in dataclasses.fields(FitConfig) if f.name not in ("milestones", "init_from", "device")}
+# Grid names: FitConfig's scalar fields, plus which cache groups to train on; values convert by the field's type.
+_FIT_TYPES = {name: kind for name, kind in typing.get_type_hints(FitConfig).items()
+              if name not in ("milestones", "init_from", "device")}
 SELECTORS = ("instruction", "teacher_key", "clip_key")
-GRID_NAMES = tuple(_FIT_FIELDS) + SELECTORS
+GRID_NAMES = tuple(_FIT_TYPES) + SELECTORS
 
 
 def _convert(name: str, text: str):
-    if name in SELECTORS or name in ("optimizer", "head", "precision"):
-        return text
-    if name == "logit_scale":
-        return text if text == "learnable" else float(text)
-    if name in ("batch_size", "epochs", "seed"):
-        return int(text)
-    return float(text)
+    """`text` as the first member of the field's type that takes it (`float | str` tries float, then str)."""
+    kind = _FIT_TYPES.get(name, str)
+    members = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    for member in members:
+        if member is not type(None):
+            try:
+                return member(text)
+            except ValueError:
+                continue
+    raise ExpclipError(f"--grid: {name}={text!r} is not {' or '.join(m.__name__ for m in members if m is not type(None))}")
 
 
 def parse_grid(text: str) -> dict[str, list]:
@@ -50,10 +57,7 @@ def parse_grid(text: str) -> dict[str, list]:
             raise ExpclipError(f"--grid: unknown name {name!r}; choose from {', '.join(GRID_NAMES)}")
         if name in grid:
             raise ExpclipError(f"--grid: {name!r} given twice")
-        try:
-            grid[name] = [_convert(name, v) for v in values.split(",") if v]
-        except ValueError:
-            raise ExpclipError(f"--grid: {token!r} has a value that is not a number") from None
+        grid[name] = [_convert(name, v) for v in values.split(",") if v]
     if not grid:
         raise ExpclipError("--grid: empty; e.g. --grid 'lr=1e-3,1e-2 epochs=5,10'")
     return grid
@@ -73,7 +77,7 @@ def run_grid(
     *,
     base: FitConfig | None = None,
     prompt_sets: list[str] | None = None,
-    ensemble: str = "logits",
+    ensemble: str = ENSEMBLE,
     select: dict[str, str | None] | None = None,
     label_map: dict[str, str] | None = None,
 ) -> list[dict]:
@@ -91,7 +95,7 @@ def run_grid(
         task = bar.add_task("ablate", total=len(points))
         for values in points:
             point = dict(zip(names, values))
-            fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_FIELDS})
+            fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_TYPES})
             chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
             identity = {"fit": asdict(fit), "select": chosen, "caches": caches,
                         "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}

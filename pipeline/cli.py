@@ -1,8 +1,5 @@
 """The `expclip` command line: one thin function per command that parses and calls a stage."""
 
-from __future__ import annotations
-
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -11,8 +8,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+# Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared import protocol  # data only: keeps `expclip --help` free of torch imports
+from expclip.options import choice, help_of, options
+from expclip.stages.extract.config import ExtractConfig
+from expclip.stages.extract.sources import SOURCE_TYPES
+from expclip.stages.fit_head.config import LEARNABLE, FitConfig
+from expclip.stages.shared import protocol
+from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
+
+X, F = ExtractConfig, FitConfig
+XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
+             prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1})
+FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
+HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -41,24 +50,24 @@ def user_errors() -> Iterator[None]:
 def extract(
     source: Annotated[Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list (frame_dir num_frames label).")],
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
-    clip_model: Annotated[str, typer.Option(help="open_clip model name, or local-dir:PATH.")] = "ViT-B-32",
-    clip_pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag or weights file (default: openai where the model has it).")] = None,
-    teacher: Annotated[str, typer.Option(help="BLIP-2 (Flan-T5) HF id or save_pretrained folder.")] = protocol.DEFAULT_TEACHER,
+    clip_model: XO.clip_model = X.clip_model,
+    clip_pretrained: XO.clip_pretrained = X.clip_pretrained,
+    teacher: XO.teacher = X.teacher,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Skip the teacher (evaluation sets).")] = False,
-    instruction: Annotated[Optional[str], typer.Option(help="Teacher instruction (default: the paper's).")] = None,
-    transform: Annotated[str, typer.Option(help="model (each model's own preprocessing) or exp-clip-official.")] = "model",
-    prompts: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="JSON file of extra prompt sets.")] = None,
-    source_type: Annotated[str, typer.Option(help="auto, folder, list or clips.")] = "auto",
+    instruction: XO.instruction = X.instruction,
+    transform: XO.transform = X.transform,
+    prompts: XO.prompts = X.prompts,
+    source_type: Annotated[choice(SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
     root: Annotated[Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")] = None,
     strip_prefix: Annotated[Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
     frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    num_workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding images.")] = min(8, os.cpu_count() or 1),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")] = "auto",
-    store_dtype: Annotated[str, typer.Option(help="float16 or float32 on disk.")] = "float16",
-    shard_size: Annotated[int, typer.Option(min=1, help="Rows per resumable shard.")] = 1024,
+    batch_size: XO.batch_size = X.batch_size,
+    num_workers: XO.num_workers = X.num_workers,
+    device: XO.device = X.device,
+    precision: XO.precision = X.precision,
+    store_dtype: XO.store_dtype = X.store_dtype,
+    shard_size: XO.shard_size = X.shard_size,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5."""
     from expclip.stages.extract import sources
@@ -68,7 +77,7 @@ def extract(
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset)
         cfg = ExtractConfig(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
-            instruction=instruction or protocol.DEFAULT_INSTRUCTION, transform=transform, batch_size=batch_size,
+            instruction=instruction, transform=transform, batch_size=batch_size,
             num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
             shard_size=shard_size,
         )
@@ -101,7 +110,7 @@ def evaluate(
     head: Annotated[Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
     prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = every set in the cache.")] = None,
-    ensemble: Annotated[str, typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding).")] = "logits",
+    ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding).")] = ENSEMBLE,
     label_map: Annotated[Optional[str], typer.Option(help="rafdb, affectnet, or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, for numeric class names.")] = None,
     clip_key: Annotated[Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
@@ -118,9 +127,9 @@ def evaluate(
 
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for option, path in (("--json", json_out), ("--csv", csv_out)):
+        for flag, path in (("--json", json_out), ("--csv", csv_out)):
             if path is not None and not path.parent.is_dir():
-                raise ExpclipError(f"{option} {path}: folder {path.parent} does not exist")
+                raise ExpclipError(f"{flag} {path}: folder {path.parent} does not exist")
         sets = None if not prompt_set or "all" in prompt_set else prompt_set
         records = run_evaluate(
             load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
@@ -146,23 +155,23 @@ def fit_head(
     clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate (official: 1e-3).")] = 1e-3,
-    momentum: Annotated[float, typer.Option(help="SGD momentum (official: 0.9).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (official: 1e-4).")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(min=2, help="Pairs per step, drop_last (official: 512).")] = 512,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs (official: 5).")] = 5,
-    milestones: Annotated[str, typer.Option(help="Comma list of epochs where MultiStepLR multiplies lr by gamma.")] = "30",
-    gamma: Annotated[float, typer.Option(help="MultiStepLR factor.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seeds the head's init and the shuffling.")] = 0,
-    optimizer: Annotated[str, typer.Option(help="sgd (official) or adamw.")] = "sgd",
-    head: Annotated[str, typer.Option(help="linear (official) or mlp.")] = "linear",
-    logit_scale: Annotated[Optional[str], typer.Option(help="A number, or 'learnable' (default: the cache's CLIP logit_scale, frozen).")] = None,
-    init_from: Annotated[Optional[Path], typer.Option(help="Start from this HEAD (stem, .safetensors, .json or official .pth).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    lr: FO.lr = F.lr,
+    momentum: FO.momentum = F.momentum,
+    weight_decay: FO.weight_decay = F.weight_decay,
+    batch_size: FO.batch_size = F.batch_size,
+    epochs: FO.epochs = F.epochs,
+    milestones: Annotated[str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(map(str, F.milestones)),
+    gamma: FO.gamma = F.gamma,
+    seed: FO.seed = F.seed,
+    optimizer: FO.optimizer = F.optimizer,
+    head: FO.head = F.head,
+    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(F, "logit_scale"))] = F.logit_scale,
+    init_from: FO.init_from = F.init_from,
+    device: FO.device = F.device,
+    precision: FO.precision = F.precision,
 ) -> None:
     """Stage two: train the head on cached features (the paper's run by default)."""
-    from expclip.stages.fit_head import FitConfig, fit_head as run_fit_head
+    from expclip.stages.fit_head import fit_head as run_fit_head
 
     with user_errors():
         try:
@@ -170,11 +179,11 @@ def fit_head(
         except ValueError:
             raise ExpclipError(f"--milestones: {milestones!r} is not a comma list of epochs") from None
         scale: float | str | None = logit_scale
-        if logit_scale is not None and logit_scale != "learnable":
+        if logit_scale is not None and logit_scale != LEARNABLE:
             try:
                 scale = float(logit_scale)
             except ValueError:
-                raise ExpclipError(f"--logit-scale: {logit_scale!r} is neither a number nor 'learnable'") from None
+                raise ExpclipError(f"--logit-scale: {logit_scale!r} is neither a number nor '{LEARNABLE}'") from None
         config = FitConfig(
             lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
             milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
@@ -191,14 +200,12 @@ def fit_head(
 def head_export(
     head: Annotated[Path, typer.Argument(help="HEAD (stem, .safetensors or .json).")],
     target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write, e.g. HEAD.pth.")],
-    to: Annotated[str, typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict {mlp.weight}.")] = "official",
+    to: Annotated[choice(HEAD_FORMATS), typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict {mlp.weight}.")] = "official",
 ) -> None:
     """Write a linear head in the official Exp-CLIP .pth format (loadable by the original code)."""
     from expclip.stages.shared.heads import export_official, load_head
 
     with user_errors():
-        if to != "official":
-            raise ExpclipError(f"--format: {to!r} is not supported; the only format is 'official'")
         export_official(load_head(head), target)
     out.print(f"wrote {target}")
 
@@ -210,17 +217,16 @@ def ablate(
     grid: Annotated[str, typer.Option(help="Space-separated NAME=V1,V2 lists, e.g. 'lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-…'.")],
     out_dir: Annotated[Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here are reused.")] = Path("ablation"),
     prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the caches.")] = None,
-    ensemble: Annotated[str, typer.Option(help="logits (paper) or embedding.")] = "logits",
+    ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper) or embedding.")] = ENSEMBLE,
     clip_key: Annotated[Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
     label_map: Annotated[Optional[str], typer.Option(help="rafdb, affectnet, or a label,name file, for numeric class names.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: FO.device = F.device,
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
     from expclip import ablate as grid_runs
     from expclip import report
-    from expclip.stages.fit_head import FitConfig
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():

@@ -28,8 +28,8 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.labels import dataset_labels
+from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
 
-ENSEMBLES = ("logits", "embedding")
 CLIP, EXP_CLIP = "clip", "exp-clip"
 FRAME_CHUNK = 8192  # frames processed at once: bounds float64 copies and (frames, Dt) activations
 
@@ -39,7 +39,7 @@ def evaluate(
     caches: list[Path],
     *,
     prompt_sets: list[str] | None = None,
-    ensemble: str = "logits",
+    ensemble: str = ENSEMBLE,
     baseline: bool = False,
     label_map: dict[str, str] | None = None,
     clip_key: str | None = None,

@@ -1,6 +1,7 @@
 """`expclip ablate`: grid parsing, one fit + evaluate per point, runs reused by key."""
 
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -51,8 +52,22 @@ def test_parse_grid_types_and_errors():
                     "instruction": ["paper", "sha-0123456789"], "logit_scale": ["learnable", 50.0]}
     with pytest.raises(ExpclipError, match="unknown name 'lrr'; choose from lr, momentum"):
         ablate.parse_grid("lrr=1")
-    with pytest.raises(ExpclipError, match="'epochs=five' has a value that is not a number"):
+    with pytest.raises(ExpclipError, match="epochs='five' is not int"):
         ablate.parse_grid("epochs=five")
+    with pytest.raises(ExpclipError, match="lr='fast' is not float"):
+        ablate.parse_grid("lr=fast")
+
+
+def test_grid_values_take_their_field_type():
+    """"3" becomes an int for int fields, a float for float fields, and stays text for text fields."""
+    hints = typing.get_type_hints(FitConfig)
+    for name in ablate.GRID_NAMES:
+        value = ablate.parse_grid(f"{name}=3")[name][0]
+        kind = hints.get(name, str)
+        expected = {int: int, float: float, str: str}.get(kind, float)  # logit_scale: float | str | None
+        assert type(value) is expected, (name, value)
+    assert ablate.parse_grid("seed=1,2 optimizer=sgd precision=bf16") == {
+        "seed": [1, 2], "optimizer": ["sgd"], "precision": ["bf16"]}
     with pytest.raises(ExpclipError, match="is not NAME=V1,V2"):
         ablate.parse_grid("lr")
 

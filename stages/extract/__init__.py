@@ -1,5 +1,17 @@
-"""Stage one: sources → decoding → frozen encoders → the feature cache (its parts live together here)."""
+"""Stage one: sources → decoding → frozen encoders → the feature cache (its parts live together here).
 
-from expclip.stages.extract.stage import ExtractConfig, extract
+`ExtractConfig` lives in the torch-free `config` module; `extract` is imported on
+first use, so reading the configuration (the CLI's --help) does not load torch.
+"""
+
+from expclip.stages.extract.config import ExtractConfig
 
 __all__ = ["ExtractConfig", "extract"]
+
+
+def __getattr__(name: str):
+    if name == "extract":
+        from expclip.stages.extract.stage import extract
+
+        return extract
+    raise AttributeError(name)

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, setting
-from expclip.stages.extract.encoders.transforms import MODEL, TRANSFORMS
 from expclip.stages.shared import protocol
-from expclip.stages.shared.devices import DEVICES
-from expclip.stages.shared.precision import AUTO, PRECISIONS
+from expclip.stages.shared.vocabulary import AUTO, DEVICES, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
 
 STORE_DTYPES = ("float16", "float32")
 
@@ -27,9 +25,9 @@ class ExtractConfig:
 
     clip_model: str = setting("ViT-B-32", "open_clip model name, or local-dir:PATH.")
     clip_pretrained: str | None = setting(None, "Pretrained tag or weights file (default: openai where the model has it).")
-    teacher: str | None = setting(protocol.DEFAULT_TEACHER, "Teacher: HF id or save_pretrained folder (BLIP-2 T5/OPT, InstructBLIP T5); None = no teacher.")
+    teacher: str | None = setting(protocol.DEFAULT_TEACHER, "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.")
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
-    transform: str = setting(MODEL, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
+    transform: str = setting(MODEL_TRANSFORM, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
     batch_size: int = setting(64, "Images (or clips) per encoder batch.")
     num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, at most 8).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)

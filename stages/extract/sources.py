@@ -17,7 +17,7 @@ from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-KINDS = ("auto", "folder", "list", "clips")
+SOURCE_TYPES = ("auto", "folder", "list", "clips")
 
 
 @dataclass
@@ -44,8 +44,8 @@ def resolve(
     source = Path(source)
     if not source.exists():
         raise ExpclipError(f"{source}: no such file or folder")
-    if kind not in KINDS:
-        raise ExpclipError(f"--source-type {kind!r}: choose one of {', '.join(KINDS)}")
+    if kind not in SOURCE_TYPES:
+        raise ExpclipError(f"--source-type {kind!r}: choose one of {', '.join(SOURCE_TYPES)}")
     if kind == "auto":
         kind = "folder" if source.is_dir() else _sniff(source)
     name = dataset or source.stem

@@ -1,5 +1,17 @@
-"""Stage two, training: the head W fitted on cached (image, teacher) pairs."""
+"""Stage two, training: the head W fitted on cached (image, teacher) pairs.
 
-from expclip.stages.fit_head.train import FitConfig, fit_head
+`FitConfig` lives in the torch-free `config` module; `fit_head` is imported on
+first use, so reading the configuration (the CLI's --help) does not load torch.
+"""
+
+from expclip.stages.fit_head.config import FitConfig
 
 __all__ = ["FitConfig", "fit_head"]
+
+
+def __getattr__(name: str):
+    if name == "fit_head":
+        from expclip.stages.fit_head.train import fit_head
+
+        return fit_head
+    raise AttributeError(name)

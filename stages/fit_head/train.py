@@ -28,47 +28,12 @@ from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.devices import DEVICES, resolve_device
-from expclip.stages.shared.heads import KINDS, build_head, load_head, save_head
+from expclip.stages.fit_head.config import LEARNABLE, FitConfig
+from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.heads import build_head, load_head, save_head
 from expclip.stages.shared.progress import progress
 
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("fp32", "bf16")
 EPS = 1e-12  # F.normalize's floor on a norm
-
-
-@dataclass
-class FitConfig:
-    """Hyper-parameters of a fit; the defaults reproduce the official Exp-CLIP training run."""
-
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 512
-    epochs: int = 5
-    milestones: tuple[int, ...] = (30,)
-    gamma: float = 0.1
-    seed: int = 0
-    optimizer: str = "sgd"  # "sgd" | "adamw" (AdamW ignores momentum)
-    head: str = "linear"  # "linear" | "mlp"
-    logit_scale: float | str | None = None  # None = the cache's; a number; or "learnable"
-    init_from: Path | None = None  # a head to start from instead of the default init
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
-
-    def check(self) -> None:
-        """Refuse options that cannot work, naming the option."""
-        for option, value, allowed in (
-            ("--optimizer", self.optimizer, OPTIMIZERS), ("--head", self.head, KINDS),
-            ("--device", self.device, DEVICES), ("--precision", self.precision, PRECISIONS),
-        ):
-            if value not in allowed:
-                raise ExpclipError(f"{option}: {value!r} is not one of {', '.join(allowed)}")
-        if self.batch_size < 2 or self.epochs < 1 or self.lr <= 0:
-            raise ExpclipError("--batch-size must be >= 2, --epochs >= 1 and --lr > 0")
-        scale = self.logit_scale
-        if (isinstance(scale, str) and scale != "learnable") or (isinstance(scale, (int, float)) and not scale > 0):
-            raise ExpclipError(f"--logit-scale: {scale!r} is neither a positive number nor 'learnable'")
 
 
 @dataclass
@@ -217,8 +182,8 @@ def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str 
         raise ExpclipError(f"--batch-size {b}: larger than the {n} usable rows of the caches")
     images, teacher = data.images.to(device), data.teacher.to(device)
     module = _initial_head(config, d, dt).to(device)
-    learnable = config.logit_scale == "learnable"
-    scale0 = data.clip.get("logit_scale") if config.logit_scale in (None, "learnable") else config.logit_scale
+    learnable = config.logit_scale == LEARNABLE
+    scale0 = data.clip.get("logit_scale") if config.logit_scale in (None, LEARNABLE) else config.logit_scale
     if scale0 is None:
         raise ExpclipError(f"{caches[0]}: /image/{data.clip_key} has no logit_scale attribute; pass --logit-scale")
     scale0 = float(scale0)

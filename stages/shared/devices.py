@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from expclip.base.errors import ExpclipError
+from expclip.stages.shared.vocabulary import DEVICES
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:

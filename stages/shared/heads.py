@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from expclip.cache.atomic import write_atomically
 from expclip.base.errors import ExpclipError
+from expclip.stages.shared.vocabulary import HEAD_KINDS
 
-KINDS = ("linear", "mlp")
 OFFICIAL_KEY = "mlp.weight"
 _SUFFIXES = (".safetensors", ".json")
 
@@ -56,7 +56,7 @@ def build_head(kind: str, d: int, dt: int) -> torch.nn.Module:
         return torch.nn.Linear(d, dt, bias=False)
     if kind == "mlp":
         return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, dt, bias=False))
-    raise ExpclipError(f"--head: unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
+    raise ExpclipError(f"--head: unknown head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
 
 
 def _dims(module: torch.nn.Module) -> tuple[int, int]:
@@ -98,7 +98,7 @@ def load_head(path: Path) -> Head:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise ExpclipError(f"{weights}: not a readable safetensors file ({e})") from None
-    if info.get("format") != "expclip-head" or info.get("kind") not in KINDS:
+    if info.get("format") != "expclip-head" or info.get("kind") not in HEAD_KINDS:
         raise ExpclipError(f"{weights}: not an expclip head (safetensors metadata {info})")
     module = build_head(info["kind"], int(info["d"]), int(info["dt"]))
     try:

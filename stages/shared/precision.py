@@ -12,9 +12,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from expclip.base.errors import ExpclipError
+from expclip.stages.shared.vocabulary import AUTO, PRECISIONS
 
-PRECISIONS = ("fp32", "bf16")
-AUTO = "auto"  # stage one: bf16 on CUDA, fp32 on the CPU (exact there, and faster without native bf16)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -25,7 +24,7 @@ def check_precision(precision: str) -> None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` becomes bf16 on CUDA and fp32 elsewhere; other names are checked and kept."""
+    """`auto` becomes bf16 on CUDA and fp32 on the CPU (exact there, and faster without native bf16)."""
     if precision == AUTO:
         return "bf16" if device.type == "cuda" else "fp32"
     check_precision(precision)

@@ -1,0 +1,14 @@
+"""The fixed value sets that options offer, as data (no torch import), so `expclip --help` lists them fast.
+
+The code that acts on a value imports its set from here; configs and the CLI
+offer exactly these choices.
+"""
+
+DEVICES = ("auto", "cpu", "cuda")  # auto = CUDA when there is one, else the CPU
+AUTO = "auto"
+PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dtype name
+HEAD_KINDS = ("linear", "mlp")  # linear = the paper's head
+ENSEMBLES = ("logits", "embedding")
+ENSEMBLE = "logits"  # the paper's: mean of a class's prompt logits
+MODEL_TRANSFORM, OFFICIAL_TRANSFORM = "model", "exp-clip-official"
+TRANSFORMS = (MODEL_TRANSFORM, OFFICIAL_TRANSFORM)

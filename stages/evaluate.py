@@ -13,7 +13,6 @@ over the dataset's classes present in the ground truth, both in percent.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,12 @@ import sklearn
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
-from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
-from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.labels import dataset_labels
+from expclip.stages.shared.select import evaluation_key
 from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
 
 CLIP, EXP_CLIP = "clip", "exp-clip"
@@ -58,7 +56,7 @@ def evaluate(
     records = []
     for path in caches:
         with CacheReader(Path(path)) as cache:
-            key = _choose_key(cache, head, clip_key)
+            key = evaluation_key(cache, head, clip_key)
             records += _evaluate_cache(cache, key, spaces, prompt_sets, ensemble, label_map)
     return records
 
@@ -230,77 +228,3 @@ def _class_prompts(cache: CacheReader, key: str, name: str, classes: list[str]) 
     if lacking:
         raise ExpclipError(f"{cache.path}: prompt set {name!r} has no prompts for {', '.join(lacking)}")
     return text.features[rows].astype(np.float64), np.array([classes.index(canonical[k]) for k in rows])
-
-
-def _head_dim(head: Head) -> int:
-    return next(m for m in head.module.modules() if isinstance(m, torch.nn.Linear)).in_features
-
-
-def _trained_on(head: Head, key: str, attrs: dict) -> bool:
-    """Whether the head's recorded CLIP encoder is the one behind a cache's image key."""
-    if isinstance(head.meta.get("clip"), dict) and head.meta["clip"].get("model"):
-        return clip_identity(head.meta["clip"]) == clip_identity(attrs)
-    return str(head.meta.get("clip_key", "")).removesuffix(fmt.OFFICIAL_SUFFIX) == key.removesuffix(fmt.OFFICIAL_SUFFIX)
-
-
-def _choose_key(cache: CacheReader, head: Head | None, clip_key: str | None) -> str:
-    """The image key to evaluate: --clip-key, else the head's encoder, else the only one with the right size."""
-    keys = cache.image_keys()
-    if not keys:
-        raise ExpclipError(f"{cache.path}: no CLIP image features (/image/<key>); run `expclip extract` first")
-    if clip_key is not None and clip_key not in keys:
-        raise ExpclipError(f"--clip-key: {cache.path} has no /image/{clip_key}; it has: {', '.join(keys)}")
-    dims = {k: int(cache.image_attrs(k).get("embed_dim", 0)) for k in keys}
-    known = head is not None and bool(head.meta.get("clip_key") or head.meta.get("clip"))
-    candidates = [clip_key] if clip_key else keys
-    if head is not None and known:
-        matching = [k for k in candidates if _trained_on(head, k, cache.image_attrs(k))]
-        if not matching:
-            raise ExpclipError(
-                f"{cache.path}: the head was trained on CLIP {_head_encoder(head)}, but "
-                f"{'/image/' + clip_key if clip_key else 'this cache'} holds {', '.join(candidates)}; "
-                "evaluate it on a cache extracted with the same CLIP model and weights"
-            )
-        exact = [k for k in matching if k == head.meta.get("clip_key")]
-        candidates = exact or matching
-    elif head is not None:
-        sized = [k for k in candidates if dims[k] == _head_dim(head)]
-        if not sized:
-            listed = ", ".join(f"{k} (d={dims[k]})" for k in candidates)
-            raise ExpclipError(f"{cache.path}: the head maps {_head_dim(head)}-d CLIP features; this cache has {listed}")
-        candidates = sized
-    if len(candidates) > 1:
-        listed = ", ".join(f"{k} (d={dims[k]})" for k in candidates)
-        raise ExpclipError(f"{cache.path}: several CLIP keys fit ({listed}); choose one with --clip-key")
-    key = candidates[0]
-    if head is not None:
-        _check_head(cache, key, head, dims[key], known)
-    return key
-
-
-def _head_encoder(head: Head) -> str:
-    clip = head.meta.get("clip")
-    if isinstance(clip, dict) and clip.get("model"):
-        return f"{clip.get('model')} @ {clip.get('pretrained', '')} (key {head.meta.get('clip_key', '?')})"
-    return str(head.meta.get("clip_key"))
-
-
-def _check_head(cache: CacheReader, key: str, head: Head, dim: int, known: bool) -> None:
-    d = _head_dim(head)
-    if d != dim:
-        raise ExpclipError(f"{cache.path}: /image/{key} features are {dim}-d but the head maps {d}-d CLIP features")
-    if not known:
-        what = "an official .pth" if head.official else "no HEAD.json"
-        warnings.warn(
-            f"the head has no provenance ({what}): cannot check that it was trained on the CLIP encoder "
-            f"of {cache.path} /image/{key}; evaluating it because the dimensions match (d={d})",
-            stacklevel=3,
-        )
-        return
-    clip = head.meta.get("clip") if isinstance(head.meta.get("clip"), dict) else {}
-    trained, here = clip.get("transform"), cache.image_attrs(key).get("transform")
-    if trained and here and trained != here:
-        warnings.warn(
-            f"the head was trained on features with transform {trained!r}; {cache.path} /image/{key} used {here!r}",
-            stacklevel=3,
-        )

@@ -114,7 +114,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                loop = stack[stack.index(nxt):]
+                start = loop.index(min(loop))  # reported from its smallest name, so the message is stable
+                cycles.append(loop[start:] + loop[:start] + [min(loop)])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -145,7 +147,7 @@ def test_every_stage_is_a_room_and_shared_parts_are_named():
         ("stages/evaluate.py", "from expclip.stages.fit_head import FitConfig", "stages.evaluate imports expclip.stages.fit_head"),
         ("stages/shared/heads.py", "from expclip.report import tables", "stages.shared imports expclip.report"),
         ("stages/fit_head/train.py", "import open_clip", "imports open_clip; only stage one's encoders may"),
-        ("cache/format.py", "from expclip.cache import reader", "import cycle: expclip.cache.reader -> expclip.cache.format -> expclip.cache.reader"),
+        ("cache/format.py", "from expclip.cache import reader", "import cycle: expclip.cache.format -> expclip.cache.reader -> expclip.cache.format"),
     ],
 )
 def test_a_forbidden_import_is_caught(tmp_path, file, line, rule):

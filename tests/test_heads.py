@@ -42,6 +42,21 @@ def test_save_load_round_trip(tmp_path, kind, name):
     assert (load_head(tmp_path / "HEAD").linear_weight() is None) == (kind == "mlp")
 
 
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_dimensions_and_encoder_identity_are_properties_of_the_head(kind):
+    clip = {"model": "local-dir:/somewhere/tiny-clip", "pretrained": "/somewhere/tiny-clip/w.safetensors",
+            "pretrained_sha256": "ab12", "transform": "model"}
+    head = Head(module=build_head(kind, 16, 24), kind=kind, meta={"clip_key": "tiny-clip", "clip": clip})
+    assert (head.d, head.dt) == (16, 24)
+    assert head.encoder == ("tiny-clip", "ab12") and head.has_provenance  # a folder by its name, weights by hash
+    tagged = Head(module=build_head(kind, 16, 24), kind=kind, meta={"clip": {"model": "ViT-B-32", "pretrained": "openai"}})
+    assert tagged.encoder == ("ViT-B-32", "openai")
+    keyed = Head(module=build_head(kind, 16, 24), kind=kind, meta={"clip_key": "ViT-B-32@openai"})
+    assert keyed.encoder is None and keyed.has_provenance
+    bare = Head(module=build_head(kind, 16, 24), kind=kind)
+    assert bare.encoder is None and not bare.has_provenance and bare.official
+
+
 def test_weights_without_card_still_load(tmp_path):
     save_head(build_head("linear", 4, 6), "linear", {"clip_key": "k"}, tmp_path / "H")
     (tmp_path / "H.json").unlink()

@@ -32,6 +32,7 @@ from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import build_head, load_head, save_head
 from expclip.stages.shared.progress import progress
+from expclip.stages.shared.select import training_keys
 
 EPS = 1e-12  # F.normalize's floor on a norm
 
@@ -51,30 +52,6 @@ class TrainingSet:
     caches: list[dict]  # path, fingerprint, rows used
 
 
-def _choose(what: str, option: str, wanted: str | None, choices: list[str], where: Path) -> str:
-    if wanted is not None and wanted in choices:
-        return wanted
-    if wanted is None and len(choices) == 1:
-        return choices[0]
-    listed = ", ".join(choices) or "none"
-    if wanted is None and not choices:
-        raise ExpclipError(f"{where}: has no {what}; run `expclip extract` with it first")
-    if wanted is None:
-        raise ExpclipError(f"{where}: holds several {what}s; choose one with {option}: {listed}")
-    raise ExpclipError(f"{option}: {where} has no {what} {wanted!r}; it has: {listed}")
-
-
-def _select(reader: CacheReader, clip_key: str | None, teacher_key: str | None, instruction: str | None):
-    """Resolve the image key, teacher key and instruction key in one cache."""
-    key = _choose("CLIP image key", "--clip-key", clip_key, reader.image_keys(), reader.path)
-    pairs = reader.teacher_keys()
-    tkey = _choose("teacher key", "--teacher-key", teacher_key, sorted({t for t, _ in pairs}), reader.path)
-    texts = {i: str(reader.teacher_attrs(tkey, i).get("instruction", "")) for t, i in pairs if t == tkey}
-    by_text = {text: i for i, text in texts.items()}
-    ikey = _choose("instruction", "--instruction", by_text.get(instruction, instruction), sorted(texts), reader.path)
-    return key, tkey, ikey
-
-
 def load_training_set(caches: list[Path], clip_key: str | None = None, teacher_key: str | None = None,
                       instruction: str | None = None) -> TrainingSet:
     """Read the chosen features of every cache (rows with items/ok) into float32, teacher normalised."""
@@ -86,7 +63,7 @@ def load_training_set(caches: list[Path], clip_key: str | None = None, teacher_k
         with CacheReader(path) as r:
             if r.kind != "images":
                 raise ExpclipError(f"{path}: holds {r.kind}; fit-head trains on image caches only")
-            keys = _select(r, clip_key, teacher_key, instruction)
+            keys = training_keys(r, clip_key, teacher_key, instruction)
             if first is None:
                 first = (path, keys, r.image_attrs(keys[0]), r.teacher_attrs(*keys[1:]))
                 clip_key, teacher_key, instruction = keys

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from expclip.cache.atomic import write_atomically
 from expclip.base.errors import ExpclipError
+from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.vocabulary import HEAD_KINDS
 
 OFFICIAL_KEY = "mlp.weight"
@@ -39,6 +40,38 @@ class Head:
     def official(self) -> bool:
         """True for a head loaded without provenance (the official release format)."""
         return not self.meta
+
+    @property
+    def d(self) -> int:
+        """Width of the CLIP features the head maps."""
+        return _dims(self.module)[0]
+
+    @property
+    def dt(self) -> int:
+        """Width of the teacher space it maps them to."""
+        return _dims(self.module)[1]
+
+    @property
+    def clip(self) -> dict:
+        """The recorded provenance of the CLIP encoder it was trained on; {} when unknown."""
+        clip = self.meta.get("clip")
+        return clip if isinstance(clip, dict) and clip.get("model") else {}
+
+    @property
+    def encoder(self) -> tuple[str, str] | None:
+        """(model, weights) identity of that encoder (stages.shared.clip_identity), None when unrecorded."""
+        return clip_identity(self.clip) if self.clip else None
+
+    @property
+    def has_provenance(self) -> bool:
+        """True when HEAD.json names the CLIP encoder (or at least its cache key)."""
+        return bool(self.clip or self.meta.get("clip_key"))
+
+    def describe_encoder(self) -> str:
+        """The trained-on CLIP encoder, for messages."""
+        if self.clip:
+            return f"{self.clip.get('model')} @ {self.clip.get('pretrained', '')} (key {self.meta.get('clip_key', '?')})"
+        return str(self.meta.get("clip_key"))
 
     def linear_weight(self) -> torch.Tensor | None:
         """(Dt, d) weight of a linear head, else None (MLP heads have no single matrix)."""

@@ -17,7 +17,6 @@ from expclip.stages.shared import protocol
 from expclip.stages.evaluate import GramSpace, evaluate
 from expclip.stages.shared.heads import Head, build_head, export_official, save_head
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_protocol.json"
 KEY = "ViT-T@test"
 CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 100.0}
 D, DT = 16, 40
@@ -26,10 +25,8 @@ ALPHABETICAL = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise
 
 @pytest.fixture(scope="module")
 def reference_sets() -> dict:
-    """The five protocol prompt sets as the reference file cites them."""
-    if not REFERENCE.exists():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    return json.loads(REFERENCE.read_text())["prompt_sets"]
+    """The five protocol prompt sets as the package ships them (tests/test_reference.py checks them)."""
+    return protocol.prompt_sets()
 
 
 def text_groups(sets: dict, centers: np.ndarray, rng, key: str = KEY) -> dict:

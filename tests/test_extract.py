@@ -26,7 +26,6 @@ from expclip.stages.extract import ExtractConfig, extract
 from expclip.stages.extract.loading import load_image
 from expclip.demo.synthetic import write_clips, write_faces
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "exp_clip_protocol.json"
 runner = CliRunner()
 
 
@@ -69,7 +68,7 @@ def test_image_and_text_features_equal_open_clip(train_cache, faces, tiny_clip):
         assert stored.dtype == np.float16
         np.testing.assert_allclose(stored[ok].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
         assert r.image_attrs(key)["logit_scale"] == pytest.approx(50.0, rel=1e-5)  # read from the model, not 100
-        reference = json.loads(REFERENCE.read_text())["prompt_sets"] if REFERENCE.exists() else protocol.prompt_sets()
+        reference = protocol.prompt_sets()
         assert r.text_sets(key) == sorted(reference)
         text = r.text(key, "ensemble_five")
         order = protocol.class_order()
@@ -245,7 +244,7 @@ def test_resuming_with_other_options_names_the_unfinished_groups(faces, tiny_cli
     out = tmp_path / "c.h5"
     src = sources.resolve(faces)
     job = Extraction(out, src.items, {}, shard_size=4)  # as if a run with the teacher had been killed early
-    job.need("teacher/other/paper", {"model": "other"})
+    job.register("teacher/other/paper", {"model": "other"})
     result = _extract_cli(faces, "--out", out, "--clip-model", tiny_clip, "--no-teacher")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "unfinished groups" in result.output and "/teacher/other/paper" in result.output

@@ -9,7 +9,7 @@ from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
 from expclip.stages.extract.sources import resolve
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annotation_samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "annotation_samples"  # copies of ../shared/reference/annotation_samples (tests/test_reference.py)
 
 
 def _png(path: Path) -> Path:
@@ -63,10 +63,8 @@ def test_malformed_list_lines_name_file_and_line(tmp_path, text, message):
 
 
 def test_reference_annotation_samples_parse_and_rebase(tmp_path):
-    # ../shared/reference/annotation_samples: `frame_dir num_frames label`, 0-based, absolute paths from another machine
+    # The protocol's annotation samples: `frame_dir num_frames label`, 0-based, absolute paths from another machine
     path = SAMPLES / "DFEW_set_1_test.txt"
-    if not path.exists():
-        pytest.skip("reference annotation samples not found")
     first = path.read_text().split("\n")[0].split()
     prefix = "/data/EECS-IoannisLab/datasets/DFEW"
     src = resolve(path, strip_prefix=prefix, root=tmp_path, dataset="DFEW")

@@ -89,6 +89,47 @@ def test_equals_independent_autograd_sgd(tmp_path, logit_scale):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
 
 
+def test_mini_batches_with_drop_last_and_a_milestone_equal_autograd_sgd(tmp_path):
+    """3 epochs of 4 shuffled batches (6 rows dropped each epoch), lr ×0.1 after epoch 2, as a plain loop.
+
+    The documented order: one torch.randperm(n) per epoch from a generator seeded with `seed`;
+    batch s is rows order[s·B:(s+1)·B]; the last n mod B rows are dropped; the learning rate of
+    epoch e is lr·gamma^(milestones ≤ e). The reference sets that rate by hand (no MultiStepLR).
+    """
+    cache = make_cache(tmp_path / "train.h5", n=70)
+    x, e, scale = features(cache)
+    w0 = build_head("linear", D, DT)
+    save_head(w0, "linear", {}, tmp_path / "w0")
+    b, epochs, milestone, lr, gamma, seed = 16, 3, 2, 0.5, 0.1, 7
+    cfg = FitConfig(lr=lr, momentum=0.9, weight_decay=1e-3, batch_size=b, epochs=epochs, milestones=(milestone,),
+                    gamma=gamma, seed=seed, init_from=tmp_path / "w0", device="cpu")
+    meta = fit_head([cache], tmp_path / "head", cfg)
+
+    w = torch.nn.Parameter(w0.weight.detach().clone())
+    opt = torch.optim.SGD([w], lr=lr, momentum=0.9, weight_decay=1e-3)
+    order_source = torch.Generator().manual_seed(seed)
+    target = torch.arange(b)
+    losses = []
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * (gamma if epoch >= milestone else 1.0)
+        order = torch.randperm(len(x), generator=order_source)
+        total = 0.0
+        for step in range(len(x) // b):
+            rows = order[step * b:(step + 1) * b]
+            logits = scale * F.normalize(x[rows] @ w.t(), dim=-1) @ F.normalize(e[rows], dim=-1).t()
+            loss = 0.5 * F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(logits.t(), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total / (len(x) // b))
+    assert meta["steps_per_epoch"] == 4 and meta["gradient"] == "by-hand"
+    assert [h["loss"] for h in meta["history"]] == pytest.approx(losses, rel=1e-5)
+    torch.testing.assert_close(load_head(tmp_path / "head").linear_weight(), w.detach(), rtol=1e-5, atol=2e-6)
+    assert (w.detach() - w0.weight).abs().max() > 1e-2  # the steps moved the head far beyond the tolerance
+
+
 def test_autograd_path_equals_reference_too(tmp_path):
     """The general (autograd) path, here with an MLP head, equals a plain loop from the same seeded init."""
     cache = make_cache(tmp_path / "train.h5", n=32)

@@ -5,6 +5,8 @@ The loss is the paper's symmetric InfoNCE,
 with s = exp(CLIP's logit_scale) read from the cache (frozen). Defaults are the
 official run: SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 512 with
 drop_last, 5 epochs, MultiStepLR(milestones=[30], gamma=0.1) stepped per epoch.
+Data order: one `torch.randperm(n)` per epoch from a generator seeded with
+`seed`; batch s is rows order[s·B:(s+1)·B], and the last n mod B rows are dropped.
 
 Speed: everything that needs no gradient is done once (features to float32,
 teacher rows normalised, batches gathered by index). For the paper's head

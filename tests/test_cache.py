@@ -70,8 +70,8 @@ def test_reader_refuses_incomplete_and_foreign_files(tmp_path):
 def test_failed_rows_are_recorded_and_masked(tmp_path):
     path = tmp_path / "c.h5"
     job = Extraction(path, _items(4), {}, shard_size=2)
-    assert job.need("image/k", {"model": "m"})
-    job.start("image/k", {"model": "m", "logit_scale": 1.0}, (3,), "float16")
+    assert job.register("image/k", {"model": "m"}) == [(0, 2), (2, 4)]
+    job.describe("image/k", {"model": "m", "logit_scale": 1.0}, (3,), "float16")
     job.write_shard("image/k", 0, 2, np.ones((2, 3)), {})
     rows = np.ones((2, 3))
     rows[1] = np.nan
@@ -95,11 +95,12 @@ WRITER = textwrap.dedent(
     rows = np.arange(n * 6, dtype=np.float32).reshape(n, 6) / 7
     job = Extraction(Path(sys.argv[1]), items, {"dataset": "kill"}, shard_size=3)
     for path in ("image/k", "teacher/t/paper"):
-        if job.need(path, {"model": path}):
-            job.start(path, {"model": path}, (6,), "float16")
-            for a, b in job.missing(path):
-                time.sleep(0.01)
-                job.write_shard(path, a, b, rows[a:b] * (2 if path == "image/k" else 3), {})
+        todo = job.register(path, {"model": path})
+        if todo:
+            job.describe(path, {"model": path}, (6,), "float16")
+        for a, b in todo:
+            time.sleep(0.01)
+            job.write_shard(path, a, b, rows[a:b] * (2 if path == "image/k" else 3), {})
     job.finalize()
     """
 )

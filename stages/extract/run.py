@@ -1,0 +1,115 @@
+"""Stage one's batch loop: decode the shards that some group misses, feed the loaded encoders, write shards.
+
+Batches never cross a shard, so a resumed run feeds the encoders exactly the
+batches an uninterrupted run would, and a shard is written as soon as its last
+batch is encoded. Items that cannot be decoded get NaN rows and their reason
+recorded in the shard. The time is split into waiting for data, encoding and
+writing shards, so a slow run shows its bottleneck.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from expclip.cache.writer import Extraction
+from expclip.stages.extract.config import ExtractConfig
+from expclip.stages.extract.loading import FaceDataset, collate
+from expclip.stages.extract.sources import Source
+from expclip.stages.shared.progress import progress
+from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
+
+Range = tuple[int, int]
+WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"
+
+
+class ImageEncoder(Protocol):
+    """What the loop needs of a loaded encoder (CLIP image tower or teacher)."""
+
+    transform: Callable
+    device: torch.device
+    attrs: dict
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEncoder],
+                  shards: dict[str, list[Range]], cfg: ExtractConfig) -> tuple[int, dict[str, float]]:
+    """Encode the shards each group (path -> encoder) misses; returns the rows decoded and where the time went."""
+    clock = {WAITING: 0.0, ENCODING: 0.0, WRITING: 0.0}
+    todo = sorted(set().union(*(shards[path] for path in encoders)))
+    if not todo:
+        return 0, clock
+    transforms, feed = _inputs(encoders, shared=cfg.transform == OFFICIAL_TRANSFORM)
+    clips = source.items.frame_index is not None
+    loader = DataLoader(
+        FaceDataset(source.paths, source.items, transforms), batch_sampler=_batches(todo, cfg.batch_size),
+        num_workers=cfg.num_workers, collate_fn=collate,
+        pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
+    )
+    batches = iter(loader)
+    with progress("clips" if clips else "faces") as bar:
+        task = bar.add_task("extract", total=sum(b - a for a, b in todo))
+        lap = _stopwatch(clock)
+        for start, stop in todo:
+            paths = [p for p in encoders if (start, stop) in shards[p]]
+            parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
+            failed: dict[int, str] = {}
+            for _ in range(start, stop, cfg.batch_size):
+                index, tensors, reasons = next(batches)
+                lap(WAITING)
+                for path in paths:
+                    parts[path].append(_encode(encoders[path], tensors[feed[path]], clips))
+                failed.update({i: r for i, r in zip(index, reasons, strict=True) if r})
+                bar.advance(task, len(index))
+                lap(ENCODING)
+            for path in paths:
+                rows = np.concatenate(parts[path])
+                rows[[i - start for i in failed]] = np.nan
+                job.describe(path, encoders[path].attrs, rows.shape[1:], cfg.store_dtype)
+                job.write_shard(path, start, stop, rows, failed)
+            lap(WRITING)
+    return sum(b - a for a, b in todo), clock
+
+
+def _inputs(encoders: dict[str, ImageEncoder], shared: bool) -> tuple[list[Callable], dict[str, int]]:
+    """One tensor per distinct transform: (transforms, group path -> its tensor's index).
+
+    The official transform is one tensor for every encoder; otherwise each
+    encoder has its model's own preprocessing.
+    """
+    transforms: list[Callable] = []
+    feed = {}
+    for path, enc in encoders.items():
+        if not (shared and transforms):
+            transforms.append(enc.transform)
+        feed[path] = len(transforms) - 1
+    return transforms, feed
+
+
+def _batches(ranges: list[Range], batch_size: int) -> list[list[int]]:
+    """Item indices per batch, cut within each shard."""
+    return [list(range(a, min(a + batch_size, stop))) for start, stop in ranges for a in range(start, stop, batch_size)]
+
+
+def _encode(encoder: ImageEncoder, pixels: torch.Tensor, clips: bool) -> np.ndarray:
+    """(B, ...) pixels -> (B, D) rows, or (B, T, D) for clips (frames encoded as one batch)."""
+    x = pixels.to(encoder.device, non_blocking=True)
+    rows = encoder.encode_images(x.flatten(0, 1) if clips else x)
+    return rows.reshape(len(x), *(x.shape[1:2] if clips else ()), -1).float().cpu().numpy()
+
+
+def _stopwatch(clock: dict[str, float]) -> Callable[[str], None]:
+    """`lap(what)` adds the time since the previous lap to clock[what]."""
+    last = [time.perf_counter()]
+
+    def lap(what: str) -> None:
+        now = time.perf_counter()
+        clock[what] += now - last[0]
+        last[0] = now
+
+    return lap

@@ -131,3 +131,31 @@ def test_ablate_label_map_reaches_evaluate(caches, tmp_path):
     assert result.exit_code == 0, result.output
     [row] = json.loads((tmp_path / "a" / "ablation.json").read_text())
     assert row["dataset"] == "numeric" and row["n"] == 12
+
+
+def test_re_extracting_with_other_labels_at_the_same_path_recomputes(caches, tmp_path):
+    """Same ids and features, class names swapped: the cache's identity changes, so no stale run is reused."""
+    train, _ = caches
+    rng = np.random.default_rng(2)
+    order = protocol.class_order()
+    image = rng.standard_normal((20, 8)).astype(np.float32)
+    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
+                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    evals = tmp_path / "eval.h5"
+
+    def extract(class_names: list[str]) -> None:
+        evals.unlink(missing_ok=True)
+        items = fmt.Items(ids=[f"e{i}" for i in range(20)], labels=np.arange(20) % 2, class_names=class_names)
+        write_arrays(evals, items, file_attrs={"dataset": "relabelled"}, aligned={fmt.image_path(KEY): (image, CLIP)}, small=text)
+
+    grid = ablate.parse_grid("epochs=1 batch_size=16")
+    extract(["happy", "sad"])
+    [first] = ablate.run_grid([train], [evals], grid, tmp_path / "abl", select={"instruction": "paper"})
+    extract(["sad", "happy"])
+    [second] = ablate.run_grid([train], [evals], grid, tmp_path / "abl", select={"instruction": "paper"})
+    assert not second["reused"] and second["key"] != first["key"]
+    recall = lambda run: run["records"][0]["per_class"]  # noqa: E731
+    # The items of each label now count as the other class; with two classes scored, recall flips to 100 - recall.
+    assert recall(second) == pytest.approx({"Happiness": 100 - recall(first)["Sadness"], "Sadness": 100 - recall(first)["Happiness"]})
+    [third] = ablate.run_grid([train], [evals], grid, tmp_path / "abl", select={"instruction": "paper"})
+    assert third["reused"] and third["key"] == second["key"]

@@ -1,7 +1,10 @@
 """The cache writer/reader: documented layout, refusal of mismatches, crash safety under SIGKILL."""
 
+import hashlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -81,6 +84,101 @@ def test_failed_rows_are_recorded_and_masked(tmp_path):
         assert r.items().ok.tolist() == [True, True, True, False]
         assert r.failures() == {"c0/3.png": "zero-byte file"}
         assert np.isnan(r.image("k")[3]).all()
+
+
+def _dataset_digests(path):
+    """sha256 of every dataset's bytes and attributes in a file: equal digests = byte-equal groups."""
+    found = {}
+    with h5py.File(path, "r") as f:
+        def note(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                raw = b"\0".join(data.tolist()) if data.dtype.kind == "O" else data.tobytes()  # strings by value
+                attrs = sorted((k, str(v)) for k, v in obj.attrs.items())
+                found[name] = (hashlib.sha256(raw).hexdigest(), obj.dtype.str, obj.shape, attrs)
+        f.visititems(note)
+    return found
+
+
+def test_two_writers_of_disjoint_shards_then_one_merge_equal_one_writer(tmp_path):
+    n = 7
+    image = np.random.default_rng(1).normal(size=(n, 5)).astype(np.float32)
+    image[4] = np.nan
+    text = np.arange(6, dtype=np.float32).reshape(3, 2)
+    text_attrs = {"model": "m", "prompts": ["a.", "b.", "c."], "class_index": [0, 0, 1]}
+    write_arrays(tmp_path / "one.h5", _items(n), file_attrs={"dataset": "toy"}, failures={4: "not an image"},
+                 aligned={"image/k": (image, {"model": "m"})}, small={"text/k/s": (text, text_attrs)})
+
+    path = tmp_path / "two.h5"
+    a = Extraction(path, _items(n), {"dataset": "toy"}, shard_size=2)
+    assert a.register("image/k", {"model": "m"}) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    b = Extraction(path, _items(n), {"dataset": "toy"}, shard_size=5)  # the folder's shard size wins
+    assert b.shard_size == 2 and b.register("image/k", {"model": "m"}) == a.missing("image/k")
+    a.describe("image/k", {"model": "m"}, (5,))
+    b.describe("image/k", {"model": "m"}, (5,))
+    for job, shards in ((a, [(0, 2), (4, 6)]), (b, [(2, 4), (6, 7)])):
+        for start, stop in shards:
+            job.write_shard("image/k", start, stop, image[start:stop], {4: "not an image"} if start == 4 else {})
+    assert b.register("text/k/s", {"model": "m"}, rows=3) == [(0, 3)]
+    b.describe("text/k/s", text_attrs, (2,), "float32")
+    b.write_shard("text/k/s", 0, 3, text)
+    spec_files = sorted(p.relative_to(partial_dir(path)).as_posix() for p in partial_dir(path).rglob("*.json"))
+    assert spec_files == ["image/k/group.json", "image/k/layout.json", "manifest.json",
+                          "text/k/s/group.json", "text/k/s/layout.json"]
+    assert a.unfinished() == [] and a.finalize() == {"c1/4.png": "not an image"}
+    assert _dataset_digests(path) == _dataset_digests(tmp_path / "one.h5")
+    assert not partial_dir(path).exists()
+
+
+def test_only_dead_processes_temporaries_of_this_host_are_removed(tmp_path):
+    path = tmp_path / "c.h5"
+    host = socket.gethostname()
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()  # its pid is now free: a writer killed on this host
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        shard = partial_dir(path) / "image" / "k" / "000000000-000000002.h5"
+        shard.parent.mkdir(parents=True)
+        dead = [tmp_path / f"c.h5.tmp-{host}-{done.pid}", shard.with_name(f"{shard.name}.tmp-{host}-{done.pid}")]
+        kept = [tmp_path / f"c.h5.tmp-{host}-{sleeper.pid}", shard.with_name(f"{shard.name}.tmp-{host}-{os.getpid()}"),
+                tmp_path / f"c.h5.tmp-another-host-{done.pid}", tmp_path / f"other.h5.tmp-{host}-{done.pid}"]
+        for tmp in dead + kept:
+            tmp.write_bytes(b"half a file")
+        Extraction(path, _items(), {})
+        assert [p.exists() for p in dead] == [False, False] and all(p.exists() for p in kept)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_configuration_keys_added_later_are_not_compared(tmp_path):
+    path = tmp_path / "c.h5"
+    rows = np.ones((10, 4), np.float32)
+    write_arrays(path, _items(), file_attrs={}, aligned={"teacher/t/paper": (rows, {"model": "T", "instruction": "x"})})
+    job = Extraction(path, _items(), {})
+    assert job.register("teacher/t/paper", {"model": "T", "instruction": "x", "family": "blip2-t5"}) == []
+    with pytest.raises(ExpclipError, match=r"/teacher/t/paper was made by \[instruction=x, model=T\]; this run asks for \[instruction=y, model=T\]"):
+        job.register("teacher/t/paper", {"model": "T", "instruction": "y", "family": "blip2-t5"})
+    # The same rule for a group begun in the partial folder by an older run.
+    job.register("teacher/u/paper", {"model": "U"})
+    later = Extraction(path, _items(), {})
+    assert later.register("teacher/u/paper", {"model": "U", "family": "blip2-t5"}) == [(0, 10)]
+    with pytest.raises(ExpclipError, match=r"c.h5.partial: /teacher/u/paper was made by \[model=U\]"):
+        later.register("teacher/u/paper", {"model": "V", "family": "blip2-t5"})
+
+
+def test_partial_folder_of_an_older_layout_or_other_items_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.h5"
+    folder = partial_dir(path)
+    folder.mkdir()
+    old = {"format_version": 1, "items_digest": _items().identity(), "shard_size": 4, "groups": {}}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(ExpclipError, match=r"c.h5.partial: an unfinished run of an older expclip .* delete the folder"):
+        Extraction(path, _items(), {})
+    (folder / "manifest.json").unlink()
+    Extraction(path, _items(), {}).register("image/k", {"model": "m"})
+    with pytest.raises(ExpclipError, match=r"c.h5.partial: an unfinished run for different items .* delete the folder"):
+        Extraction(path, _items(9), {})
 
 
 WRITER = textwrap.dedent(

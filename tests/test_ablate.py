@@ -4,6 +4,7 @@ import json
 import typing
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -159,3 +160,28 @@ def test_re_extracting_with_other_labels_at_the_same_path_recomputes(caches, tmp
     assert recall(second) == pytest.approx({"Happiness": 100 - recall(first)["Sadness"], "Sadness": 100 - recall(first)["Happiness"]})
     [third] = ablate.run_grid([train], [evals], grid, tmp_path / "abl", select={"instruction": "paper"})
     assert third["reused"] and third["key"] == second["key"]
+
+
+def test_grid_over_teacher_keys_compares_teachers_of_one_cache(caches, tmp_path):
+    """One cache holding two teachers (other widths, as T5 and OPT have): one run per teacher, each as fit alone."""
+    _, evals = caches
+    rng = np.random.default_rng(3)
+    n = 32
+    items = fmt.Items(ids=[f"t{i}" for i in range(n)], labels=np.full(n, -1), class_names=[])
+    teachers = {fmt.teacher_path("blip2-t5", "paper"): (rng.standard_normal((n, 12)).astype(np.float32), {"model": "t5", "instruction": "x"}),
+                fmt.teacher_path("blip2-opt", "paper"): (rng.standard_normal((n, 10)).astype(np.float32), {"model": "opt", "instruction": "x"})}
+    train = tmp_path / "two-teachers.h5"
+    write_arrays(train, items, file_attrs={"dataset": "train"},
+                 aligned={fmt.image_path(KEY): (rng.standard_normal((n, 8)).astype(np.float32), CLIP), **teachers})
+    args = ["ablate", str(train), "--eval", str(evals), "--grid", "teacher_key=blip2-t5,blip2-opt epochs=1 batch_size=16",
+            "--out-dir", str(tmp_path / "abl"), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert [r["teacher_key"] for r in rows] == ["blip2-t5", "blip2-opt"]
+    for row, dt in zip(rows, (12, 10)):
+        head = load_head(tmp_path / "abl" / "heads" / row["run"])
+        alone = fit_head([train], tmp_path / row["teacher_key"], FitConfig(epochs=1, batch_size=16, device="cpu"),
+                         teacher_key=row["teacher_key"])
+        assert head.dt == dt and head.meta["teacher_key"] == row["teacher_key"] == alone["teacher_key"]
+        assert torch.equal(head.linear_weight(), load_head(tmp_path / row["teacher_key"]).linear_weight())

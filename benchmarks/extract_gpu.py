@@ -25,7 +25,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from expclip.cache.reader import CacheReader  # noqa: E402
-from expclip.stages.extract import sources, synthetic  # noqa: E402
+from expclip.demo import synthetic  # noqa: E402
+from expclip.stages.extract import sources  # noqa: E402
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip  # noqa: E402
 from expclip.stages.extract import ExtractConfig, extract  # noqa: E402
 from expclip.stages.shared.protocol import class_order  # noqa: E402

@@ -165,3 +165,17 @@ def test_a_long_file_is_caught(tmp_path):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "cache" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1), "utf-8")
     assert violations(tmp_path) == [f"cache/long.py: {MAX_LINES + 1} lines (at most {MAX_LINES})"]
+
+
+def test_benchmarks_import_what_exists():
+    """Benchmarks run only when someone measures; a moved module must not break them silently."""
+    import importlib
+    import importlib.util
+
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("expclip"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    found = hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+                    assert found, f"{script.name}:{node.lineno}: {node.module} has no {alias.name}"

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -53,12 +52,10 @@ def make_cache(path, class_names, labels, image, texts, *, key=KEY, clip=CLIP, f
     )
     attrs = {**clip, "embed_dim": image.shape[-1]}
     file_attrs = {"dataset": Path(path).stem, "source": "synthetic"}
-    write_arrays(path, items, file_attrs=file_attrs, aligned={fmt.image_path(key): (image, attrs)}, small=texts)
-    if failed:  # as if decoding had failed: rows NaN, items/ok False
-        with h5py.File(path, "r+") as f:
-            for i in failed:
-                f["items/ok"][i] = False
-                f[fmt.image_path(key)][i] = np.nan
+    image = image.copy()
+    image[list(failed)] = np.nan  # as if decoding had failed: rows NaN, recorded as failures (items/ok False)
+    write_arrays(path, items, file_attrs=file_attrs, aligned={fmt.image_path(key): (image, attrs)}, small=texts,
+                 failures={i: "not an image" for i in failed})
     return Path(path)
 
 

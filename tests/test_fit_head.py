@@ -4,7 +4,6 @@ import json
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -41,10 +40,8 @@ def make_cache(path: Path, n: int = 64, *, seed: int = 0, logit_scale: float = 5
         rows = rng.standard_normal((n, DT)).astype(np.float32)
         rows[list(bad_rows)] = np.nan
         aligned[fmt.teacher_path("tiny-t5", ikey)] = (rows, {"model": "tiny-t5", "instruction": text})
-    write_arrays(path, items, file_attrs={"dataset": path.stem, "source": "synthetic"}, aligned=aligned)
-    if bad_rows:  # write_arrays has no failures to record; mark the NaN rows as extract would
-        with h5py.File(path, "r+") as f:
-            f["items/ok"][list(bad_rows)] = False
+    write_arrays(path, items, file_attrs={"dataset": path.stem, "source": "synthetic"}, aligned=aligned,
+                 failures={i: "not an image" for i in bad_rows})  # NaN rows recorded as extract records them
     return path
 
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from expclip.base.errors import ExpclipError
 from expclip.options import choice, help_of, options
 from expclip.stages.extract.config import ExtractConfig
-from expclip.stages.extract.sources import SOURCE_TYPES
+from expclip.stages.extract import sources
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
 from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
@@ -57,7 +57,7 @@ def extract(
     instruction: XO.instruction = X.instruction,
     transform: XO.transform = X.transform,
     prompts: XO.prompts = X.prompts,
-    source_type: Annotated[choice(SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
+    source_type: Annotated[choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
     root: Annotated[Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")] = None,
     strip_prefix: Annotated[Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
     frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = protocol.DEFAULT_FRAMES,
@@ -70,12 +70,11 @@ def extract(
     shard_size: XO.shard_size = X.shard_size,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5."""
-    from expclip.stages.extract import sources
-    from expclip.stages.extract import ExtractConfig, extract as run_extract
+    from expclip.stages.extract import extract as run_extract
 
     with user_errors():
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset)
-        cfg = ExtractConfig(
+        cfg = X(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
             num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,

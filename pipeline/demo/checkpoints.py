@@ -15,7 +15,7 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers.utils import logging as hf_logging
 from transformers import (
     Blip2Config,
@@ -24,6 +24,12 @@ from transformers import (
     Blip2QFormerConfig,
     Blip2VisionConfig,
     BlipImageProcessor,
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipProcessor,
+    InstructBlipQFormerConfig,
+    InstructBlipVisionConfig,
+    OPTConfig,
     PreTrainedTokenizerFast,
     T5Config,
 )
@@ -46,6 +52,8 @@ def tiny_clip_cfg(image_size: int) -> dict:
     }
 
 _T5_SPECIALS = ["<pad>", "</s>", "<unk>"]  # T5's ids 0, 1, 2
+_OPT_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0, 1, 2, 3
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # the Q-Former's BERT vocabulary starts so
 
 
 def save_tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32, model_cfg: dict | None = None) -> str:
@@ -75,21 +83,82 @@ def save_tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32, model_c
     return LOCAL_DIR + str(folder.resolve())
 
 
-def _tiny_t5_tokenizer() -> PreTrainedTokenizerFast:
-    """A small BPE tokenizer trained on the protocol's words; appends `</s>` like T5's."""
+def _sentences() -> list[str]:
+    """What the tiny tokenizers are trained on: the protocol's words."""
+    return [DEFAULT_INSTRUCTION, "a photo of a face", "an expression of"] + class_order()
+
+
+def _tiny_bpe(specials: list[str], single: str, pair: str, added: str) -> Tokenizer:
+    """A small BPE tokenizer whose templates add the special token `added`."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=_T5_SPECIALS)
-    sentences = [DEFAULT_INSTRUCTION, "a photo of a face", "an expression of"] + class_order()
-    tokenizer.train_from_iterator(sentences, trainer=trainer)
-    # A T5TokenizerFast over a BPE model does not survive save_pretrained; this does.
+    tokenizer.train_from_iterator(_sentences(), trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    # A T5TokenizerFast / GPT2TokenizerFast over this model does not survive save_pretrained; a template does.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))]
+        single=single, pair=pair, special_tokens=[(added, tokenizer.token_to_id(added))]
+    )
+    return tokenizer
+
+
+def _tiny_t5_tokenizer() -> PreTrainedTokenizerFast:
+    """Appends `</s>` like T5's."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_tiny_bpe(_T5_SPECIALS, "$A </s>", "$A </s> $B </s>", "</s>"), pad_token="<pad>", eos_token="</s>",
+        unk_token="<unk>",
+    )
+
+
+def _tiny_opt_tokenizer() -> PreTrainedTokenizerFast:
+    """Prepends `</s>` like OPT's (its BOS is `</s>`)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_tiny_bpe(_OPT_SPECIALS, "</s> $A", "</s> $A </s> $B", "</s>"), pad_token="<pad>", bos_token="</s>",
+        eos_token="</s>", unk_token="<unk>",
+    )
+
+
+def _tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer that wraps text in `[CLS] ... [SEP]`, like the Q-Former's BERT one."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.train_from_iterator(_sentences(), trainer=trainers.WordPieceTrainer(vocab_size=300, special_tokens=_BERT_SPECIALS))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
     )
+
+
+def _tiny_vision(image_size: int) -> dict:
+    """ViT fields shared by the tiny BLIP checkpoints: 4x4 patches of any image size, 1 layer, width 32."""
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "image_size": image_size, "patch_size": image_size // 4}
+
+
+_TINY_QFORMER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+
+
+def _tiny_t5(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """Flan-T5-like fields (gated GELU, untied head) of a 2-layer, width-48 T5 over `tokenizer`."""
+    return {
+        "vocab_size": len(tokenizer), "d_model": 48, "d_kv": 12, "d_ff": 96, "num_layers": 2,
+        "num_decoder_layers": 1, "num_heads": 4, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _save(folder: Path, model: torch.nn.Module, processor) -> Path:
+    """Model and processor side by side, as the hub holds them."""
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def save_tiny_blip2(
@@ -106,28 +175,56 @@ def save_tiny_blip2(
     image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
     processor = Blip2Processor(image_processor, _tiny_t5_tokenizer(), num_query_tokens=32)
     tokenizer = processor.tokenizer  # now holds the `<image>` placeholder token too
-    text_config = T5Config(**{
-        "vocab_size": len(tokenizer), "d_model": 48, "d_kv": 12, "d_ff": 96, "num_layers": 2,
-        "num_decoder_layers": 1, "num_heads": 4, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
-        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-        "decoder_start_token_id": tokenizer.pad_token_id, **(text or {}),
-    })
     config = Blip2Config(
-        vision_config=Blip2VisionConfig(**{
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "image_size": image_size, "patch_size": image_size // 4, **(vision or {}),
-        }).to_dict(),
-        qformer_config=Blip2QFormerConfig(**{
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "vocab_size": len(tokenizer), **(qformer or {}),
-        }).to_dict(),
+        vision_config=Blip2VisionConfig(**{**_tiny_vision(image_size), **(vision or {})}).to_dict(),
+        qformer_config=Blip2QFormerConfig(**{**_TINY_QFORMER, "vocab_size": len(tokenizer), **(qformer or {})}).to_dict(),
+        text_config=T5Config(**{**_tiny_t5(tokenizer), **(text or {})}).to_dict(),
+        num_query_tokens=32,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    return _save(folder, Blip2ForConditionalGeneration(config).to(dtype), processor)
+
+
+def save_tiny_blip2_opt(folder: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """Write a tiny random BLIP-2 with an OPT language model (tied head, `</s>` first) and its processor."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    processor = Blip2Processor(image_processor, _tiny_opt_tokenizer(), num_query_tokens=32)
+    tokenizer = processor.tokenizer
+    text_config = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=48, word_embed_proj_dim=48, ffn_dim=96, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig(**_tiny_vision(image_size)).to_dict(),
+        qformer_config=Blip2QFormerConfig(**_TINY_QFORMER, vocab_size=len(tokenizer)).to_dict(),
         text_config=text_config.to_dict(),
         num_query_tokens=32,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config).to(dtype)
-    hf_logging.disable_progress_bar()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(folder, Blip2ForConditionalGeneration(config), processor)
+
+
+def save_tiny_instructblip(folder: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """Write a tiny random InstructBLIP Flan-T5 (its Q-Former reads the instruction too) and its processor."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    qformer_tokenizer = _tiny_bert_tokenizer()
+    processor = InstructBlipProcessor(image_processor, _tiny_t5_tokenizer(), qformer_tokenizer, num_query_tokens=32)
+    tokenizer = processor.tokenizer
+    config = InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig(**_tiny_vision(image_size)).to_dict(),
+        qformer_config=InstructBlipQFormerConfig(
+            **_TINY_QFORMER, vocab_size=len(qformer_tokenizer), pad_token_id=qformer_tokenizer.pad_token_id,
+        ).to_dict(),
+        text_config=T5Config(**_tiny_t5(tokenizer)).to_dict(),
+        num_query_tokens=32,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    return _save(folder, InstructBlipForConditionalGeneration(config), processor)

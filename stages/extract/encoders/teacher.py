@@ -1,31 +1,46 @@
-"""The BLIP-2 Flan-T5 teacher of stage one: one pooled T5-encoder feature per face.
+"""The teacher front door of stage one: which family a checkpoint belongs to, its cache identity, loading.
 
-Exp-CLIP's teacher runs only the encoder half of BLIP-2's language model over
-[32 projected Q-Former queries ; the instruction's tokens] and averages the
-output tokens. The T5 decoder and LM head (about half of Flan-T5-XXL) never
-run, so they are dropped before the model is moved to the device.
+Families are data, as open_clip's model configs are: each is one module (its
+`load`) plus one `FAMILIES` entry naming how a checkpoint's own config.json
+identifies it (`model_type`, and `text_config.model_type`). The family is read
+from that config alone, so a complete cache is recognised without loading
+weights, and the stage needs no change when a family is added.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import PIL.Image
 import torch
-from safetensors import SafetensorError
-from transformers import Blip2ForConditionalGeneration, Blip2Processor
-from transformers.utils import logging as hf_logging
+from transformers import AutoConfig
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.precision import autocast, check_precision, recorded_name, torch_dtype
 from expclip.cache.format import encoder_key
-from expclip.stages.extract.encoders.provenance import versions_json
-from expclip.stages.extract.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
+from expclip.stages.extract.encoders import blip2_opt, blip2_t5, instructblip_t5
+from expclip.stages.extract.encoders.base import Teacher, TeacherSpec, load_error
+from expclip.stages.extract.encoders.transforms import OFFICIAL, check_transform
+from expclip.stages.shared.precision import check_precision
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
+
+
+@dataclass(frozen=True)
+class Family:
+    """One teacher family: how a checkpoint's config names it, and how to load it."""
+
+    name: str  # recorded as the group's `family` attribute
+    model_type: str  # config.json's own `model_type`
+    text_model_type: str  # its `text_config.model_type`
+    load: Callable[[TeacherSpec, torch.device], Teacher]
+
+
+FAMILIES = (
+    Family("blip2-t5", "blip-2", "t5", blip2_t5.load),
+    Family("blip2-opt", "blip-2", "opt", blip2_opt.load),
+    Family("instructblip-t5", "instructblip", "t5", instructblip_t5.load),
+)
 
 
 def instruction_key(instruction: str) -> str:
@@ -33,46 +48,6 @@ def instruction_key(instruction: str) -> str:
     if instruction == DEFAULT_INSTRUCTION:
         return "paper"
     return "sha-" + hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:10]
-
-
-class ProcessorTransform:
-    """The checkpoint's own image processor as a PIL -> (3, H, W) transform (picklable for workers)."""
-
-    def __init__(self, image_processor: Callable) -> None:
-        self.image_processor = image_processor
-
-    def __call__(self, image: PIL.Image.Image) -> torch.Tensor:
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-
-@dataclass
-class TeacherEncoder:
-    """A frozen BLIP-2 (vision, Q-Former, projection, T5 encoder) with its tokenised instruction."""
-
-    model: Blip2ForConditionalGeneration
-    transform: Callable[[PIL.Image.Image], torch.Tensor]
-    device: torch.device
-    precision: str
-    key: str
-    instruction: str
-    instruction_key: str
-    instruction_ids: torch.Tensor  # (1, L) on device, `</s>` last, no image placeholders
-    attrs: dict
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) transformed images -> (B, Dt) mean T5-encoder output, float32 on the CPU."""
-        model = self.model
-        dtype = model.vision_model.embeddings.patch_embedding.weight.dtype
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            pixels = pixels.to(self.device, dtype, non_blocking=True)
-            queries = model.get_image_features(pixel_values=pixels).pooler_output  # (B, 32, Dt)
-            words = model.get_input_embeddings()(self.instruction_ids)  # (1, L, Dt)
-            words = words.expand(queries.shape[0], -1, -1)
-            embeds = torch.cat([queries.to(words.dtype), words], dim=1)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
-            hidden = model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            pooled = hidden.float().mean(dim=1)  # one instruction, so no padding to mask
-        return pooled.cpu()
 
 
 def _source(id_or_dir: str) -> str:
@@ -83,49 +58,43 @@ def _source(id_or_dir: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else id_or_dir
 
 
-def identity(id_or_dir: str, instruction: str, transform: str, precision: str) -> tuple[str, str, dict]:
-    """(teacher key, instruction key, configuration), known without loading the model."""
+def family_of(source: str) -> Family:
+    """The family whose config types the checkpoint's config.json declares (no weights are read)."""
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as error:
+        raise load_error("the teacher's config of", source, error) from None
+    text_config = getattr(config, "text_config", None)
+    types = (config.model_type, getattr(text_config, "model_type", None))
+    for family in FAMILIES:
+        if types == (family.model_type, family.text_model_type):
+            return family
+    found = f"model_type {types[0]!r}" + (f", text_config.model_type {types[1]!r}" if types[1] else "")
+    supported = ", ".join(f"{f.name} ({f.model_type} + {f.text_model_type})" for f in FAMILIES)
+    raise ExpclipError(f"teacher {source!r} ({found}) is of no supported family; supported teacher families: {supported}")
+
+
+def _spec(id_or_dir: str, instruction: str, transform: str, precision: str) -> tuple[Family, TeacherSpec]:
     check_transform(transform)
     check_precision(precision)
     source = _source(id_or_dir)
+    family = family_of(source)
     key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform == OFFICIAL)
-    config = {"model": source, "instruction": instruction, "transform": transform, "precision": recorded_name(precision)}
-    return key, instruction_key(instruction), config
+    return family, TeacherSpec(family.name, source, instruction, transform, precision, key, instruction_key(instruction))
 
 
-def load_teacher(
-    id_or_dir: str, instruction: str, *, device: torch.device, precision: str, transform: str
-) -> TeacherEncoder:
-    """Load a BLIP-2 Flan-T5 checkpoint (HF id or saved folder) as a frozen teacher on `device`."""
-    key, i_key, config = identity(id_or_dir, instruction, transform, precision)
-    source = config["model"]
-    dtype = torch_dtype(precision)
-    hf_logging.disable_progress_bar()  # the extract bar is the one progress display
-    try:
-        processor = Blip2Processor.from_pretrained(source)
-        model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError, KeyError, SafetensorError) as error:
-        offline = " (HF_HUB_OFFLINE is set: only folders and cached ids load)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise ExpclipError(f"cannot load the BLIP-2 teacher {id_or_dir!r}{offline}: {error}") from None
-    if model.config.use_decoder_only_language_model:
-        raise ExpclipError(
-            f"teacher {id_or_dir!r} has a decoder-only language model "
-            f"({model.config.text_config.model_type}); Exp-CLIP needs a BLIP-2 Flan-T5 checkpoint"
-        )
-    del model.language_model.decoder, model.language_model.lm_head
-    model.eval().requires_grad_(False)
-    model.to(device)
+def identity(id_or_dir: str, instruction: str, transform: str, precision: str) -> tuple[str, str, dict]:
+    """(teacher key, instruction key, configuration), known from the checkpoint's config alone.
 
-    ids = processor.tokenizer(instruction, return_tensors="pt")["input_ids"]  # alone, `</s>` appended
-    attrs = {**config, "pooling": "mean", "versions": versions_json()}
-    return TeacherEncoder(
-        model=model,
-        transform=ProcessorTransform(processor.image_processor) if transform == MODEL else official_transform(),
-        device=device,
-        precision=precision,
-        key=key,
-        instruction=instruction,
-        instruction_key=i_key,
-        instruction_ids=ids.to(device),
-        attrs=attrs,
-    )
+    The configuration includes `family`, so a folder whose checkpoint changed
+    family is refused under its old key; the weights' hash is not in it (see
+    `blip.BlipTeacher.from_loaded`).
+    """
+    _, spec = _spec(id_or_dir, instruction, transform, precision)
+    return spec.key, spec.instruction_key, spec.config
+
+
+def load_teacher(id_or_dir: str, instruction: str, *, device: torch.device, precision: str, transform: str) -> Teacher:
+    """Load a checkpoint of any supported family (HF id or saved folder) as a frozen teacher on `device`."""
+    family, spec = _spec(id_or_dir, instruction, transform, precision)
+    return family.load(spec, device)

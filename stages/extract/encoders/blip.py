@@ -22,7 +22,8 @@ from transformers.utils import logging as hf_logging
 
 from expclip.stages.extract.encoders.base import TeacherSpec, load_error
 from expclip.stages.extract.encoders.provenance import versions_json, weights_sha256
-from expclip.stages.extract.encoders.transforms import MODEL, official_transform
+from expclip.stages.extract.encoders.transforms import official_transform
+from expclip.stages.shared.vocabulary import MODEL_TRANSFORM
 from expclip.stages.shared.precision import autocast, torch_dtype
 
 Model = TypeVar("Model", bound=PreTrainedModel)
@@ -87,7 +88,7 @@ class BlipTeacher(ABC):
         }
         return cls(
             model=model,
-            transform=ProcessorTransform(processor.image_processor) if spec.transform == MODEL else official_transform(),
+            transform=ProcessorTransform(processor.image_processor) if spec.transform == MODEL_TRANSFORM else official_transform(),
             device=device,
             precision=spec.precision,
             key=spec.key,

@@ -22,7 +22,8 @@ from expclip.stages.shared.precision import autocast, check_precision, recorded_
 from expclip.cache.format import encoder_key
 from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
 from expclip.stages.extract.encoders.provenance import sha256_file, versions_json
-from expclip.stages.extract.encoders.transforms import MODEL, OFFICIAL, check_transform, official_transform
+from expclip.stages.extract.encoders.transforms import check_transform, official_transform
+from expclip.stages.shared.vocabulary import MODEL_TRANSFORM, OFFICIAL_TRANSFORM
 
 DEFAULT_TAG = "openai"
 
@@ -102,7 +103,7 @@ def identity(name: str, pretrained: str | None, transform: str, precision: str) 
         parts = [model_ref, Path(weights).stem if weights_sha else weights]
     config = {"model": model_ref, "pretrained": weights, "pretrained_sha256": weights_sha,
               "transform": transform, "precision": recorded_name(precision)}
-    return encoder_key(parts, transform == OFFICIAL), config
+    return encoder_key(parts, transform == OFFICIAL_TRANSFORM), config
 
 
 def load_clip(
@@ -129,7 +130,7 @@ def load_clip(
     return ClipEncoder(
         model=model,
         tokenizer=tokenizer,
-        transform=preprocess if transform == MODEL else official_transform(),
+        transform=preprocess if transform == MODEL_TRANSFORM else official_transform(),
         device=device,
         precision=precision,
         key=key,

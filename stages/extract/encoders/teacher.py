@@ -21,7 +21,8 @@ from expclip.base.errors import ExpclipError
 from expclip.cache.format import encoder_key
 from expclip.stages.extract.encoders import blip2_opt, blip2_t5, instructblip_t5
 from expclip.stages.extract.encoders.base import Teacher, TeacherSpec, load_error
-from expclip.stages.extract.encoders.transforms import OFFICIAL, check_transform
+from expclip.stages.extract.encoders.transforms import check_transform
+from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 from expclip.stages.shared.precision import check_precision
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 
@@ -79,7 +80,7 @@ def _spec(id_or_dir: str, instruction: str, transform: str, precision: str) -> t
     check_precision(precision)
     source = _source(id_or_dir)
     family = family_of(source)
-    key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform == OFFICIAL)
+    key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform == OFFICIAL_TRANSFORM)
     return family, TeacherSpec(family.name, source, instruction, transform, precision, key, instruction_key(instruction))
 
 

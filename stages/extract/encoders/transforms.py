@@ -11,10 +11,7 @@ from __future__ import annotations
 from torchvision import transforms as T
 
 from expclip.base.errors import ExpclipError
-
-MODEL = "model"
-OFFICIAL = "exp-clip-official"
-TRANSFORMS = (MODEL, OFFICIAL)
+from expclip.stages.shared.vocabulary import TRANSFORMS
 
 
 def official_transform() -> T.Compose:

@@ -32,7 +32,7 @@ from expclip.cache.merge import merge
 from expclip.cache.partial import Layout, PartialFolder, Range
 from expclip.cache.reader import attr_value, open_cache, read_items
 
-__all__ = ["Extraction", "write_arrays"]
+__all__ = ["Extraction", "Range", "write_arrays"]
 
 
 class Extraction:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from expclip.cache import format as fmt
-from expclip.cache.writer import Extraction
+from expclip.cache.writer import Extraction, Range
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.extract.encoders import teacher as teacher_encoder
@@ -25,7 +25,6 @@ from expclip.stages.extract.sources import Source
 from expclip.stages.shared import protocol
 from expclip.stages.shared.progress import stderr
 
-Range = tuple[int, int]
 
 
 @dataclass(frozen=True)

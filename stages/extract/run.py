@@ -16,14 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from expclip.cache.writer import Extraction
+from expclip.cache.writer import Extraction, Range
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.loading import FaceDataset, collate
 from expclip.stages.extract.sources import Source
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 
-Range = tuple[int, int]
 WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"
 
 

@@ -123,8 +123,9 @@ def test_mini_batches_with_drop_last_and_a_milestone_equal_autograd_sgd(tmp_path
         losses.append(total / (len(x) // b))
     assert meta["steps_per_epoch"] == 4 and meta["gradient"] == "by-hand"
     assert [h["loss"] for h in meta["history"]] == pytest.approx(losses, rel=1e-5)
-    torch.testing.assert_close(load_head(tmp_path / "head").linear_weight(), w.detach(), rtol=1e-5, atol=2e-6)
-    assert (w.detach() - w0.weight).abs().max() > 1e-2  # the steps moved the head far beyond the tolerance
+    # 12 momentum steps of float32 round-off (measured up to 2.6e-6 under load); the steps move the head 1000x more.
+    torch.testing.assert_close(load_head(tmp_path / "head").linear_weight(), w.detach(), rtol=1e-5, atol=1e-5)
+    assert (w.detach() - w0.weight).abs().max() > 1e-2
 
 
 def test_autograd_path_equals_reference_too(tmp_path):

@@ -72,8 +72,9 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str) -> 
                      shard_size=cfg.shard_size)
     image_path = fmt.image_path(clip_key)
     shards = {}
+    implied = {teacher[0]: teacher_encoder.IMPLIED} if teacher else {}
     for path, config in [(image_path, clip_config), *([teacher] if teacher else [])]:
-        todo = job.register(path, config)
+        todo = job.register(path, config, implied=implied.get(path))
         if todo:
             shards[path] = todo
     texts = [t for t in texts if job.register(t.path, t.config, rows=len(t.prompts))]

@@ -27,7 +27,7 @@ from expclip.demo.checkpoints import save_tiny_blip2_opt, save_tiny_instructblip
 from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_faces
 from expclip.stages.extract import ExtractConfig, extract, sources
 from expclip.stages.extract.encoders import provenance
-from expclip.stages.extract.encoders.base import ImageEncoder, Teacher
+from expclip.stages.extract.encoders.base import ImageEncoder, Teacher, TextEncoder
 from expclip.stages.extract.encoders.clip import load_clip
 from expclip.stages.extract.encoders.teacher import FAMILIES, family_of, identity, load_teacher
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
@@ -223,7 +223,7 @@ def test_keys_differ_per_family(teachers):
 
 def test_every_encoder_satisfies_the_protocols(teachers, tiny_clip):
     clip = load_clip(tiny_clip, None, device=CPU, precision="fp32", transform="model")
-    assert isinstance(clip, ImageEncoder) and not isinstance(clip, Teacher)  # no instruction key
+    assert isinstance(clip, ImageEncoder) and isinstance(clip, TextEncoder) and not isinstance(clip, Teacher)  # no instruction key
     assert all(isinstance(t, Teacher) and isinstance(t, ImageEncoder) for t in teachers.values())
 
 

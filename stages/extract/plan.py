@@ -26,7 +26,6 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.progress import stderr
 
 
-
 @dataclass(frozen=True)
 class TextGroup:
     """One prompt set to encode with the CLIP text tower: one row per prompt."""

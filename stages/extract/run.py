@@ -10,7 +10,7 @@ writing shards, so a slow run shows its bottleneck.
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,22 +18,13 @@ from torch.utils.data import DataLoader
 
 from expclip.cache.writer import Extraction, Range
 from expclip.stages.extract.config import ExtractConfig
+from expclip.stages.extract.encoders.base import ImageEncoder
 from expclip.stages.extract.loading import FaceDataset, collate
 from expclip.stages.extract.sources import Source
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 
 WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"
-
-
-class ImageEncoder(Protocol):
-    """What the loop needs of a loaded encoder (CLIP image tower or teacher)."""
-
-    transform: Callable
-    device: torch.device
-    attrs: dict
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEncoder],

@@ -18,7 +18,8 @@ from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.extract.encoders import teacher as teacher_encoder
 from expclip.stages.extract.plan import Plan, make_plan
-from expclip.stages.extract.run import ImageEncoder, encode_shards
+from expclip.stages.extract.encoders.base import ImageEncoder
+from expclip.stages.extract.run import encode_shards
 from expclip.stages.extract.sources import Source
 from expclip.stages.extract.write import merge, write_texts
 from expclip.stages.shared.devices import resolve_device

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
-import torch
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.writer import Extraction
+from expclip.stages.extract.encoders.base import TextEncoder
 from expclip.stages.extract.plan import TextGroup
-
-
-class TextEncoder(Protocol):
-    def encode_texts(self, prompts: list[str]) -> torch.Tensor: ...
 
 
 def write_texts(job: Extraction, texts: list[TextGroup], clip: TextEncoder | None) -> None:

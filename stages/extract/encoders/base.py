@@ -36,6 +36,15 @@ class ImageEncoder(Protocol):
 
 
 @runtime_checkable
+class TextEncoder(Protocol):
+    """A CLIP text tower: prompts to raw features (the CLIP encoder is both an ImageEncoder and this)."""
+
+    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        """K prompts -> (K, D) float32 features on the CPU."""
+        ...
+
+
+@runtime_checkable
 class Teacher(ImageEncoder, Protocol):
     """An image encoder whose features also depend on an instruction, stored under its own key."""
 

@@ -19,6 +19,8 @@ from expclip.stages.extract.encoders.transforms import official_transform
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
 from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
 
+from blip_reference import blip2_image_tokens
+
 CPU = torch.device("cpu")
 PROMPTS = ["a photo of a happy face", "an expression of anger", "sadness"]
 
@@ -85,13 +87,7 @@ def test_teacher_features_equal_independent_computation(teacher, tiny_blip2, fac
     assert tokenizer.convert_ids_to_tokens(int(ids[0, -1])) == "</s>" == tokenizer.eos_token
     assert model.config.image_token_id not in ids
     with torch.no_grad():
-        patches = model.vision_model(pixel_values=pixels).last_hidden_state
-        queries = model.qformer(
-            query_embeds=model.query_tokens.expand(len(faces), -1, -1),
-            encoder_hidden_states=patches,
-            encoder_attention_mask=torch.ones(patches.shape[:2], dtype=torch.long),
-        ).last_hidden_state
-        image_tokens = model.language_projection(queries)
+        image_tokens = blip2_image_tokens(model, pixels)
         assert image_tokens.shape == (3, 32, 48)
         words = model.language_model.shared(ids).expand(len(faces), -1, -1)
         encoded = model.language_model.encoder(inputs_embeds=torch.cat([image_tokens, words], dim=1))

@@ -32,6 +32,8 @@ from expclip.stages.extract.encoders.clip import load_clip
 from expclip.stages.extract.encoders.teacher import FAMILIES, family_of, identity, load_teacher
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 
+from blip_reference import blip2_image_tokens
+
 CPU = torch.device("cpu")
 TINY_LLAMA = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
               "num_attention_heads": 2, "num_key_value_heads": 2}
@@ -77,13 +79,7 @@ def test_blip2_opt_features_equal_independent_computation(teachers, tiny_blip2_o
     assert processor.tokenizer.convert_ids_to_tokens(int(ids[0, 0])) == "</s>"  # OPT's own BOS
     assert model.config.image_token_id not in ids
     with torch.no_grad():
-        patches = model.vision_model(pixel_values=pixels).last_hidden_state
-        queries = model.qformer(
-            query_embeds=model.query_tokens.expand(len(faces), -1, -1),
-            encoder_hidden_states=patches,
-            encoder_attention_mask=torch.ones(patches.shape[:2], dtype=torch.long),
-        ).last_hidden_state
-        image_tokens = model.language_projection(queries)
+        image_tokens = blip2_image_tokens(model, pixels)
         words = model.language_model.model.decoder.embed_tokens(ids).expand(len(faces), -1, -1)
         embeds = torch.cat([image_tokens, words], dim=1)
         assert embeds.shape[1] == 32 + ids.shape[1]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -284,3 +285,33 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
     (tmp_path / "bad.h5").write_bytes(b"")
     bad = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "bad.h5")])
     assert bad.exit_code == 2 and "bad.h5: not a readable HDF5 file" in bad.output
+
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "cache-expclip-0.1.0.h5"  # written by expclip 0.1.0 (b4c1897)
+
+
+def test_a_cache_written_by_expclip_0_1_reads_and_extends_the_same(tmp_path):
+    """Old files stay valid: read as written, recognised as complete, extended without touching old groups."""
+    cache = tmp_path / "golden.h5"
+    cache.write_bytes(GOLDEN.read_bytes())
+    with CacheReader(cache) as r:
+        items, paths = r.items(), r.group_paths()
+        assert items.ids[0] == "happy/0.png" and items.class_names == ["happy", "sad"] and items.ok.all()
+        assert paths == ["image/tiny-clip", "teacher/tiny-blip2-t5/sha-0123456789", "text/tiny-clip/class_name"]
+        attrs = {p: r.group_attrs(p) for p in paths}
+        with h5py.File(cache, "r") as f:  # the stored checksums still describe the stored bytes
+            assert all(hashlib.sha256(f[p][:].tobytes()).hexdigest() == attrs[p]["sha256"] for p in paths)
+        assert r.image_attrs("tiny-clip")["logit_scale"] == 50.0 and r.text("tiny-clip", "class_name").prompts[1] == "a sad face."
+    job = Extraction(cache, items, {})
+    clip = {k: attrs["image/tiny-clip"][k] for k in ("model", "pretrained", "pretrained_sha256", "transform", "precision")}
+    teacher = {k: attrs["teacher/tiny-blip2-t5/sha-0123456789"][k] for k in ("model", "instruction", "transform", "precision")}
+    implied = {"family": "blip2-t5"}
+    assert job.register("image/tiny-clip", clip) == []
+    assert job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-t5"}, implied=implied) == []
+    with pytest.raises(ExpclipError, match="family=blip2-opt"):
+        job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-opt"}, implied=implied)
+    write_arrays(cache, items, file_attrs={"dataset": "golden"},
+                 aligned={"image/other": (np.zeros((6, 3), np.float32), {"model": "other"})})
+    with CacheReader(cache) as r:
+        assert r.group_paths() == ["image/other", *paths]
+        assert all(r.group_attrs(p)["sha256"] == attrs[p]["sha256"] for p in paths)

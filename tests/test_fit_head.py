@@ -170,6 +170,7 @@ def test_head_json_records_provenance(tmp_path):
     assert card == meta
     assert (card["clip_key"], card["teacher_key"], card["instruction_key"]) == ("ViT-T@tiny", "tiny-t5", "paper")
     assert card["instruction"] == INSTRUCTION and card["teacher_model"] == "tiny-t5"
+    assert card["teacher"] == {"model": "tiny-t5", "instruction": INSTRUCTION}  # the teacher group's attributes, whole
     assert card["clip"]["logit_scale"] == 50.0 and card["clip"]["model"] == "ViT-T"
     assert (card["n_train"], card["steps_per_epoch"], card["d"], card["dt"], card["kind"]) == (70, 4, D, DT, "linear")
     assert [c["rows"] for c in card["caches"]] == [40, 30] and all(len(c["fingerprint"]) == 64 for c in card["caches"])

@@ -48,9 +48,8 @@ class TrainingSet:
     clip_key: str
     clip: dict
     teacher_key: str
-    teacher_model: str
+    teacher_provenance: dict  # the teacher group's attributes (family, model, instruction, weights_sha256, ...)
     instruction_key: str
-    instruction: str
     caches: list[dict]  # path, fingerprint, rows used
 
 
@@ -96,8 +95,8 @@ def load_training_set(caches: list[Path], clip_key: str | None = None, teacher_k
     if not (torch.isfinite(images.sum()) and torch.isfinite(norms).all()):  # a NaN or inf reaches the sums
         raise ExpclipError(f"{', '.join(u['path'] for u in used)}: non-finite features in rows marked ok")
     teacher.div_(norms.clamp_min_(EPS))
-    return TrainingSet(images, teacher, key, clip, tkey, str(tattrs.get("model", "")), ikey,
-                       str(tattrs.get("instruction", "")), used)
+    provenance = {k: v for k, v in tattrs.items() if k != "sha256"}
+    return TrainingSet(images, teacher, key, clip, tkey, provenance, ikey, used)
 
 
 def clip_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -207,8 +206,9 @@ def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str 
         "expclip_version": __version__,
         "kind": config.head, "d": d, "dt": dt,
         "clip_key": data.clip_key, "clip": data.clip,
-        "teacher_key": data.teacher_key, "teacher_model": data.teacher_model,
-        "instruction_key": data.instruction_key, "instruction": data.instruction,
+        "teacher_key": data.teacher_key, "teacher": data.teacher_provenance,
+        "teacher_model": str(data.teacher_provenance.get("model", "")),
+        "instruction_key": data.instruction_key, "instruction": str(data.teacher_provenance.get("instruction", "")),
         "config": {**asdict(config), "milestones": list(config.milestones),
                    "init_from": str(config.init_from) if config.init_from else None},
         "seed": config.seed,

@@ -100,3 +100,36 @@ def test_missing_source_and_bad_type(tmp_path):
         resolve(tmp_path / "nope")
     with pytest.raises(ExpclipError, match="choose one of auto, folder, list, clips"):
         resolve(tmp_path, kind="zip")
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("header", [b"", b"path,label\n", b"PATH , Label\n", b" Path,LABEL \n", b'"path","label"\n'])
+@pytest.mark.parametrize("bom", [b"", BOM], ids=["no-bom", "bom"])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_list_file_bom_header_and_line_ends(tmp_path, header, bom, newline):
+    """Spreadsheet exports: a UTF-8 BOM, a header in any case/spacing and CRLF change nothing."""
+    lst = tmp_path / "train.csv"
+    body = b"imgs/a.png,happy\nimgs/b.png,sad\n# note\nimgs/\xc3\xa9.png,happy\n"
+    lst.write_bytes((bom + header + body).replace(b"\n", newline))
+    src = resolve(lst)
+    assert src.items.ids == ["imgs/a.png", "imgs/b.png", "imgs/é.png"]
+    assert src.items.class_names == ["happy", "sad"] and src.items.labels.tolist() == [0, 1, 0]
+    assert src.paths[0] == tmp_path / "imgs/a.png"
+
+
+def test_list_file_with_bom_keeps_its_first_image_and_numeric_labels(tmp_path):
+    lst = tmp_path / "raf.txt"
+    lst.write_bytes(BOM + b"x/1.jpg,4\r\nx/2.jpg,1\r\n")
+    src = resolve(lst)
+    assert src.items.ids == ["x/1.jpg", "x/2.jpg"] and src.items.labels.tolist() == [4, 1]
+    assert src.items.class_names == ["0", "1", "2", "3", "4"]
+
+
+def test_clip_list_with_bom_and_crlf(tmp_path):
+    lst = tmp_path / "clips.txt"
+    lst.write_bytes(BOM + b"/x/c1 30 0\r\n/x/c2 12 3\r\n")
+    src = resolve(lst, strip_prefix="/x", root=tmp_path)  # auto: the BOM does not hide that it is a clip list
+    assert src.items.kind == "clips" and src.items.ids == ["c1", "c2"] and src.items.labels.tolist() == [0, 3]
+    assert src.paths[0] == tmp_path / "c1"

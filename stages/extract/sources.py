@@ -1,5 +1,12 @@
 """SOURCE → items: image folders, `path[,label]` list files, and official clip lists.
 
+List files and clip lists are read as UTF-8, with or without a byte-order mark
+(spreadsheet programs write one; it is not part of the first path), with LF or
+CRLF line ends; blank lines and lines starting with `#` are skipped. A list
+file's first line is a header, and skipped, when its first field is `path` in
+any case and with any spaces, e.g. `path,label` or `Path, Label`; every other
+line is `path[,label]` (CSV quoting allowed).
+
 Only the listing happens here (fast, no decoding); files that turn out to be
 unreadable are found and recorded by the loader during extraction.
 """
@@ -57,9 +64,9 @@ def resolve(
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-empty, non-comment lines with 1-based line numbers."""
+    """Non-empty, non-comment lines with 1-based line numbers (a UTF-8 byte-order mark is dropped)."""
     try:
-        text = path.read_text("utf-8")
+        text = path.read_text("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ExpclipError(f"{path}: cannot read list file ({e})") from None
     return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip() and not s.lstrip().startswith("#")]
@@ -99,8 +106,8 @@ def _list_file(path: Path, root: Path, name: str) -> Source:
         fields = [f.strip() for f in next(csv.reader([line]))]
         if len(fields) > 2 or not fields[0]:
             raise ExpclipError(f"{path}:{number}: expected 'path[,label]', got {line!r}")
-        if position == 0 and fields[0].lower() == "path":
-            continue  # header
+        if position == 0 and _is_header(fields):
+            continue
         rows.append((number, fields[0], fields[1] if len(fields) == 2 and fields[1] else None))
     if not rows:
         raise ExpclipError(f"{path}: no entries")
@@ -108,6 +115,11 @@ def _list_file(path: Path, root: Path, name: str) -> Source:
     paths = [Path(p) if Path(p).is_absolute() else root / p for _, p, _ in rows]
     ids = [_relative(p, root) for p in paths]
     return Source(Items(ids=ids, labels=labels, class_names=class_names), paths, name, path)
+
+
+def _is_header(fields: list[str]) -> bool:
+    """`path,label` in any case and spacing (fields are stripped); `path` alone or `path,<other>` too."""
+    return fields[0].lower() == "path"
 
 
 def _list_labels(path: Path, rows: list[tuple[int, str, str | None]]) -> tuple[np.ndarray, list[str]]:

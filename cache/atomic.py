@@ -4,16 +4,43 @@ Temporary files are named `<name>.tmp-<host>-<pid>`, so several processes (on
 one host or on several sharing a folder) never write the same temporary file,
 and a leftover can be attributed: only one whose process is known to be dead
 (same host, pid gone) is ever removed.
+
+A write that fails for want of space (ENOSPC, EDQUOT) or permission (EACCES,
+EPERM, EROFS) removes its temporary file and raises one `ExpclipError` naming
+the file: `DiskFull` says how much was needed and how much is free. Callers
+that know a file's size check it first with `require_space`.
+
+HDF5 cannot survive a failed flush: when the disk fills while h5py closes a
+dataset or a file, the library keeps broken ids that crash (segfault) when
+anything touches them again, at the latest when it shuts down at exit. So a
+failed HDF5 write disarms h5py (`_disarm_hdf5`: every open file, group,
+dataset and attribute forgotten without calling HDF5) and the process ends
+with `os._exit` before HDF5's clean-up (exit status 2, stdout and stderr
+flushed). The one-line error has been raised by then as usual.
 """
 
 from __future__ import annotations
 
+import atexit
+import errno
+import gc
 import os
+import shutil
 import socket
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
+
+from expclip.base.errors import ExpclipError
 
 TMP = ".tmp-"
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+# How libraries that do not raise OSError say it (safetensors: "os error 28"; HDF5: "errno = 28").
+NO_SPACE_WORDS = ("no space left on device", "disk quota exceeded", "os error 28", "errno = 28", "storagefull")
+NOT_WRITABLE_WORDS = {"read-only file system": errno.EROFS, "permission denied": errno.EACCES,
+                      "operation not permitted": errno.EPERM}
+EXIT_STATUS = 2  # of a process that must skip HDF5's clean-up (the CLI's status for a user-facing error)
 
 
 def _host() -> str:
@@ -34,25 +61,214 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(tmp: Path, write: Callable[[Path], None]) -> None:
-    write(tmp)
+def _write_synced(tmp: Path, write: Callable[[Path], None], ignored: list[BaseException]) -> None:
+    """`write(tmp)`, then fsync; a full disk that h5py can only print ("Exception ignored") goes to `ignored`.
+
+    h5py frees a dataset by closing it, and closing flushes: on a full disk the
+    error happens in `__dealloc__`, where it cannot be raised, and HDF5 is left
+    with broken ids (see `_disarm_hdf5`). Caught here, it disarms h5py at once
+    and makes the write's error say why.
+    """
+    hooks = sys.unraisablehook, sys.excepthook
+
+    def on_unraisable(unraisable) -> None:
+        if _no_space(unraisable.exc_value):
+            ignored.append(unraisable.exc_value)
+            _disarm_hdf5()
+        else:
+            hooks[0](unraisable)
+
+    def on_printed(kind, value, tb) -> None:  # Cython prints the same error first, through sys.excepthook
+        if not _no_space(value):
+            hooks[1](kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_printed
+    try:
+        write(tmp)
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+def size_text(n: int) -> str:
+    """Bytes for people: 1023 B, 4.0 KiB, 1.5 MiB, 2.0 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+class DiskFull(ExpclipError):
+    """No room for `path`: `needed` bytes (None: unknown; at least `written`), `free` bytes on its filesystem."""
+
+    def __init__(self, path: Path, needed: int | None, free: int, hint: str = "", written: int = 0):
+        self.path, self.needed, self.free = Path(path), needed, free
+        need = (f"needs about {size_text(needed)}, " if needed is not None
+                else f"needs more than the {size_text(written)} written, " if written else "")
+        super().__init__(f"{path}: no space left on the device ({need}{size_text(free)} free){hint}")
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free to this user on the filesystem of `folder` (or of its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def require_space(path: Path, needed: int, hint: str = "") -> None:
+    """Refuse, before writing anything, a file of about `needed` bytes that the filesystem cannot hold."""
+    free = free_bytes(Path(path).parent)
+    if free < needed:
+        raise DiskFull(path, needed, free, hint)
+
+
+def ensure_folder(folder: Path) -> None:
+    """`mkdir -p folder`, with a full or read-only disk as one ExpclipError naming the folder."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raised = _user_error(e, Path(folder), None, 0)
+        if raised is None:
+            raise
+        raise raised from e
+
+
+def _chain(e: BaseException | None) -> list[BaseException]:
+    """`e` and the errors it was raised while handling (a close after a failed write)."""
+    found: list[BaseException] = []
+    while e is not None and all(e is not f for f in found):
+        found.append(e)
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def _no_space(e: BaseException | None) -> bool:
+    return any(isinstance(x, OSError) and x.errno in NO_SPACE or any(w in str(x).lower() for w in NO_SPACE_WORDS)
+               for x in _chain(e))
+
+
+def _not_writable(e: BaseException) -> int | None:
+    """The errno of a read-only or forbidden target, also when a library only says it in words."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno in NOT_WRITABLE:
+            return x.errno
+        for words, number in NOT_WRITABLE_WORDS.items():
+            if words in str(x).lower():
+                return number
+    return None
+
+
+def _user_error(e: BaseException, path: Path, needed: int | None, written: int, full: bool = False) -> ExpclipError | None:
+    """The one-line error a full or read-only disk deserves, or None for anything else."""
+    folder = path.parent
+    if full or _no_space(e) or (not isinstance(e, OSError) and free_bytes(folder) < 4096):  # torch.save says neither
+        return DiskFull(path, needed, free_bytes(folder), written=written)
+    number = _not_writable(e)
+    if number is not None:
+        return ExpclipError(f"{path}: cannot write ({os.strerror(number)})")
+    return None
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file; on a read-only filesystem even a missing one cannot be unlinked (EROFS)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _reraise(e: Exception, path: Path, tmp: Path, needed: int | None, ignored: list[BaseException]) -> NoReturn:
+    """After `write(tmp)` or the rename raised: keep HDF5 from crashing, free the space, say why in one line."""
+    try:
+        written = tmp.stat().st_size
+    except OSError:
+        written = 0
+    try:
+        if (ignored or _no_space(e)) and _is_hdf5(tmp):
+            _disarm_hdf5()  # its flush may have failed: HDF5 must never touch it again
+            os.truncate(tmp, 0)  # HDF5 may keep its descriptor, but the blocks are free now
+    except OSError:
+        pass
+    _discard(tmp)  # before measuring what is free
+    raised = _user_error(e, path, needed, written, full=bool(ignored))
+    if raised is None:
+        raise e
+    raise raised from (ignored[0] if ignored else e)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_DISARMED: list[bool] = []
+
+
+def hdf5_disarmed() -> bool:
+    """Whether a failed HDF5 write disarmed h5py in this process (it then exits before HDF5's clean-up)."""
+    return bool(_DISARMED)
+
+
+def _disarm_hdf5() -> None:
+    """After an HDF5 flush failed: make h5py treat every file, group, dataset and attribute as closed.
+
+    HDF5 2.0 cannot survive a failed flush: the ids involved crash when
+    touched again — by `File.close()`, by h5py freeing its objects, even by
+    asking which files are open, and by the library's own clean-up at exit.
+    Which ids belong to the failed file cannot be asked safely, so every such
+    h5py identifier is set to 0 without calling HDF5 (`_close()` of a locked
+    id only forgets it); files opened later work normally. Property lists and
+    types belong to no file and are left alone. The process then exits with
+    `os._exit` before HDF5's clean-up.
+    """
+    h5py = sys.modules.get("h5py")
+    if h5py is None:
+        return
+    if not _DISARMED:
+        atexit.register(_exit_before_hdf5_cleanup)  # registered after h5py's handler: runs before it
+        _DISARMED.append(True)
+    in_files = (h5py.h5f.FileID, h5py.h5g.GroupID, h5py.h5d.DatasetID, h5py.h5a.AttrID)
+    for obj in gc.get_objects():
+        if issubclass(type(obj), in_files) and not obj.locked:  # type(): never a proxy's __class__
+            obj.locked = True
+            obj._close()  # locked: no HDF5 call, the id becomes 0
+            obj.locked = False
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def _exit_before_hdf5_cleanup() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(EXIT_STATUS)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None], *, needed: int | None = None) -> Path:
     """Call `write(tmp)` for a temporary name beside `path`, fsync it, rename it over `path`.
 
     A reader never sees half a file. Use it for files that any writer would
-    write identically (a shard, a merged cache): the last rename wins.
+    write identically (a shard, a merged cache): the last rename wins. A full
+    or read-only disk raises one ExpclipError (`needed`, when known, is
+    reported); the temporary file is removed in every case.
     """
     path = Path(path)
     tmp = temporary_name(path)
+    ignored: list[BaseException] = []
     try:
-        _write_synced(tmp, write)
+        _write_synced(tmp, write, ignored)
         os.replace(tmp, path)
+    except Exception as e:
+        _reraise(e, path, tmp, needed, ignored)
     finally:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
     _fsync_dir(path.parent)
     return path
 
@@ -68,13 +284,16 @@ def create_exclusively(path: Path, write: Callable[[Path], None]) -> bool:
     if path.exists():
         return False
     tmp = temporary_name(path)
+    ignored: list[BaseException] = []
     try:
-        _write_synced(tmp, write)
+        _write_synced(tmp, write, ignored)
         os.link(tmp, path)
     except FileExistsError:
         return False
+    except Exception as e:
+        _reraise(e, path, tmp, None, ignored)
     finally:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
     _fsync_dir(path.parent)
     return True
 

@@ -28,13 +28,14 @@ import numpy as np
 
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
-from expclip.cache.atomic import create_exclusively
+from expclip.cache.atomic import DiskFull, create_exclusively, ensure_folder, require_space
 from expclip.cache.h5files import write_h5, write_strings
 
 LAYOUT_VERSION = 2  # 1: one manifest.json that every run rewrote (expclip before the several-writer layout)
 MANIFEST = "manifest.json"
 GROUP = "group.json"
 LAYOUT = "layout.json"
+SHARD_OVERHEAD = 64 << 10  # bytes an HDF5 shard file may need beyond its rows (generous: refuse early, not mid-write)
 Range = tuple[int, int]
 
 
@@ -63,7 +64,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _create_json(path: Path, data: dict) -> None:
     """Create `path` once; when another writer was first, its file stands."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     create_exclusively(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=_plain), "utf-8"))
 
 
@@ -178,7 +179,15 @@ class PartialFolder:
             f.create_dataset("failed_row", data=np.array(sorted(failures), dtype=np.int64))
             write_strings(f, "failed_reason", [failures[r] for r in sorted(failures)])
 
-        write_h5(self.shard_file(path, start, stop), fill)
+        shard = self.shard_file(path, start, stop)
+        needed = rows.size * np.dtype(layout.dtype).itemsize + sum(map(len, failures.values())) + SHARD_OVERHEAD
+        hint = f"; the finished shards in {self.root} are kept: free space and re-run"
+        ensure_folder(shard.parent)
+        require_space(shard, needed, hint)  # before HDF5 meets a full disk (see expclip.cache.atomic)
+        try:
+            write_h5(shard, fill)
+        except DiskFull as e:  # the disk filled while writing (another process?)
+            raise DiskFull(shard, needed, e.free, hint) from e
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -26,13 +26,15 @@ import numpy as np
 
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
-from expclip.cache.atomic import remove_dead_temporaries
+from expclip.cache.atomic import DiskFull, remove_dead_temporaries, require_space
 from expclip.cache.compare import check_same
 from expclip.cache.merge import merge
 from expclip.cache.partial import Layout, PartialFolder, Range
 from expclip.cache.reader import attr_value, open_cache, read_items
 
 __all__ = ["Extraction", "Range", "write_arrays"]
+
+MERGE_MARGIN = 256 << 10  # bytes, plus 1 %, beyond old cache + shard files that a merge may need (HDF5 metadata)
 
 
 class Extraction:
@@ -120,11 +122,40 @@ class Extraction:
         """Groups of the partial folder that still miss shards (or were never described)."""
         return [p for p in self._new_groups() if not self.partial.complete(p)]
 
+    def merged_size(self) -> int:
+        """Bytes the merged file needs at most: the old cache, every new group's shard files, a margin.
+
+        Measured: merged files come within 1 % of the sum (shard files carry
+        HDF5 overhead the merged one shares); the margin covers the rest.
+        """
+        if self.cache.exists():
+            size = self.cache.stat().st_size
+        else:  # /items: ids in a heap (length + about 64 bytes each), labels, ok, frame indices
+            size = sum(len(i.encode()) + 64 for i in self.items.ids)
+            size += 0 if self.items.frame_index is None else np.asarray(self.items.frame_index).nbytes * 2
+        for path in self._new_groups():
+            size += sum(self.partial.shard_file(path, *r).stat().st_size for r in self.partial.ranges(path))
+        return size + size // 100 + MERGE_MARGIN
+
     def finalize(self) -> dict[str, str]:
-        """Merge the old cache and every shard into a new cache, then remove the partial folder; returns failures."""
+        """Merge the old cache and every shard into a new cache, then remove the partial folder; returns failures.
+
+        The merged file is written beside the cache before the old one is
+        replaced, so the filesystem must hold both for a moment: a merge that
+        cannot fit is refused before it starts, with the numbers, and the
+        shards stay for a re-run.
+        """
         if self.unfinished():
             raise RuntimeError(f"finalize() before every shard is written: {self.unfinished()}")
-        failures = merge(self.cache, self.items, self.file_attrs, self.partial, self._new_groups())
+        needed = self.merged_size()
+        moved = f"{self.cache.name} and {self.partial.root.name}" if self.cache.exists() else self.partial.root.name
+        hint = (f"; the finished shards in {self.partial.root} are kept: free space (or move {moved} "
+                "to a bigger disk) and re-run to merge them")
+        require_space(self.cache, needed, hint)
+        try:
+            failures = merge(self.cache, self.items, self.file_attrs, self.partial, self._new_groups())
+        except DiskFull as e:  # the disk filled while merging (another process?); the old cache is untouched
+            raise DiskFull(self.cache, needed, e.free, hint) from e
         self.partial.remove()
         return failures
 

@@ -29,7 +29,11 @@ __all__ = ["ExtractConfig", "extract"]
 
 
 def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
-    """Encode what the cache at `out` lacks; returns a summary (rows encoded, failures, groups)."""
+    """Encode what the cache at `out` lacks; returns a summary (rows encoded, failures, groups, merged).
+
+    `merged` is True when the cache file was rewritten: by this run's shards or
+    by an earlier run's that only needed merging (nothing encoded, nothing loaded).
+    """
     cfg.check()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -37,11 +41,11 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     encoders = _load_encoders(plan, cfg, device, precision)
     encoded, clock = encode_shards(source, plan.job, {p: encoders[p] for p in plan.shards}, plan.shards, cfg)
     write_texts(plan.job, plan.texts, encoders.get(plan.image_path))
-    merge(plan.job)
+    merged = merge(plan.job)
     with CacheReader(out) as cache:
         failures = cache.failures()
     return {"cache": str(out), "rows": len(source.items), "encoded_rows": encoded, "failures": failures,
-            "loaded": sorted(encoders), "ignored_files": source.ignored, "seconds": clock}
+            "loaded": sorted(encoders), "merged": merged, "ignored_files": source.ignored, "seconds": clock}
 
 
 def _load_encoders(plan: Plan, cfg: ExtractConfig, device: torch.device, precision: str) -> dict[str, ImageEncoder]:

@@ -18,10 +18,13 @@ def write_texts(job: Extraction, texts: list[TextGroup], clip: TextEncoder | Non
         job.write_shard(text.path, 0, len(text.prompts), features)
 
 
-def merge(job: Extraction) -> None:
-    """Merge when the partial folder holds work, unless an earlier run left groups this run cannot finish."""
+def merge(job: Extraction) -> bool:
+    """Merge when the partial folder holds work, unless an earlier run left groups this run cannot finish.
+
+    True when a merge happened (also one finishing an earlier run's shards with nothing left to encode).
+    """
     if not job.partial.exists():
-        return
+        return False
     unfinished = job.unfinished()
     if unfinished:
         raise ExpclipError(
@@ -29,3 +32,4 @@ def merge(job: Extraction) -> None:
             f"({', '.join('/' + p for p in unfinished)}); re-run with that run's options, or delete the folder"
         )
     job.finalize()
+    return True

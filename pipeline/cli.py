@@ -1,5 +1,6 @@
 """The `expclip` command line: one thin function per command that parses and calls a stage."""
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -10,7 +11,9 @@ from rich.markup import escape
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
 from expclip.base.errors import ExpclipError
+from expclip.cache.atomic import NO_SPACE, NOT_WRITABLE
 from expclip.options import choice, help_of, options
+from expclip.outputs import writable
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract import sources
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
@@ -38,11 +41,16 @@ err = Console(stderr=True, soft_wrap=True)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a user's mistake as one line on stderr and exit 2, without a traceback."""
+    """Print a user's mistake (or a full or read-only disk) as one line on stderr and exit 2, without a traceback."""
     try:
         yield
     except ExpclipError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    except OSError as e:  # a write that expclip.cache.atomic did not see, e.g. a folder it could not create
+        if e.errno not in NO_SPACE | NOT_WRITABLE:
+            raise
+        err.print(f"[bold red]error:[/] {escape(str(e.filename or 'output'))}: {os.strerror(e.errno)}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -73,6 +81,7 @@ def extract(
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
+        writable(cache, "--out")
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset)
         cfg = X(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
@@ -128,8 +137,10 @@ def evaluate(
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for flag, path in (("--json", json_out), ("--csv", csv_out)):
-            if path is not None and not path.parent.is_dir():
-                raise ExpclipError(f"{flag} {path}: folder {path.parent} does not exist")
+            if path is not None:
+                writable(path, flag, create=False)
+        if out_dir is not None:
+            writable(out_dir, "--out-dir", folder=True)
         sets = None if not prompt_set or "all" in prompt_set else prompt_set
         records = run_evaluate(
             load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
@@ -173,7 +184,10 @@ def fit_head(
     """Stage two: train the head on cached features (the paper's run by default)."""
     from expclip.stages.fit_head import fit_head as run_fit_head
 
+    stem = head_out.with_suffix("") if head_out.suffix in (".safetensors", ".json") else head_out
     with user_errors():
+        for written in (f"{stem}.safetensors", f"{stem}.json"):
+            writable(Path(written), "--out")  # before training, not after
         try:
             steps = tuple(int(m) for m in milestones.split(",") if m.strip())
         except ValueError:
@@ -191,7 +205,6 @@ def fit_head(
         )
         meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
     last = meta["history"][-1]
-    stem = head_out.with_suffix("") if head_out.suffix in (".safetensors", ".json") else head_out
     out.print(f"wrote {stem}.safetensors and {stem}.json ({meta['n_train']} pairs, {meta['wall_seconds']:.1f} s)")
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
 
@@ -206,6 +219,7 @@ def head_export(
     from expclip.stages.shared.heads import export_official, load_head
 
     with user_errors():
+        writable(target, "--out")
         export_official(load_head(head), target)
     out.print(f"wrote {target}")
 
@@ -230,6 +244,10 @@ def ablate(
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
+        writable(out_dir, "--out-dir", folder=True)
+        for sub in ("runs", "heads"):  # finished runs are reused: their folders must take new ones too
+            if (out_dir / sub).is_dir():
+                writable(out_dir / sub, "--out-dir", folder=True)
         runs = grid_runs.run_grid(
             train, eval_caches, grid_runs.parse_grid(grid), out_dir, base=FitConfig(device=device),
             prompt_sets=None if not prompt_set or "all" in prompt_set else prompt_set, ensemble=ensemble,
@@ -253,6 +271,7 @@ def demo(
     from expclip.demo.run import REAL_RUN, run_demo
 
     with user_errors():
+        writable(workdir, "--workdir", folder=True)
         run = run_demo(workdir)
         report.write_json(run.records, workdir / "results.json")
     for table in report.tables(run.records):

@@ -1,0 +1,289 @@
+"""Outputs under real conditions: a read-only folder, a full filesystem (tmpfs mounts; root only, else skipped).
+
+Every output option is checked before any work (one line, exit 2); a write
+refused later is one line too; a full disk is one line naming the file, the
+space needed and free, with no temporary file left and the finished shards
+kept; HDF5 meeting a full disk never crashes the process (checked in a fresh
+process, where a segfault shows as exit status 139 / -11).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from expclip.base.errors import ExpclipError
+from expclip.cache import atomic
+from expclip.cache import format as fmt
+from expclip.cache.reader import CacheReader
+from expclip.cache.writer import write_arrays
+from expclip.cli import app
+from expclip.demo.synthetic import write_faces
+from expclip.outputs import writable
+from expclip.stages.fit_head import FitConfig
+from expclip.stages.fit_head import train as fit_train
+from expclip.stages.shared import protocol
+
+runner = CliRunner()
+ROOT = os.geteuid() == 0
+KEY = "ViT-T@test"
+CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 20.0, "embed_dim": 8}
+
+
+class Disk:
+    """A tmpfs mounted on `path`; `remount("ro")` or `remount("size=4m")` changes it in place."""
+
+    def __init__(self, path: Path, options: str):
+        self.path = path
+        path.mkdir(exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); root needs one for these conditions")
+
+    def remount(self, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """mount(options) -> Disk; every mount is undone at teardown."""
+    if not ROOT:
+        pytest.skip("a small or read-only filesystem is a tmpfs mount, which needs root")
+    mounted: list[Disk] = []
+
+    def mount(options: str, name: str = "disk") -> Disk:
+        mounted.append(Disk(tmp_path / name, options))
+        return mounted[-1]
+
+    yield mount
+    for d in reversed(mounted):
+        d.unmount()
+
+
+@pytest.fixture
+def read_only(tmp_path, disk):
+    """A folder nobody can write in: a read-only tmpfs for root (permissions do not stop root)."""
+    return disk("ro,size=1m", "ro").path
+
+
+def make_read_only(folder: Path) -> None:
+    """Turn a writable `disk` mount read-only in place, as if another process had."""
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_clip):
+    """A training cache, an evaluation cache, a head and 9 faces (tiny, synthetic)."""
+    folder = tmp_path_factory.mktemp("outputs")
+    rng = np.random.default_rng(0)
+    n = 32
+    items = fmt.Items(ids=[f"t{i}" for i in range(n)], labels=np.full(n, -1), class_names=[])
+    teacher = {fmt.teacher_path("tiny-t5", "paper"): (rng.standard_normal((n, 12)).astype(np.float32), {"model": "t5", "instruction": "paper"})}
+    train = folder / "train.h5"
+    write_arrays(train, items, file_attrs={"dataset": "train"},
+                 aligned={fmt.image_path(KEY): (rng.standard_normal((n, 8)).astype(np.float32), CLIP), **teacher})
+    order = protocol.class_order()
+    eval_items = fmt.Items(ids=[f"e{i}" for i in range(20)], labels=rng.integers(0, 3, 20), class_names=order[:3])
+    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
+                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    evals = folder / "eval.h5"
+    write_arrays(evals, eval_items, file_attrs={"dataset": "toy-eval"},
+                 aligned={fmt.image_path(KEY): (rng.standard_normal((20, 8)).astype(np.float32), CLIP)}, small=text)
+    head = folder / "head"
+    fit_train.fit_head([train], head, FitConfig(epochs=1, batch_size=16, device="cpu"))
+    faces = folder / "faces"
+    write_faces(faces, ["happy", "sad", "Anger"], 3, size=40)
+    return {"train": train, "eval": evals, "head": head, "faces": faces, "clip": tiny_clip}
+
+
+def _error_line(result) -> str:
+    """The run's one error line (and nothing like a traceback)."""
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob(f"*{atomic.TMP}*"))
+
+
+def _commands(d: dict, ro: Path) -> dict[str, list[str]]:
+    evaluate = ["evaluate", "--baseline", "--cache", str(d["eval"])]
+    return {
+        "extract --out": ["extract", str(d["faces"]), "--out", str(ro / "c.h5")],
+        "extract --out in a folder to create": ["extract", str(d["faces"]), "--out", str(ro / "new" / "c.h5")],
+        "fit-head --out": ["fit-head", str(d["train"]), "--out", str(ro / "head"), "--device", "cpu"],
+        "evaluate --json": [*evaluate, "--json", str(ro / "r.json")],
+        "evaluate --csv": [*evaluate, "--csv", str(ro / "r.csv")],
+        "evaluate --out-dir": [*evaluate, "--out-dir", str(ro / "png")],
+        "head export --out": ["head", "export", str(d["head"]), "--out", str(ro / "head.pth")],
+        "ablate --out-dir": ["ablate", str(d["train"]), "--eval", str(d["eval"]), "--grid", "epochs=1", "--out-dir", str(ro / "grid")],
+        "demo --workdir": ["demo", "--workdir", str(ro / "demo")],
+    }
+
+
+@pytest.mark.parametrize("command", list(_commands({k: Path(k) for k in ("eval", "faces", "train", "head")}, Path("ro"))))
+def test_an_unwritable_output_is_refused_before_any_work(command, data, read_only, monkeypatch):
+    def work(*args, **kwargs):
+        raise AssertionError("work began before the output was checked")
+
+    for target in ("expclip.stages.extract.sources.resolve", "expclip.stages.fit_head.train.fit_head",
+                   "expclip.stages.evaluate.evaluate", "expclip.stages.shared.heads.load_head",
+                   "expclip.ablate.run_grid", "expclip.demo.run.run_demo"):
+        monkeypatch.setattr(target, work)  # fit-head never trains, evaluate never scores
+    result = runner.invoke(app, _commands(data, read_only)[command])
+    assert result.exit_code == 2, result.output
+    line = _error_line(result)
+    assert line.startswith(f"error: {command.split(' in ')[0].split()[-1]} {read_only}") and "Read-only file system" in line
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_writable_creates_what_the_command_would_and_names_the_option(tmp_path):
+    assert writable(tmp_path / "a" / "b" / "c.h5", "--out") == tmp_path / "a" / "b" / "c.h5"
+    assert (tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())  # the probe is gone
+    with pytest.raises(ExpclipError, match=r"^--json .*r\.json: folder .*missing does not exist$"):
+        writable(tmp_path / "missing" / "r.json", "--json", create=False)
+    with pytest.raises(ExpclipError, match=r"^--out .*a: is a folder; give a file name$"):
+        writable(tmp_path / "a", "--out")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ExpclipError, match=r"^--out-dir .*f: is a file, not a folder$"):
+        writable(tmp_path / "f", "--out-dir", folder=True)
+
+
+def test_a_write_refused_after_the_check_is_one_line(data, disk, monkeypatch):
+    """The folder turns read-only while fit-head trains (or evaluate scores): the write says so, no traceback."""
+    out = disk("size=1m", "out").path
+    real_fit = fit_train.fit_head
+
+    def fit_then_lock(*args, **kwargs):
+        make_read_only(out)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(fit_train, "fit_head", fit_then_lock)
+    result = runner.invoke(app, ["fit-head", str(data["train"]), "--out", str(out / "head"), "--device", "cpu", "--epochs", "1", "--batch-size", "16"])
+    assert result.exit_code == 2, result.output
+    assert _error_line(result) == f"error: {out / 'head.safetensors'}: cannot write (Read-only file system)"
+    with pytest.raises(ExpclipError, match=r"manifest\.json: cannot write \(Read-only file system\)"):
+        atomic.create_exclusively(out / "manifest.json", lambda tmp: tmp.write_text("{}"))
+    with pytest.raises(ExpclipError, match=r"c\.h5\.partial: cannot write \(Read-only file system\)"):
+        write_arrays(out / "c.h5", fmt.Items(ids=["a"], labels=np.zeros(1, dtype=np.int64), class_names=["x"]),
+                     file_attrs={}, aligned={fmt.image_path(KEY): (np.zeros((1, 8), np.float32), CLIP)})
+
+
+def test_a_full_disk_is_one_line_and_the_old_file_stays(disk):
+    """Plain files, safetensors and torch.save (which says only 'unexpected pos') all become DiskFull."""
+    full = disk("size=64k").path
+    (full / "r.json").write_text("finished")
+    writers = {
+        "r.json": lambda tmp: tmp.write_bytes(b"x" * 200_000),
+        "h.safetensors": lambda tmp: save_file({"w": torch.ones(50_000)}, str(tmp)),
+        "h.pth": lambda tmp: torch.save({"mlp.weight": torch.ones(50_000)}, tmp),
+    }
+    for name, write in writers.items():
+        with pytest.raises(atomic.DiskFull, match=rf"{name}: no space left on the device \((needs more than the .* written, )?[\d.]+ (B|KiB) free\)$"):
+            atomic.write_atomically(full / name, write)
+    assert [p.name for p in full.iterdir()] == ["r.json"] and (full / "r.json").read_text() == "finished"
+    with pytest.raises(atomic.DiskFull, match=r"big\.h5: no space left on the device \(needs about 1\.0 MiB, .* free\)"):
+        atomic.require_space(full / "big.h5", 1 << 20)
+
+
+CHILD = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import typer
+
+import expclip.cache.partial, expclip.cache.writer
+# The space checks passed, then another process filled the disk: HDF5 itself meets ENOSPC.
+expclip.cache.partial.require_space = expclip.cache.writer.require_space = lambda *a, **k: None
+from expclip.cache import format as fmt
+from expclip.cache.writer import Extraction
+from expclip.cli import user_errors
+
+n, width = 64, 1024
+items = fmt.Items(ids=[f"face{i}" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["a"])
+rows = np.random.default_rng(0).standard_normal((n, width)).astype(np.float32)
+try:
+    with user_errors():
+        job = Extraction(Path(sys.argv[1]), items, {"dataset": "toy"}, shard_size=16)
+        for group in ("image/a", "image/b"):
+            todo = job.register(group, {"model": group})
+            job.describe(group, {"model": group}, (width,), "float16")
+            for start, stop in todo:
+                job.write_shard(group, start, stop, rows[start:stop])
+        job.finalize()
+except typer.Exit as e:
+    sys.exit(e.exit_code)
+print("merged")
+"""
+
+
+def _child(cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, str(cache)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("size, where", [("140k", "shards"), ("400k", "merge")])
+def test_hdf5_on_a_full_disk_exits_2_without_a_segfault(disk, size, where):
+    """A fresh process writes 8 shards and merges them; HDF5 fails in a shard or in the merge (and in its close)."""
+    d = disk(f"size={size}")
+    cache = d.path / "c.h5"
+    done = _child(cache)
+    assert done.returncode == 2, f"exit {done.returncode} (139 or -11: segfault)\n{done.stderr}"
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    shards = sorted(fmt.partial_dir(cache).rglob("*.h5"))
+    assert not _temporaries(d.path) and not cache.exists()
+    if where == "shards":
+        assert f"{fmt.partial_dir(cache)}/image/" in done.stderr and "no space left on the device (needs about" in done.stderr
+        assert 1 <= len(shards) < 8
+    else:
+        assert done.stderr.startswith(f"error: {cache}: no space left on the device (needs about")
+        assert "are kept" in done.stderr and len(shards) == 8
+    d.remount("size=2m")
+    again = _child(cache)
+    assert again.returncode == 0 and again.stdout == "merged\n", again.stderr
+    with CacheReader(cache) as r:
+        assert len(r.items()) == 64 and not fmt.partial_dir(cache).exists()
+
+
+def test_extract_on_a_full_disk_keeps_its_shards_and_a_rerun_merges(data, disk):
+    """Shards stop at a full disk, the merge is refused with the numbers, and a re-run with room merges."""
+    d = disk("size=128k")
+    out = d.path / "c.h5"
+    args = ["extract", str(data["faces"]), "--out", str(out), "--clip-model", data["clip"], "--no-teacher",
+            "--num-workers", "0", "--batch-size", "4", "--shard-size", "4"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 2, first.output
+    line = _error_line(first)
+    assert f"{fmt.partial_dir(out)}/" in line and "no space left on the device (needs about" in line and "are kept" in line
+    kept = sorted(fmt.partial_dir(out).rglob("*.h5"))
+    assert kept and not _temporaries(d.path)
+
+    d.remount("size=320k")  # room for every shard, not for the merge beside them
+    second = runner.invoke(app, args)
+    assert second.exit_code == 2, second.output
+    assert _error_line(second).startswith(f"error: {out}: no space left on the device (needs about")
+    assert set(kept) <= set(fmt.partial_dir(out).rglob("*.h5")) and not _temporaries(d.path) and not out.exists()
+
+    d.remount("size=4m")
+    third = runner.invoke(app, args)
+    assert third.exit_code == 0, third.output
+    assert f"wrote {out} (9 items, 0 encoded, 0 failed; merged the shards of an earlier run)" in third.output
+    assert "already complete" not in third.output and not fmt.partial_dir(out).exists()
+    with CacheReader(out) as r:
+        assert r.items().ok.all() and len(r.items()) == 9
+    assert "already complete, nothing to encode" in runner.invoke(app, args).output
+    assert not atomic.hdf5_disarmed()  # the space checks kept HDF5 from ever meeting the full disk here

@@ -1,4 +1,9 @@
-"""Writing HDF5 the way the format says: UTF-8 strings, plain attributes, /items, /failures, whole files."""
+"""Writing HDF5 the way the format says: UTF-8 strings, plain attributes, /items, /failures, whole files.
+
+A finished cache's numeric datasets are chunked with the Fletcher-32 filter
+(`write_checked`), and /items and /failures carry `sha256` over their values
+(docs/cache-format.md, *Checksums*).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ import numpy as np
 
 from expclip.cache import format as fmt
 from expclip.cache.atomic import write_atomically
+from expclip.cache.checksums import SHA256, values_digest
+
+CHUNK_BYTES = 1 << 20  # a cache's datasets are chunked by about this many bytes of rows
 
 
 def write_h5(target: Path, fill: Callable[[h5py.File], None]) -> None:
@@ -35,18 +43,42 @@ def set_attrs(obj: h5py.HLObject, attrs: dict) -> None:
         obj.attrs[k] = v
 
 
+def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
+    """Chunks of whole rows, about CHUNK_BYTES each; None for an empty dataset (nothing to chunk or check)."""
+    if not shape or 0 in shape:
+        return None
+    row_elements = max(1, int(np.prod(shape[1:])))
+    return (max(1, min(shape[0], CHUNK_BYTES // (row_elements * itemsize))), *shape[1:])
+
+
+def create_checked(group: h5py.Group, name: str, shape: tuple[int, ...], dtype,
+                   chunks: tuple[int, ...] | None = None) -> h5py.Dataset:
+    """A numeric dataset whose chunks HDF5 checks on every read (Fletcher-32)."""
+    chunks = chunks or row_chunks(tuple(shape), np.dtype(dtype).itemsize)
+    return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fletcher32=chunks is not None)
+
+
+def write_checked(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
+    ds = create_checked(group, name, data.shape, data.dtype)
+    if data.size:
+        ds[...] = data
+    return ds
+
+
 def write_items(f: h5py.File, items: fmt.Items, ok: np.ndarray) -> None:
     g = f.create_group("items")
     write_strings(g, "id", items.ids)
-    g.create_dataset("label", data=np.asarray(items.labels, dtype=np.int64))
+    write_checked(g, "label", np.asarray(items.labels, dtype=np.int64))
     write_strings(g, "class_names", items.class_names)
-    g.create_dataset("ok", data=ok.astype(bool))
+    write_checked(g, "ok", ok.astype(bool))
     if items.frame_index is not None:
-        g.create_dataset("frame_index", data=np.asarray(items.frame_index, dtype=np.int32))
-        g.create_dataset("num_frames", data=np.asarray(items.num_frames, dtype=np.int32))
+        write_checked(g, "frame_index", np.asarray(items.frame_index, dtype=np.int32))
+        write_checked(g, "num_frames", np.asarray(items.num_frames, dtype=np.int32))
+    g.attrs[SHA256] = values_digest(g)
 
 
 def write_failures(f: h5py.File, failures: dict[str, str]) -> None:
     g = f.create_group("failures")
     write_strings(g, "id", list(failures))
     write_strings(g, "reason", list(failures.values()))
+    g.attrs[SHA256] = values_digest(g)

@@ -1,15 +1,37 @@
-"""Typed, read-only views of a finished cache (format in docs/cache-format.md)."""
+"""Typed, read-only views of a finished cache (format in docs/cache-format.md).
+
+Every open checks what is small: first the bytes that hold strings against
+`string_bytes_sha256` (with plain file reads, before HDF5 parses a string),
+then the file's structure and attributes against `metadata_sha256`, /items and
+/failures against their `sha256`, each text group against its `sha256`. The large groups (image, teacher) are checked
+by HDF5 itself, chunk by chunk, as they are read (Fletcher-32), and whole by
+`expclip cache verify`. Whatever damage a read meets becomes one ExpclipError
+naming the file, the dataset and what to do. Caches written before checksums
+read as they always did, with a one-time note suggesting `expclip cache verify`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 
 from expclip.cache import format as fmt
+from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, attr_text, damaged, is_numeric,
+                                     metadata_digest, ranges_digest, stored_digest, values_digest)
 from expclip.base.errors import ExpclipError
+
+
+class UncheckedCacheWarning(UserWarning):
+    """A cache written before checksums: read as before, unchecked."""
+
+
+_noted = False  # the note on unchecked caches is shown once per process
 
 
 def attr_value(value):
@@ -23,25 +45,124 @@ def attr_value(value):
     return value
 
 
-def open_cache(path: Path) -> h5py.File:
-    """Open a cache read-only, refusing files that are not complete expclip caches."""
+@contextmanager
+def guarded(path, what: str) -> Iterator[None]:
+    """h5py's errors on a damaged file as one ExpclipError naming `what` (a dataset, a group)."""
+    try:
+        yield
+    except ExpclipError:
+        raise
+    except H5_ERRORS as e:
+        raise damaged(path, what, e) from None
+
+
+def _open(path: Path) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise ExpclipError(f"{path}: no such cache file")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
+    except H5_ERRORS as e:
         raise ExpclipError(f"{path}: not a readable HDF5 file ({e})") from None
-    if attr_value(f.attrs.get("format")) != fmt.FORMAT:
+    try:
+        with guarded(path, "the file's metadata"):
+            check_strings(f, path)  # before HDF5 parses any string
+            if attr_value(f.attrs.get("format")) != fmt.FORMAT:
+                raise ExpclipError(f"{path}: not an expclip cache (file attribute format != {fmt.FORMAT!r})")
+            if int(f.attrs.get("format_version", -1)) > fmt.FORMAT_VERSION:
+                raise ExpclipError(f"{path}: format_version {f.attrs['format_version']} is newer than this expclip reads")
+            if not bool(f.attrs.get("complete", False)):
+                raise ExpclipError(f"{path}: incomplete cache (no completion marker); re-run `expclip extract`")
+    except BaseException:
         f.close()
-        raise ExpclipError(f"{path}: not an expclip cache (file attribute format != {fmt.FORMAT!r})")
-    if int(f.attrs.get("format_version", -1)) > fmt.FORMAT_VERSION:
-        f.close()
-        raise ExpclipError(f"{path}: format_version {f.attrs['format_version']} is newer than this expclip reads")
-    if not bool(f.attrs.get("complete", False)):
-        f.close()
-        raise ExpclipError(f"{path}: incomplete cache (no completion marker); re-run `expclip extract`")
+        raise
     return f
+
+
+def check_strings(f: h5py.File, path: Path) -> bool:
+    """Check the bytes that hold strings against `string_bytes_sha256`; False for a cache without it."""
+    if STRINGS not in f.attrs:
+        return False
+    ranges, expected = f.attrs[STRINGS], f.attrs.get(STRINGS_SHA256)
+    if not isinstance(expected, bytes) or ranges_digest(path, ranges) != expected.decode("ascii", "replace"):
+        raise damaged(path, "the file's string storage (HDF5 global heap)", f"its bytes do not match {STRINGS_SHA256}")
+    return True
+
+
+def open_cache(path: Path, *, check: bool = True) -> h5py.File:
+    """Open a cache read-only, refusing files that are not complete expclip caches, or damaged (`check`;
+    without it only the global heap is checked, as HDF5 could loop forever on a damaged one).
+
+    DamagedCache (an ExpclipError) names the part that does not match its checksum.
+    """
+    f = _open(path)
+    if check:
+        try:
+            check_small(f, Path(path))
+        except BaseException:
+            f.close()
+            raise
+    return f
+
+
+def feature_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    """Path -> dataset of every feature group (under /image, /teacher, /text), sorted by path."""
+    found: dict[str, h5py.Dataset] = {}
+
+    def note(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    for root in fmt.ROOTS:
+        if root in f:
+            f[root].visititems(lambda name, obj, root=root: note(f"{root}/{name}", obj))
+    return dict(sorted(found.items()))
+
+
+def check_small(f: h5py.File, path: Path) -> fmt.Items:
+    """Check structure, attributes, /items, /failures and text groups against their checksums; returns the items.
+
+    A cache written before checksums is read as it is, with a one-time note.
+    """
+    what = "the file's metadata (structure or attributes)"
+    with guarded(path, what):
+        expected = attr_text(f, METADATA)
+        if expected is not None and metadata_digest(f) != expected:
+            raise damaged(path, what, f"it does not match {METADATA}")
+        datasets = feature_datasets(f)
+    items = read_items(f)
+    read_failures(f)
+    for name, ds in datasets.items():
+        if name.startswith("text/"):
+            with guarded(path, f"/{name}"):
+                if attr_text(ds, SHA256) != stored_digest(ds):
+                    raise damaged(path, f"/{name}", "its bytes do not match its sha256 attribute")
+    with guarded(path, what):
+        unchecked = expected is None or STRINGS not in f.attrs or any(
+            is_numeric(ds) and ds.size and not ds.fletcher32 for ds in datasets.values())
+    if unchecked:
+        _note_unchecked(path)
+    return items
+
+
+def _note_unchecked(path: Path) -> None:
+    global _noted
+    if not _noted:
+        _noted = True
+        warnings.warn_explicit(  # attributed to expclip, not to a source line a user would not know
+            f"{path} was written without per-chunk checksums (an older expclip): it is read unchecked; "
+            f"`expclip cache verify {path}` checks it against its sha256 attributes (shown once)",
+            UncheckedCacheWarning, filename="expclip", lineno=0, module="expclip.cache.reader",
+        )
+
+
+def _checked_group(f: h5py.File, name: str) -> h5py.Group:
+    """/items or /failures, its values checked against its `sha256` when it has one (older caches have none)."""
+    g = f[name]
+    expected = attr_text(g, SHA256)
+    if expected is not None and values_digest(g) != expected:
+        raise damaged(f.filename, f"/{name}", "its values do not match its sha256 attribute")
+    return g
 
 
 def _strings(ds: h5py.Dataset) -> list[str]:
@@ -49,23 +170,26 @@ def _strings(ds: h5py.Dataset) -> list[str]:
 
 
 def read_items(f: h5py.File) -> fmt.Items:
-    g = f["items"]
-    clips = "frame_index" in g
-    return fmt.Items(
-        ids=_strings(g["id"]),
-        labels=g["label"][:].astype(np.int64),
-        class_names=_strings(g["class_names"]),
-        frame_index=g["frame_index"][:] if clips else None,
-        num_frames=g["num_frames"][:] if clips else None,
-        ok=g["ok"][:].astype(bool),
-    )
+    with guarded(f.filename, "/items"):
+        g = _checked_group(f, "items")
+        clips = "frame_index" in g
+        return fmt.Items(
+            ids=_strings(g["id"]),
+            labels=g["label"][:].astype(np.int64),
+            class_names=_strings(g["class_names"]),
+            frame_index=g["frame_index"][:] if clips else None,
+            num_frames=g["num_frames"][:] if clips else None,
+            ok=g["ok"][:].astype(bool),
+        )
 
 
 def read_failures(f: h5py.File) -> dict[str, str]:
     """Item id -> why it could not be decoded."""
-    if "failures" not in f:
-        return {}
-    return dict(zip(_strings(f["failures/id"]), _strings(f["failures/reason"]), strict=True))
+    with guarded(f.filename, "/failures"):
+        if "failures" not in f:
+            return {}
+        g = _checked_group(f, "failures")
+        return dict(zip(_strings(g["id"]), _strings(g["reason"]), strict=True))
 
 
 @dataclass(frozen=True)
@@ -79,11 +203,16 @@ class TextFeatures:
 
 
 class CacheReader:
-    """Read a cache by role (image / teacher / text) without knowing HDF5 paths."""
+    """Read a cache by role (image / teacher / text) without knowing HDF5 paths; checked on open."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._f = open_cache(self.path)
+        self._f = _open(self.path)
+        try:
+            self._items = check_small(self._f, self.path)
+        except BaseException:
+            self._f.close()
+            raise
 
     def __enter__(self) -> "CacheReader":
         return self
@@ -94,9 +223,13 @@ class CacheReader:
     def close(self) -> None:
         self._f.close()
 
+    def _guard(self, what: str):
+        return guarded(self.path, what)
+
     @property
     def attrs(self) -> dict:
-        return {k: attr_value(v) for k, v in self._f.attrs.items()}
+        with self._guard("the file's metadata"):
+            return {k: attr_value(v) for k, v in self._f.attrs.items()}
 
     @property
     def dataset(self) -> str:
@@ -107,58 +240,77 @@ class CacheReader:
         return str(self.attrs["kind"])
 
     def items(self) -> fmt.Items:
-        return read_items(self._f)
+        """The items as checked on open (a copy: callers may change it)."""
+        i = self._items
+        return replace(i, ids=list(i.ids), labels=i.labels.copy(), class_names=list(i.class_names), ok=i.ok.copy(),
+                       frame_index=None if i.frame_index is None else i.frame_index.copy(),
+                       num_frames=None if i.num_frames is None else i.num_frames.copy())
 
     def failures(self) -> dict[str, str]:
         return read_failures(self._f)
 
     def _keys(self, root: str) -> list[str]:
-        return sorted(self._f[root].keys()) if root in self._f else []
+        with self._guard(f"/{root}"):
+            return sorted(self._f[root].keys()) if root in self._f else []
 
     def image_keys(self) -> list[str]:
         return self._keys("image")
 
     def teacher_keys(self) -> list[tuple[str, str]]:
-        return [(t, i) for t in self._keys("teacher") for i in sorted(self._f[f"teacher/{t}"].keys())]
+        return [(t, i) for t in self._keys("teacher") for i in self._keys(f"teacher/{t}")]
 
     def text_sets(self, key: str) -> list[str]:
         return self._keys(f"text/{key}")
 
     def _dataset(self, path: str) -> h5py.Dataset:
-        if path not in self._f:
-            raise ExpclipError(f"{self.path}: has no /{path}")
-        return self._f[path]
+        with self._guard(f"/{path}"):
+            if path not in self._f:
+                raise ExpclipError(f"{self.path}: has no /{path}")
+            ds = self._f[path]
+            if not isinstance(ds, h5py.Dataset):
+                raise damaged(self.path, f"/{path}", "a group where a dataset belongs")
+            return ds
+
+    def _read(self, path: str) -> np.ndarray:
+        """A whole dataset; a chunk failing its Fletcher-32 checksum names the dataset."""
+        ds = self._dataset(path)
+        with self._guard(f"/{path}"):
+            return ds[()]
 
     def group_shape(self, path: str) -> tuple[tuple[int, ...], str]:
         ds = self._dataset(path)
-        return ds.shape, str(ds.dtype)
+        with self._guard(f"/{path}"):
+            return ds.shape, str(ds.dtype)
 
     def group_attrs(self, path: str) -> dict:
-        return {k: attr_value(v) for k, v in self._dataset(path).attrs.items()}
+        ds = self._dataset(path)
+        with self._guard(f"/{path}"):
+            return {k: attr_value(v) for k, v in ds.attrs.items()}
 
     def image(self, key: str) -> np.ndarray:
         """(N, D) or (N, T, D) raw CLIP image features as stored (float16 by default)."""
-        return self._dataset(fmt.image_path(key))[:]
+        return self._read(fmt.image_path(key))
 
     def image_attrs(self, key: str) -> dict:
         return self.group_attrs(fmt.image_path(key))
 
     def teacher(self, teacher_key: str, instruction_key: str) -> np.ndarray:
         """(N, Dt) pooled teacher features as stored."""
-        return self._dataset(fmt.teacher_path(teacher_key, instruction_key))[:]
+        return self._read(fmt.teacher_path(teacher_key, instruction_key))
 
     def teacher_attrs(self, teacher_key: str, instruction_key: str) -> dict:
         return self.group_attrs(fmt.teacher_path(teacher_key, instruction_key))
 
     def text(self, key: str, prompt_set: str) -> TextFeatures:
-        ds = self._dataset(fmt.text_path(key, prompt_set))
-        a = self.group_attrs(fmt.text_path(key, prompt_set))
-        return TextFeatures(
-            features=ds[:].astype(np.float32),
-            prompts=list(a["prompts"]),
-            class_names=list(a["class_names"]),
-            class_index=np.asarray(a["class_index"], dtype=np.int64),
-        )
+        path = fmt.text_path(key, prompt_set)
+        features, a = self._read(path), self.group_attrs(path)
+        with self._guard(f"/{path}"):
+            return TextFeatures(
+                features=features.astype(np.float32),
+                prompts=list(a["prompts"]),
+                class_names=list(a["class_names"]),
+                class_index=np.asarray(a["class_index"], dtype=np.int64),
+            )
 
     def group_paths(self) -> list[str]:
         """Every feature group: /image/<key>, /teacher/<key>/<instruction>, /text/<key>/<set>."""
@@ -168,5 +320,9 @@ class CacheReader:
 
     def fingerprint(self, paths: list[str]) -> str:
         """Content fingerprint of the named groups plus the item set's identity: changes whenever either does."""
-        text = "\n".join([*(self.group_attrs(p)["sha256"] for p in sorted(paths)), self.items().identity()])
+        sums = []
+        for p in sorted(paths):
+            with self._guard(f"/{p}"):
+                sums.append(str(self.group_attrs(p)["sha256"]))
+        text = "\n".join([*sums, self._items.identity()])
         return fmt.digest([np.frombuffer(text.encode(), dtype=np.uint8)])

@@ -113,6 +113,26 @@ def cache_info(cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False
             out.print(table)
 
 
+@cache_app.command("verify")
+def cache_verify(caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache file(s).")]) -> None:
+    """Recompute every checksum of each cache from its stored bytes: exit 1 when a part is damaged, 2 when unreadable."""
+    from expclip.cache.verify import verify_cache
+
+    code = 0
+    for path in caches:
+        try:
+            found = verify_cache(path)
+        except ExpclipError as e:
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            code = 2
+            continue
+        for line in found.problems:
+            out.print(f"[bold red]damaged:[/] {escape(line)}", highlight=False)
+        (out if found.ok else err).print(escape(found.summary()), highlight=False)
+        code = max(code, 0 if found.ok else 1)
+    raise typer.Exit(code)
+
+
 @app.command()
 def evaluate(
     cache: Annotated[list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several datasets).")],

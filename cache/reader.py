@@ -119,10 +119,11 @@ def feature_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
     return dict(sorted(found.items()))
 
 
-def check_small(f: h5py.File, path: Path) -> fmt.Items:
-    """Check structure, attributes, /items, /failures and text groups against their checksums; returns the items.
+def check_small(f: h5py.File, path: Path) -> tuple[fmt.Items, bool]:
+    """Check structure, attributes, /items, /failures and text groups against their checksums.
 
-    A cache written before checksums is read as it is, with a one-time note.
+    Returns the items and whether the file carries every checksum; a cache
+    written before checksums is read as it is, with a one-time note.
     """
     what = "the file's metadata (structure or attributes)"
     with guarded(path, what):
@@ -142,7 +143,7 @@ def check_small(f: h5py.File, path: Path) -> fmt.Items:
             is_numeric(ds) and ds.size and not ds.fletcher32 for ds in datasets.values())
     if unchecked:
         _note_unchecked(path)
-    return items
+    return items, not unchecked
 
 
 def _note_unchecked(path: Path) -> None:
@@ -209,7 +210,7 @@ class CacheReader:
         self.path = Path(path)
         self._f = _open(self.path)
         try:
-            self._items = check_small(self._f, self.path)
+            self._items, self.checked = check_small(self._f, self.path)  # checked: carries every checksum
         except BaseException:
             self._f.close()
             raise

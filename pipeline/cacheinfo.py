@@ -6,10 +6,12 @@ from pathlib import Path
 
 from rich.table import Table
 
+from expclip.cache.checksums import UNCHECKED_ROOT_ATTRS
 from expclip.cache.format import partial_dir
 from expclip.cache.reader import CacheReader
 
 _SKIP = {"prompts", "class_index", "class_names", "versions", "sha256", "prompts_sha256"}
+_CHECKSUM_ATTRS = set(UNCHECKED_ROOT_ATTRS) - {"complete"}  # summarised in one "checksums" row
 
 
 def _short(value) -> str:
@@ -23,7 +25,14 @@ def info_tables(path: Path) -> list[Table]:
         items, attrs = r.items(), r.attrs
         facts = Table(title=f"{path}", show_header=False)
         for k, v in sorted(attrs.items()):
-            facts.add_row(k, str(v))
+            if k not in _CHECKSUM_ATTRS:
+                facts.add_row(k, str(v))
+        verify = f"`expclip cache verify {path}`"
+        if r.checked:
+            checksums = f"Fletcher-32 per chunk, checked on every read; items, metadata, strings checked on open; {verify} checks each group's sha256"
+        else:
+            checksums = f"each group's sha256 only (older cache): check them with {verify}"
+        facts.add_row("checksums", checksums)
         versions = [r.group_attrs(f"image/{k}").get("versions") for k in r.image_keys()]
         facts.add_row("versions", ", ".join(sorted({v for v in versions if v})) or "-")
         labelled = int((items.labels >= 0).sum())

@@ -1,0 +1,177 @@
+"""What the cache's checksums cost: reading the paper-size training features with and without Fletcher-32.
+
+Writes the paper-size training cache (48,640 x 768 CLIP image + 48,640 x 4,096
+teacher features, float16, as benchmarks/stage_two.py does) with `write_arrays`,
+so every dataset is chunked with Fletcher-32 and the file carries its item,
+metadata and string checksums; then a copy with the same chunks and no filter
+or checksums (as a cache written before checksums stores them). Times, best of
+--repeats: reading each group whole through CacheReader with the page cache
+warm and cold (the file's pages evicted with posix_fadvise first), opening each
+file (the new file's small checks), fit-head's whole read (`load_training_set`:
+both groups to float32, teacher normalised), and `expclip cache verify` (the
+streamed sha256 of each group, and of the whole file). --chunk-sizes adds the
+teacher group's warm read with and without Fletcher-32 for other chunk sizes
+and HDF5 chunk-cache sizes (whether the layout explains the overhead).
+Run: python benchmarks/verify_cost.py [--repeats 3] [--dir DIR] [--chunk-sizes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from expclip.cache import format as fmt
+from expclip.cache.checksums import UNCHECKED_ROOT_ATTRS, stored_digest
+from expclip.cache.reader import CacheReader
+from expclip.cache.verify import verify_cache
+from expclip.cache.writer import write_arrays
+from expclip.stages.fit_head.train import load_training_set
+
+N, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
+IMAGE, TEACHER = fmt.image_path("ViT-L-14@openai"), fmt.teacher_path("Salesforce_blip2-flan-t5-xxl", "paper")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def write_checked(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    items = fmt.Items(ids=[f"train/{i}.png" for i in range(N)], labels=np.full(N, -1), class_names=[])
+    write_arrays(path, items, file_attrs={"dataset": "CAER-S", "source": "synthetic"}, aligned={
+        IMAGE: (rng.standard_normal((N, D), dtype=np.float32).astype(np.float16), {"model": "ViT-L-14", "logit_scale": 100.0}),
+        TEACHER: (rng.standard_normal((N, DT), dtype=np.float32).astype(np.float16), {"model": "blip2", "instruction": "x"}),
+    })
+
+
+def write_unchecked(source: Path, path: Path) -> None:
+    """The same features, chunks and attributes without Fletcher-32 or checksums (HDF5's oldest format)."""
+    with h5py.File(source, "r") as src, h5py.File(path, "w") as out:
+        for k, v in src.attrs.items():
+            if k not in UNCHECKED_ROOT_ATTRS:
+                out.attrs[k] = v
+        for group in ("items", "failures"):
+            out.create_group(group)
+            for name, ds in src[group].items():
+                out[group].create_dataset(name, data=ds[()], dtype=ds.dtype)
+        for name in (IMAGE, TEACHER):
+            ds = src[name]
+            copy = out.create_dataset(name, shape=ds.shape, dtype=ds.dtype, chunks=ds.chunks)
+            for a in range(0, ds.shape[0], ds.chunks[0] * 16):
+                copy[a:a + ds.chunks[0] * 16] = ds[a:a + ds.chunks[0] * 16]
+            for k, v in ds.attrs.items():
+                copy.attrs[k] = v
+        out.attrs["complete"] = True
+
+
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache, so that the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def best(repeats: int, run, before=None) -> float:
+    times = []
+    for _ in range(repeats):
+        if before:
+            before()
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def read_times(path: Path, repeats: int) -> dict[str, float]:
+    keys = {IMAGE: ("image", ("ViT-L-14@openai",)), TEACHER: ("teacher", ("Salesforce_blip2-flan-t5-xxl", "paper"))}
+    found = {}
+    with CacheReader(path) as r:
+        for name, (method, args) in keys.items():
+            found[("warm", name)] = best(repeats, lambda: getattr(r, method)(*args))
+            found[("cold", name)] = best(repeats, lambda: getattr(r, method)(*args), before=lambda: evict(path))
+    found["open"] = best(repeats, lambda: CacheReader(path).close())
+    found["fit-head"] = best(repeats, lambda: load_training_set([path]))
+    return found
+
+
+def chunk_sizes(folder: Path, repeats: int) -> Table:
+    """Teacher-sized reads (page cache warm) for several chunk sizes and chunk caches, without and with Fletcher-32."""
+    data = np.random.default_rng(1).standard_normal((N, DT), dtype=np.float32).astype(np.float16)
+    table = Table(title="teacher group, page cache warm: chunk size and HDF5 chunk cache against Fletcher-32")
+    for col in ("chunk rows (MiB)", "chunk cache MiB", "read s without", "read s with", "overhead %"):
+        table.add_column(col, justify="right")
+    for rows in (128, 512, 2048):
+        times = {}
+        for fletcher in (False, True):
+            path = folder / f"chunks-{rows}-{fletcher}.h5"
+            with h5py.File(path, "w", libver=("v110", "v110")) as f:
+                f.create_dataset("x", data=data, chunks=(rows, DT), fletcher32=fletcher)
+            for cache_mib in (0, 1, 64):
+                with h5py.File(path, "r", rdcc_nbytes=cache_mib << 20) as f:
+                    times[fletcher, cache_mib] = best(repeats, lambda f=f: f["x"][()])
+            path.unlink()
+        for cache_mib in (0, 1, 64):
+            a, b = times[False, cache_mib], times[True, cache_mib]
+            table.add_row(f"{rows} ({rows * DT * 2 / 2**20:g})", str(cache_mib), f"{a:.3f}", f"{b:.3f}", f"{100 * (b / a - 1):+.0f}")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="folder for the two caches (default: a temporary one)")
+    parser.add_argument("--chunk-sizes", action="store_true", help="also time other chunk and chunk-cache sizes")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # the unchecked copy's note
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        checked, unchecked = Path(tmp) / "checked.h5", Path(tmp) / "unchecked.h5"
+        start = time.perf_counter()
+        write_checked(checked)
+        write_unchecked(checked, unchecked)
+        print(f"wrote both caches in {time.perf_counter() - start:.1f} s")
+        without, with_ = read_times(unchecked, args.repeats), read_times(checked, args.repeats)
+        with h5py.File(checked, "r") as f:
+            shapes = {name: f[name].shape for name in (IMAGE, TEACHER)}
+            chunks = {name: f[name].chunks[0] for name in shapes}
+            sha = {name: best(args.repeats, lambda name=name: stored_digest(f[name])) for name in shapes}
+        verify_s = best(args.repeats, lambda: verify_cache(checked))
+        sizes = chunk_sizes(Path(tmp), args.repeats) if args.chunk_sizes else None
+    table = Table(title=f"Reading the paper-size training features on {cpu_model()} ({os.cpu_count()} CPUs; best of {args.repeats})")
+    for col in ("what", "rows", "MB", "read s without", "read s with", "overhead %", "cache verify s"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+
+    def row(what, rows, mb, key, verify=""):
+        a, b = without[key], with_[key]
+        table.add_row(what, f"{rows:,}", f"{mb:,.0f}" if mb else "", f"{a:.3f}", f"{b:.3f}", f"{100 * (b / a - 1):+.0f}", verify)
+
+    mbs = {name: np.prod(shape) * 2 / 1e6 for name, shape in shapes.items()}
+    for cache in ("warm", "cold"):
+        for name, shape in shapes.items():
+            what = f"{name.split('/')[0]} {shape[0]:,} x {shape[1]:,} ({chunks[name]}-row chunks), page cache {cache}"
+            row(what, shape[0], mbs[name], (cache, name), f"{sha[name]:.2f}" if cache == "warm" else "")
+    row("open (checks /items, metadata, strings)", N, 0, "open")
+    row("fit-head's whole read (both groups to float32)", N, sum(mbs.values()), "fit-head", f"{verify_s:.2f}")
+    console = Console(width=200)
+    console.print(table)
+    if sizes is not None:
+        console.print(sizes)
+
+
+if __name__ == "__main__":
+    main()

@@ -290,6 +290,7 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
 GOLDEN = Path(__file__).resolve().parent / "data" / "cache-expclip-0.1.0.h5"  # written by expclip 0.1.0 (b4c1897)
 
 
+@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")  # its note is tested in test_integrity
 def test_a_cache_written_by_expclip_0_1_reads_and_extends_the_same(tmp_path):
     """Old files stay valid: read as written, recognised as complete, extended without touching old groups."""
     cache = tmp_path / "golden.h5"

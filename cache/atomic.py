@@ -251,25 +251,36 @@ def _exit_before_hdf5_cleanup() -> None:
     os._exit(EXIT_STATUS)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None], *, needed: int | None = None) -> Path:
-    """Call `write(tmp)` for a temporary name beside `path`, fsync it, rename it over `path`.
+def _publish(path: Path, write: Callable[[Path], None], place: Callable[[Path, Path], None],
+             needed: int | None = None) -> bool:
+    """`write(tmp)`, fsync, then `place(tmp, path)`; False when `place` found the name taken.
 
-    A reader never sees half a file. Use it for files that any writer would
-    write identically (a shard, a merged cache): the last rename wins. A full
-    or read-only disk raises one ExpclipError (`needed`, when known, is
+    A full or read-only disk raises one ExpclipError (`needed`, when known, is
     reported); the temporary file is removed in every case.
     """
-    path = Path(path)
     tmp = temporary_name(path)
     ignored: list[BaseException] = []
     try:
         _write_synced(tmp, write, ignored)
-        os.replace(tmp, path)
+        place(tmp, path)
+    except FileExistsError:
+        return False
     except Exception as e:
         _reraise(e, path, tmp, needed, ignored)
     finally:
         _discard(tmp)
     _fsync_dir(path.parent)
+    return True
+
+
+def write_atomically(path: Path, write: Callable[[Path], None], *, needed: int | None = None) -> Path:
+    """Call `write(tmp)` for a temporary name beside `path`, fsync it, rename it over `path`.
+
+    A reader never sees half a file. Use it for files that any writer would
+    write identically (a shard, a merged cache): the last rename wins.
+    """
+    path = Path(path)
+    _publish(path, write, os.replace, needed)
     return path
 
 
@@ -281,21 +292,7 @@ def create_exclusively(path: Path, write: Callable[[Path], None]) -> bool:
     creates the file and the others read what it wrote.
     """
     path = Path(path)
-    if path.exists():
-        return False
-    tmp = temporary_name(path)
-    ignored: list[BaseException] = []
-    try:
-        _write_synced(tmp, write, ignored)
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    except Exception as e:
-        _reraise(e, path, tmp, None, ignored)
-    finally:
-        _discard(tmp)
-    _fsync_dir(path.parent)
-    return True
+    return not path.exists() and _publish(path, write, os.link)
 
 
 def _alive(pid: int) -> bool:

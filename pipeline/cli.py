@@ -90,14 +90,14 @@ def extract(
             shard_size=shard_size,
         )
         summary = run_extract(src, cache, cfg)
-    if summary["encoded_rows"] == 0 and not summary["loaded"] and not summary.get("merged"):
+    if summary["encoded_rows"] == 0 and not summary["loaded"] and not summary["merged"]:
         out.print(f"{summary['cache']}: already complete, nothing to encode")
         return
     for item_id, reason in summary["failures"].items():
         err.print(f"[yellow]skipped[/] {escape(item_id)}: {escape(reason)}", highlight=False)
     if summary["ignored_files"]:
         err.print(f"[yellow]ignored[/] {summary['ignored_files']} non-image files in {source}")
-    resumed = "; merged the shards of an earlier run" if summary.get("merged") and not summary["encoded_rows"] else ""
+    resumed = "; merged the shards of an earlier run" if summary["merged"] and not summary["encoded_rows"] else ""
     out.print(f"wrote {summary['cache']} ({summary['rows']} items, {summary['encoded_rows']} encoded, {len(summary['failures'])} failed{resumed})")
     if summary["encoded_rows"]:
         err.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()), highlight=False)

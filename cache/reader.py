@@ -7,7 +7,9 @@ then the file's structure and attributes against `metadata_sha256`, /items and
 by HDF5 itself, chunk by chunk, as they are read (Fletcher-32), and whole by
 `expclip cache verify`. Whatever damage a read meets becomes one ExpclipError
 naming the file, the dataset and what to do. Caches written before checksums
-read as they always did, with a one-time note suggesting `expclip cache verify`.
+read as they always did, with a one-time note suggesting `expclip cache verify`,
+after a child process has read them whole once (cache/legacy.py: damage in their
+unchecked structure could crash HDF5 in this process).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from expclip.cache import format as fmt
 from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, attr_text, damaged, is_numeric,
                                      metadata_digest, ranges_digest, stored_digest, values_digest)
 from expclip.base.errors import ExpclipError
+from expclip.cache.legacy import check_in_child
 
 
 class UncheckedCacheWarning(UserWarning):
@@ -60,6 +63,7 @@ def _open(path: Path) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise ExpclipError(f"{path}: no such cache file")
+    check_in_child(path)  # a cache written before checksums: could it crash HDF5? (cache/legacy.py)
     try:
         f = h5py.File(path, "r")
     except H5_ERRORS as e:
@@ -227,10 +231,17 @@ class CacheReader:
     def _guard(self, what: str):
         return guarded(self.path, what)
 
+    def _attrs(self, obj: h5py.HLObject, what: str) -> dict:
+        """Attributes as plain Python; a name that is not text (a damaged older cache) is an error."""
+        with self._guard(what):
+            found = {k: attr_value(v) for k, v in obj.attrs.items()}
+        if not all(isinstance(k, str) for k in found):
+            raise damaged(self.path, what, "an attribute name is not text")
+        return found
+
     @property
     def attrs(self) -> dict:
-        with self._guard("the file's metadata"):
-            return {k: attr_value(v) for k, v in self._f.attrs.items()}
+        return self._attrs(self._f, "the file's metadata")
 
     @property
     def dataset(self) -> str:
@@ -284,9 +295,10 @@ class CacheReader:
             return ds.shape, str(ds.dtype)
 
     def group_attrs(self, path: str) -> dict:
-        ds = self._dataset(path)
-        with self._guard(f"/{path}"):
-            return {k: attr_value(v) for k, v in ds.attrs.items()}
+        found = self._attrs(self._dataset(path), f"/{path}")
+        if path.startswith("text/") and not {"prompts", "class_names", "class_index"} <= found.keys():
+            raise damaged(self.path, f"/{path}", "it lacks its prompts, class_names or class_index attribute")
+        return found
 
     def image(self, key: str) -> np.ndarray:
         """(N, D) or (N, T, D) raw CLIP image features as stored (float16 by default)."""

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from expclip.cache import format as fmt
-from expclip.cache import h5files, reader
+from expclip.cache import h5files, legacy, reader
 from expclip.cache.checksums import STRINGS, METADATA, DamagedCache, values_digest
 from expclip.cache.reader import CacheReader, UncheckedCacheWarning, open_cache
 from expclip.cache.writer import write_arrays
@@ -279,3 +279,56 @@ def test_fuzz_damaged_copies_give_the_clean_result_or_one_error_line(cache, tmp_
                 errors += 1
     assert errors >= len(positions)  # most damage is met by some command (the rest fell on unused bytes)
     print(f"fuzz: {len(positions)} damaged copies x 3 commands, {errors} one-line errors, {time.monotonic() - started:.1f} s")
+
+
+def _legacy_copy(tmp_path: Path, name: str = "old.h5") -> Path:
+    copy = tmp_path / name
+    copy.write_bytes(GOLDEN.read_bytes())
+    return copy
+
+
+@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")
+def test_an_old_cache_is_read_whole_in_a_child_once_per_process(tmp_path, monkeypatch):
+    """HDF5 may crash on damage in an unchecked structure, so a child takes that risk first, once."""
+    old = _legacy_copy(tmp_path)
+    assert legacy.is_legacy(old) and not legacy.is_legacy(build(tmp_path / "new.h5"))
+    spawned = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: spawned.append(cmd) or real_run(cmd, **kw))
+    for _ in range(3):
+        with CacheReader(old) as r:
+            assert r.items().ids[0] == "happy/0.png"
+    with CacheReader(tmp_path / "new.h5"):
+        pass
+    assert spawned == [[*legacy.CHILD, str(old)]]
+
+
+@pytest.mark.parametrize("child, reason", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "HDF5 crashed reading it (SIGSEGV)"),
+    ("import time; time.sleep(30)", "HDF5 did not finish reading it within 1 s"),
+])
+def test_a_crash_or_hang_reading_an_old_cache_is_one_line(tmp_path, monkeypatch, child, reason):
+    old = _legacy_copy(tmp_path)
+    monkeypatch.setattr(legacy, "CHILD", [sys.executable, "-c", child])
+    monkeypatch.setattr(legacy, "BASE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(legacy, "MIN_RATE", 1e12)
+    result = CliRunner().invoke(app, ["cache", "info", str(old)])
+    line = one_error_line(result, f"{old}: the file's HDF5 structure is damaged ({reason})")
+    assert "re-run `expclip extract" in line
+
+
+def test_damage_in_an_old_cache_is_found_by_the_child(tmp_path):
+    old = _legacy_copy(tmp_path)
+    [(offset, size)] = chunks(old, "image/tiny-clip")
+    flip(old, offset + size // 2)
+    result = CliRunner().invoke(app, ["cache", "info", str(old)])
+    one_error_line(result, "/image/tiny-clip")
+
+
+@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")
+def test_a_damaged_attribute_name_in_an_old_cache_is_one_line(tmp_path):
+    """Older caches have no metadata checksum: a name that no longer decodes is still one error line."""
+    old = _legacy_copy(tmp_path)
+    flip(old, old.read_bytes().index(b"class_index"), 0xFF)  # 'c' ^ 0xFF: no longer UTF-8
+    result = CliRunner().invoke(app, ["cache", "info", str(old)])
+    one_error_line(result, "/text/tiny-clip/class_name is damaged (an attribute name is not text)")

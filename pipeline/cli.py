@@ -203,11 +203,12 @@ def fit_head(
 ) -> None:
     """Stage two: train the head on cached features (the paper's run by default)."""
     from expclip.stages.fit_head import fit_head as run_fit_head
+    from expclip.stages.shared.heads import head_files
 
-    stem = head_out.with_suffix("") if head_out.suffix in (".safetensors", ".json") else head_out
+    files = head_files(head_out)
     with user_errors():
-        for written in (f"{stem}.safetensors", f"{stem}.json"):
-            writable(Path(written), "--out")  # before training, not after
+        for written in files:
+            writable(written, "--out")  # before training, not after
         try:
             steps = tuple(int(m) for m in milestones.split(",") if m.strip())
         except ValueError:
@@ -225,7 +226,7 @@ def fit_head(
         )
         meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
     last = meta["history"][-1]
-    out.print(f"wrote {stem}.safetensors and {stem}.json ({meta['n_train']} pairs, {meta['wall_seconds']:.1f} s)")
+    out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['wall_seconds']:.1f} s)")
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
 
 

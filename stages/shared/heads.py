@@ -98,16 +98,17 @@ def _dims(module: torch.nn.Module) -> tuple[int, int]:
     return layers[0].in_features, layers[-1].out_features
 
 
-def _stem(path: Path) -> Path:
+def head_files(path: Path) -> tuple[Path, Path]:
+    """(HEAD.safetensors, HEAD.json) of a head named by its stem or either file."""
     path = Path(path)
-    return path.with_suffix("") if path.suffix in _SUFFIXES else path
+    stem = path.with_suffix("") if path.suffix in _SUFFIXES else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def save_head(module: torch.nn.Module, kind: str, meta: dict, out: Path) -> tuple[Path, Path]:
     """Write OUT.safetensors and OUT.json atomically (`out` may carry either suffix or none)."""
-    stem = _stem(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    weights, card = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    weights, card = head_files(out)
+    weights.parent.mkdir(parents=True, exist_ok=True)
     d, dt = _dims(module)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"format": "expclip-head", "kind": kind, "d": str(d), "dt": str(dt)}
@@ -121,8 +122,7 @@ def load_head(path: Path) -> Head:
     path = Path(path)
     if path.suffix == ".pth":
         return _load_official(path)
-    stem = _stem(path)
-    weights, card = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    weights, card = head_files(path)
     if not weights.is_file():
         raise ExpclipError(f"{path}: no head weights at {weights} (expected HEAD.safetensors or an official .pth)")
     try:

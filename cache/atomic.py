@@ -43,14 +43,14 @@ NOT_WRITABLE_WORDS = {"read-only file system": errno.EROFS, "permission denied":
 EXIT_STATUS = 2  # of a process that must skip HDF5's clean-up (the CLI's status for a user-facing error)
 
 
-def _host() -> str:
+def host_name() -> str:
     """This host's name as it appears in temporary names ('-' kept, '/' impossible in hostnames)."""
     return socket.gethostname() or "localhost"
 
 
 def temporary_name(path: Path) -> Path:
     """The temporary file this process uses for `path`."""
-    return path.with_name(f"{path.name}{TMP}{_host()}-{os.getpid()}")
+    return path.with_name(f"{path.name}{TMP}{host_name()}-{os.getpid()}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -295,7 +295,7 @@ def create_exclusively(path: Path, write: Callable[[Path], None]) -> bool:
     return not path.exists() and _publish(path, write, os.link)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -305,21 +305,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_temporaries(folder: Path, pattern: str = "*", *, recursive: bool = False) -> list[Path]:
-    """Remove `<pattern>.tmp-<this host>-<pid>` files in `folder` whose process is gone; returns them.
+def remove_dead_temporaries(folder: Path, pattern: str = "*", *, recursive: bool = False,
+                             any_host: bool = False) -> list[Path]:
+    """Remove `<pattern>.tmp-<host>-<pid>` files in `folder` whose process is gone; returns them.
 
     A temporary file of a live process (or of another host, whose processes
-    cannot be checked from here) is left alone: it may be mid-write.
+    cannot be checked from here) is left alone: it may be mid-write. With
+    `any_host`, for a caller that holds its cache's exclusive lock (so no
+    writer is alive anywhere), every temporary file is a leftover.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    mark = f"{TMP}{_host()}-"
+    mark = TMP if any_host else f"{TMP}{host_name()}-"
     found = folder.rglob(f"{pattern}{mark}*") if recursive else folder.glob(f"{pattern}{mark}*")
     removed = []
     for tmp in found:
-        pid = tmp.name.rpartition(mark)[2]
-        if pid.isdigit() and not _alive(int(pid)) and tmp.is_file():
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and (any_host or not process_alive(int(pid))) and tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -28,6 +28,7 @@ from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.atomic import DiskFull, remove_dead_temporaries, require_space
 from expclip.cache.compare import check_same
+from expclip.cache.lock import CacheLock
 from expclip.cache.merge import merge
 from expclip.cache.partial import Layout, PartialFolder, Range
 from expclip.cache.reader import attr_value, open_cache, read_items
@@ -40,12 +41,14 @@ MERGE_MARGIN = 256 << 10  # bytes, plus 1 %, beyond old cache + shard files that
 class Extraction:
     """One cache being extended: which shards are missing, shard writes, the final merge."""
 
-    def __init__(self, cache: Path, items: fmt.Items, file_attrs: dict, *, shard_size: int = 1024):
+    def __init__(self, cache: Path, items: fmt.Items, file_attrs: dict, *, shard_size: int = 1024,
+                 sole_writer: bool = False):
+        """`sole_writer`: the caller holds the cache's exclusive lock (expclip.cache.lock), so every
+        temporary file there is a dead run's; otherwise only those of dead processes on this host are."""
         self.cache, self.items, self.file_attrs = Path(cache), items, file_attrs
         root = fmt.partial_dir(self.cache)
-        # Leftovers of killed processes on this host; a live writer's or merger's temporaries stay.
-        remove_dead_temporaries(self.cache.parent, glob.escape(self.cache.name))
-        remove_dead_temporaries(root, recursive=True)
+        remove_dead_temporaries(self.cache.parent, glob.escape(self.cache.name), any_host=sole_writer)
+        remove_dead_temporaries(root, recursive=True, any_host=sole_writer)
         self.existing = self._existing_groups()
         self.partial = PartialFolder(root, items, shard_size)
 
@@ -122,20 +125,36 @@ class Extraction:
         """Groups of the partial folder that still miss shards (or were never described)."""
         return [p for p in self._new_groups() if not self.partial.complete(p)]
 
-    def merged_size(self) -> int:
-        """Bytes the merged file needs at most: the old cache, every new group's shard files, a margin.
-
-        Measured: merged files come within 1 % of the sum (shard files carry
-        HDF5 overhead the merged one shares); the margin covers the rest.
-        """
+    def _merged_bytes(self) -> int:
+        """The old cache and the new groups' shard files written so far (all of them when merging)."""
         if self.cache.exists():
             size = self.cache.stat().st_size
         else:  # /items: ids in a heap (length + about 64 bytes each), labels, ok, frame indices
             size = sum(len(i.encode()) + 64 for i in self.items.ids)
             size += 0 if self.items.frame_index is None else np.asarray(self.items.frame_index).nbytes * 2
         for path in self._new_groups():
-            size += sum(self.partial.shard_file(path, *r).stat().st_size for r in self.partial.ranges(path))
+            files = [self.partial.shard_file(path, *r) for r in self.partial.ranges(path)]
+            size += sum(f.stat().st_size for f in files if f.exists())
+        return size
+
+    def merged_size(self) -> int:
+        """Bytes the merged file needs at most: the old cache, every new group's shard files, a margin.
+
+        Measured: merged files come within 1 % of the sum (shard files carry
+        HDF5 overhead the merged one shares); the margin covers the rest.
+        """
+        size = self._merged_bytes()
         return size + size // 100 + MERGE_MARGIN
+
+    def require_space(self, new_bytes: int, merging: bool, hint: str = "") -> None:
+        """Refuse to start when the disk clearly cannot hold `new_bytes` of shards (and, when `merging`,
+        the merged cache beside the old one as well), before hours of encoding end in a full disk.
+
+        Only the feature bytes count here (no margins): each shard and the merge
+        check their own size again before they are written.
+        """
+        needed = new_bytes + (self._merged_bytes() + new_bytes if merging else 0)
+        require_space(self.partial.root, needed, hint)
 
     def finalize(self) -> dict[str, str]:
         """Merge the old cache and every shard into a new cache, then remove the partial folder; returns failures.
@@ -177,15 +196,21 @@ def write_arrays(
     (rows, attrs); `small` groups (text) keep their rows' dtype. `failures`
     marks item rows as not decoded (item row -> reason), as extract does.
     """
-    job = Extraction(Path(cache), items, file_attrs, shard_size=max(1, len(items)))
+    with CacheLock(Path(cache)):
+        job = Extraction(Path(cache), items, file_attrs, shard_size=max(1, len(items)), sole_writer=True)
+        return _write(job, aligned, small or {}, dtype, failures or {})
+
+
+def _write(job: Extraction, aligned: dict[str, tuple[np.ndarray, dict]], small: dict[str, tuple[np.ndarray, dict]],
+           dtype: str, failures: dict[int, str]) -> dict[str, str]:
     groups = [(path, rows, attrs, None, dtype) for path, (rows, attrs) in aligned.items()]
-    groups += [(path, rows, attrs, len(rows), str(rows.dtype)) for path, (rows, attrs) in (small or {}).items()]
+    groups += [(path, rows, attrs, len(rows), str(rows.dtype)) for path, (rows, attrs) in small.items()]
     for path, rows, attrs, count, store in groups:
         config = {k: v for k, v in attrs.items() if k != "sha256"}
         todo = job.register(path, config, count)
         if todo:
             job.describe(path, config, tuple(rows.shape[1:]), store)
         for start, stop in todo:
-            failed = {} if count is not None else {i: r for i, r in (failures or {}).items() if start <= i < stop}
+            failed = {} if count is not None else {i: r for i, r in failures.items() if start <= i < stop}
             job.write_shard(path, start, stop, rows[start:stop], failed)
     return job.finalize()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
-from expclip.base.errors import ExpclipError
+from expclip.base.errors import ExpclipError, Interrupted, PeerFailed
 from expclip.cache.atomic import NO_SPACE, NOT_WRITABLE
 from expclip.options import choice, help_of, options
 from expclip.outputs import writable
@@ -44,6 +44,11 @@ def user_errors() -> Iterator[None]:
     """Print a user's mistake (or a full or read-only disk) as one line on stderr and exit 2, without a traceback."""
     try:
         yield
+    except PeerFailed:  # its rank 0 printed the error
+        raise typer.Exit(2) from None
+    except Interrupted as e:
+        err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
+        raise typer.Exit(e.status) from None
     except ExpclipError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
@@ -76,8 +81,13 @@ def extract(
     precision: XO.precision = X.precision,
     store_dtype: XO.store_dtype = X.store_dtype,
     shard_size: XO.shard_size = X.shard_size,
+    part: XO.part = X.part,
 ) -> None:
-    """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5."""
+    """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5.
+
+    Several processes: `torchrun --nproc_per_node N -m expclip extract ...` (or `accelerate launch`);
+    job arrays: `--part K/N` per task, then once without --part to merge (docs/scale.md).
+    """
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
@@ -87,9 +97,16 @@ def extract(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
             num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
-            shard_size=shard_size,
+            shard_size=shard_size, part=part,
         )
         summary = run_extract(src, cache, cfg)
+    if summary["rank"] != 0:
+        return  # rank 0 reports for the whole job
+    if summary["part"] is not None:
+        k, n = summary["part"]
+        out.print(f"part {k}/{n} of {summary['cache']}: {summary['encoded_rows']} items encoded; "
+                  "when every part has finished, run the same command without --part to merge")
+        return
     if summary["encoded_rows"] == 0 and not summary["loaded"] and not summary["merged"]:
         out.print(f"{summary['cache']}: already complete, nothing to encode")
         return

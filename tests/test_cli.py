@@ -50,7 +50,7 @@ def test_extract_passes_the_config_defaults(monkeypatch, tmp_path):
 
     def fake_extract(source, out, cfg):
         seen["cfg"] = cfg
-        return {"cache": str(out), "rows": 0, "encoded_rows": 0, "failures": {}, "loaded": [], "merged": False, "ignored_files": 0, "seconds": {}}
+        return {"cache": str(out), "rows": 0, "encoded_rows": 0, "failures": {}, "loaded": [], "merged": False, "ignored_files": 0, "seconds": {}, "rank": 0, "part": None}
 
     monkeypatch.setattr("expclip.stages.extract.stage.extract", fake_extract)
     result = runner.invoke(app, ["extract", str(tmp_path), "--out", str(tmp_path / "c.h5")])

@@ -204,7 +204,7 @@ def test_a_write_refused_after_the_check_is_one_line(data, lockable, monkeypatch
     refused = "|".join(REFUSED)
     with pytest.raises(ExpclipError, match=rf"manifest\.json: cannot write \(({refused})\)$"):
         atomic.create_exclusively(out / "manifest.json", lambda tmp: tmp.write_text("{}"))
-    with pytest.raises(ExpclipError, match=rf"c\.h5\.partial: cannot write \(({refused})\)$"):
+    with pytest.raises(ExpclipError, match=rf"c\.h5\.lock: cannot write \(({refused})\)$"):
         write_arrays(out / "c.h5", fmt.Items(ids=["a"], labels=np.zeros(1, dtype=np.int64), class_names=["x"]),
                      file_attrs={}, aligned={fmt.image_path(KEY): (np.zeros((1, 8), np.float32), CLIP)})
     assert not any(out.iterdir())

@@ -35,6 +35,7 @@ class ExtractConfig:
     store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)
     prompts: Path | None = setting(None, "JSON file of extra prompt sets.")
     shard_size: int = setting(1024, "Rows per resumable shard.")
+    part: str | None = setting(None, "K/N: encode only the shards whose index % N is K-1, without merging (job arrays); then run without --part to merge.")
 
     def check(self) -> None:
         """Refuse values outside their choices or ranges, naming the option."""
@@ -42,3 +43,13 @@ class ExtractConfig:
         for name in ("batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ExpclipError(f"--{name.replace('_', '-')}: must be at least 1")
+        self.part_of()
+
+    def part_of(self) -> tuple[int, int] | None:
+        """`--part K/N` as (K, N), or None for a run that merges."""
+        if self.part is None:
+            return None
+        k, _, n = self.part.partition("/")
+        if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            raise ExpclipError(f"--part {self.part!r}: write K/N with 1 <= K <= N, e.g. --part 1/4")
+        return int(k), int(n)

@@ -59,16 +59,32 @@ class Plan:
     def needs_teacher(self) -> bool:
         return self.teacher_path in self.shards
 
+    def share(self, part: tuple[int, int] | None, rank: int, size: int, leader: bool) -> Plan:
+        """The work of one process: `--part K/N` keeps the shards whose index % N is K-1 (text groups count
+        as shard 0: part 1's), then rank r of `size` takes every size-th of the shards still missing."""
+        keep = (lambda start: True) if part is None else (lambda start: (start // self.job.shard_size) % part[1] == part[0] - 1)
+        todo = sorted({r for ranges in self.shards.values() for r in ranges if keep(r[0])})[rank::size]
+        shards = {p: mine for p, ranges in self.shards.items() if (mine := [r for r in ranges if r in todo])}
+        texts = self.texts if leader and keep(0) else []
+        return Plan(self.job, self.image_path, self.teacher_path, shards, texts)
 
-def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str) -> Plan:
-    """Compute every identity first (a bad option fails before anything is written), then register the groups."""
+    def new_bytes(self, widths: dict[str, int], frames: int | None, dtype: str) -> int:
+        """Bytes of the item-aligned shards this plan writes, given each group's feature width."""
+        row = (frames or 1) * np.dtype(dtype).itemsize
+        return sum((b - a) * widths[p] * row for p, ranges in self.shards.items() for a, b in ranges)
+
+
+def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sole_writer: bool = False) -> Plan:
+    """Compute every identity first (a bad option fails before anything is written), then register the groups.
+
+    `sole_writer`: this process holds the cache's exclusive lock (see cache.writer.Extraction)."""
     clip_key, clip_config = clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)
     teacher = _teacher(source, cfg, precision)
     sets = {**protocol.prompt_sets(), **(load_prompt_file(cfg.prompts) if cfg.prompts else {})}
     texts = [_text_group(clip_key, clip_config, name, prompt_set) for name, prompt_set in sets.items()]
 
     job = Extraction(out, source.items, {"dataset": source.dataset, "source": str(source.origin)},
-                     shard_size=cfg.shard_size)
+                     shard_size=cfg.shard_size, sole_writer=sole_writer)
     image_path = fmt.image_path(clip_key)
     shards = {}
     implied = {teacher[0]: teacher_encoder.IMPLIED} if teacher else {}

@@ -21,6 +21,7 @@ from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders.base import ImageEncoder
 from expclip.stages.extract.loading import FaceDataset, collate
 from expclip.stages.extract.sources import Source
+from expclip.stages.shared.interrupts import StopRequest, ignore_in_worker
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 
@@ -28,8 +29,13 @@ WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"
 
 
 def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEncoder],
-                  shards: dict[str, list[Range]], cfg: ExtractConfig) -> tuple[int, dict[str, float]]:
-    """Encode the shards each group (path -> encoder) misses; returns the rows decoded and where the time went."""
+                  shards: dict[str, list[Range]], cfg: ExtractConfig, halt: StopRequest,
+                  shown: bool = True) -> tuple[int, dict[str, float]]:
+    """Encode the shards each group (path -> encoder) misses; returns the rows decoded and where the time went.
+
+    `halt` is checked before every batch (Ctrl-C: the shards written so far
+    stay); `shown`: draw the progress bar (rank 0 of a launched job only).
+    """
     clock = {WAITING: 0.0, ENCODING: 0.0, WRITING: 0.0}
     todo = sorted(set().union(*(shards[path] for path in encoders)))
     if not todo:
@@ -38,11 +44,11 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
     clips = source.items.frame_index is not None
     loader = DataLoader(
         FaceDataset(source.paths, source.items, transforms), batch_sampler=_batches(todo, cfg.batch_size),
-        num_workers=cfg.num_workers, collate_fn=collate,
+        num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=ignore_in_worker,
         pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
     )
     batches = iter(loader)
-    with progress("clips" if clips else "faces") as bar:
+    with progress("clips" if clips else "faces", shown) as bar:
         task = bar.add_task("extract", total=sum(b - a for a, b in todo))
         lap = _stopwatch(clock)
         for start, stop in todo:
@@ -50,6 +56,7 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
             parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
             failed: dict[int, str] = {}
             for _ in range(start, stop, cfg.batch_size):
+                halt.check()
                 index, tensors, reasons = next(batches)
                 lap(WAITING)
                 for path in paths:

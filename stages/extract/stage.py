@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from expclip.cache.lock import CacheLock
 from expclip.cache.reader import CacheReader
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
@@ -21,31 +22,69 @@ from expclip.stages.extract.plan import Plan, make_plan
 from expclip.stages.extract.encoders.base import ImageEncoder
 from expclip.stages.extract.run import encode_shards
 from expclip.stages.extract.sources import Source
+from expclip.stages.extract.team import join
 from expclip.stages.extract.write import merge, write_texts
 from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.interrupts import stop_requests
 from expclip.stages.shared.precision import resolve_precision
+from expclip.stages.shared.progress import stderr
 
 __all__ = ["ExtractConfig", "extract"]
 
 
 def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
-    """Encode what the cache at `out` lacks; returns a summary (rows encoded, failures, groups, merged).
+    """Encode what the cache at `out` lacks (this process's share of it); returns a summary.
 
-    `merged` is True when the cache file was rewritten: by this run's shards or
-    by an earlier run's that only needed merging (nothing encoded, nothing loaded).
+    The summary has rows encoded (by the whole job), failures, groups loaded,
+    `merged` (True when the cache file was rewritten: by this run's shards or
+    by an earlier run's that only needed merging) and `rank` (only rank 0 of a
+    launched job reports; the others return their own share).
     """
     cfg.check()
+    part = cfg.part_of()
     device = resolve_device(cfg.device)
+    team = join(device)
+    device = team.device(device)
     precision = resolve_precision(cfg.precision, device)
-    plan = make_plan(source, Path(out), cfg, precision)
-    encoders = _load_encoders(plan, cfg, device, precision)
-    encoded, clock = encode_shards(source, plan.job, {p: encoders[p] for p in plan.shards}, plan.shards, cfg)
-    write_texts(plan.job, plan.texts, encoders.get(plan.image_path))
-    merged = merge(plan.job)
-    with CacheReader(out) as cache:
-        failures = cache.failures()
+    with stop_requests() as halt:
+        lock = team.leader_first(lambda: CacheLock(out, shared=part is not None).acquire(), others=False)
+        try:
+            sole = lock is not None and lock.supported and not lock.shared
+            if lock is not None and not lock.supported:
+                stderr.print(f"[yellow]note:[/] {out.parent} does not support file locks: nothing stops another "
+                             "run on this cache at the same time")
+            plan = team.leader_first(lambda: make_plan(source, Path(out), cfg, precision, sole_writer=sole))
+            plan.shards, plan.texts = team.share((plan.shards, plan.texts))  # every rank splits the leader's list
+            mine = plan.share(part, team.rank, team.size, team.leader)
+            encoders = _load_encoders(mine, cfg, device, precision)
+            _check_space(mine, encoders, source, cfg, merging=part is None and team.leader)
+            encoded, clock = encode_shards(source, mine.job, {p: encoders[p] for p in mine.shards}, mine.shards, cfg,
+                                           halt, shown=team.leader)
+            write_texts(mine.job, mine.texts, encoders.get(mine.image_path))
+            encoded = sum(team.gather(encoded))  # also waits for every rank's shards
+            halt.check()
+            merged = merge(plan.job) if part is None and team.leader else False
+        finally:
+            if lock is not None:
+                lock.release()
+    failures = {}
+    if part is None and team.leader:
+        with CacheReader(out) as cache:
+            failures = cache.failures()
     return {"cache": str(out), "rows": len(source.items), "encoded_rows": encoded, "failures": failures,
-            "loaded": sorted(encoders), "merged": merged, "ignored_files": source.ignored, "seconds": clock}
+            "loaded": sorted(encoders), "merged": merged, "ignored_files": source.ignored, "seconds": clock,
+            "rank": team.rank, "part": part}
+
+
+def _check_space(plan: Plan, encoders: dict[str, ImageEncoder], source: Source, cfg: ExtractConfig,
+                 merging: bool) -> None:
+    """Refuse before encoding when the disk clearly cannot hold the shards (and the merged cache)."""
+    frames = None if source.items.frame_index is None else source.items.frame_index.shape[1]
+    new = plan.new_bytes({p: encoders[p].width for p in plan.shards}, frames, cfg.store_dtype)
+    plan.job.require_space(new, merging, hint=(
+        f" (estimated: {sum(b - a for r in plan.shards.values() for a, b in r)} rows of features as {cfg.store_dtype}"
+        f"{', then the merged cache beside the old one' if merging else ''}); free space or choose another --out"
+    ))
 
 
 def _load_encoders(plan: Plan, cfg: ExtractConfig, device: torch.device, precision: str) -> dict[str, ImageEncoder]:

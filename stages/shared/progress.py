@@ -30,7 +30,7 @@ class RateColumn(ProgressColumn):
         return Text("--" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
 
 
-def progress(unit: str = "items") -> Progress:
+def progress(unit: str = "items", shown: bool = True) -> Progress:
     """A progress bar on stderr; use as a context manager and `add_task(desc, total=n)`."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -41,4 +41,5 @@ def progress(unit: str = "items") -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=stderr,
+        disable=not shown,
     )

@@ -1,7 +1,7 @@
 """The seam between the extraction loop and its encoders.
 
 The loop needs only what `ImageEncoder` names (a transform for the DataLoader
-workers, a device, a cache key, attributes to record, `encode_images`), so a
+workers, a device, a cache key, attributes to record, the row width, `encode_images`), so a
 new CLIP or teacher family plugs in without touching it. `TeacherSpec` is what
 the teacher front door (teacher.py) decides from the options and the
 checkpoint's config before any weights are read; a family's loader gets it.
@@ -29,6 +29,11 @@ class ImageEncoder(Protocol):
     device: torch.device
     key: str
     attrs: dict
+
+    @property
+    def width(self) -> int:
+        """D, the length of one feature row (known before encoding: the run checks the disk first)."""
+        ...
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) transformed images -> (B, D) float32 features on the CPU."""

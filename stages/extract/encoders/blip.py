@@ -99,6 +99,11 @@ class BlipTeacher(ABC):
             **fields,
         )
 
+    @property
+    def width(self) -> int:
+        """The language model's hidden size: the width of its output tokens, hence of the pooled row."""
+        return int(self.model.get_input_embeddings().embedding_dim)
+
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 32, Dt) projected Q-Former queries; BLIP-2's Q-Former reads the image only."""
         return self.model.get_image_features(pixel_values=pixels).pooler_output

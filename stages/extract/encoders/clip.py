@@ -40,6 +40,10 @@ class ClipEncoder:
     key: str
     attrs: dict
 
+    @property
+    def width(self) -> int:
+        return int(self.attrs["embed_dim"])
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) transformed images -> (B, D) raw float32 features on the CPU."""
         with torch.inference_mode(), autocast(self.device, self.precision):

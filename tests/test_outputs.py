@@ -314,3 +314,30 @@ def test_extract_on_a_full_disk_keeps_its_shards_and_a_rerun_merges(data, disk):
         assert r.items().ok.all() and len(r.items()) == 9
     assert "already complete, nothing to encode" in runner.invoke(app, args).output
     assert not atomic.hdf5_disarmed()  # the space checks kept HDF5 from ever meeting the full disk here
+
+
+def test_extract_refuses_before_encoding_when_the_disk_clearly_lacks_the_space(data, disk, tmp_path):
+    """Features 2,048 wide: 9 faces (float16) and 198 prompts (float32) are 1.6 MiB; with the merged copy
+    3.2 MiB. On 2 MB the shards alone would fit and only the merge would fail, after all the encoding:
+    the estimate refuses at once, and a disk with room finishes the same command."""
+    from expclip.demo.checkpoints import save_tiny_clip, tiny_clip_cfg
+
+    wide = save_tiny_clip(tmp_path / "wide-clip", model_cfg={**tiny_clip_cfg(32), "embed_dim": 2048})
+    d = disk("size=2m")
+    out = d.path / "c.h5"
+    args = ["extract", str(data["faces"]), "--out", str(out), "--clip-model", wide, "--no-teacher",
+            "--num-workers", "0", "--batch-size", "4", "--shard-size", "4"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 2, first.output
+    line = _error_line(first)
+    new = 9 * 2048 * 2 + 198 * 2048 * 4  # image rows, prompt rows: 1.58 MiB; twice, plus /items, ~3.2 MiB
+    assert line.startswith(f"error: {fmt.partial_dir(out)}: no space left on the device (needs about "
+                           f"{2 * new / 2**20:.1f} MiB, 2.0 MiB free), estimated for 9 rows of features as float16 "
+                           "and the prompts, then the merged cache beside the old one; free space or choose another --out")
+    assert not list(fmt.partial_dir(out).rglob("*.h5")) and not _temporaries(d.path)  # nothing encoded
+
+    d.remount("size=8m")
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    with CacheReader(out) as r:
+        assert r.items().ok.all() and r.image_attrs(r.image_keys()[0])["embed_dim"] == 2048

@@ -249,3 +249,15 @@ def test_a_second_ctrl_c_stops_at_once_without_a_corrupt_shard(job, tmp_path):
     with one_thread():
         assert runner.invoke(app, args).exit_code == 0
     assert_same_cache(job["reference"], out)
+
+
+@pytest.mark.parametrize("cores, ranks, workers", [(16, "1", 8), (16, "4", 4), (16, "8", 2), (2, "4", 1), (64, None, 8)])
+def test_decode_workers_default_shares_the_cores_among_this_machines_ranks(monkeypatch, cores, ranks, workers):
+    from expclip.stages.extract.config import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if ranks is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    assert default_workers() == workers

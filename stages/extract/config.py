@@ -15,8 +15,10 @@ STORE_DTYPES = ("float16", "float32")
 
 
 def default_workers() -> int:
-    """DataLoader workers decoding images: one per core, at most 8 (more only thrash)."""
-    return min(8, os.cpu_count() or 1)
+    """DataLoader workers decoding images: the cores shared among this machine's ranks, at most 8 each
+    (more only thrash); torchrun tells each rank how many share the machine."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, ranks)))
 
 
 @dataclass
@@ -29,7 +31,7 @@ class ExtractConfig:
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
     transform: str = setting(MODEL_TRANSFORM, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
     batch_size: int = setting(64, "Images (or clips) per encoder batch.")
-    num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, at most 8).")
+    num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, shared among the ranks on this machine, at most 8).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
     precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
     store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)

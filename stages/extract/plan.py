@@ -69,9 +69,12 @@ class Plan:
         return Plan(self.job, self.image_path, self.teacher_path, shards, texts)
 
     def new_bytes(self, widths: dict[str, int], frames: int | None, dtype: str) -> int:
-        """Bytes of the item-aligned shards this plan writes, given each group's feature width."""
+        """Bytes of the features this plan writes, given the row widths known (path -> width; a group
+        whose encoder this process did not load counts 0): item-aligned shards in `dtype`, text groups as
+        float32 rows of the CLIP width."""
         row = (frames or 1) * np.dtype(dtype).itemsize
-        return sum((b - a) * widths[p] * row for p, ranges in self.shards.items() for a, b in ranges)
+        size = sum((b - a) * widths.get(p, 0) * row for p, ranges in self.shards.items() for a, b in ranges)
+        return size + sum(len(t.prompts) for t in self.texts) * widths.get(self.image_path, 0) * 4
 
 
 def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sole_writer: bool = False) -> Plan:

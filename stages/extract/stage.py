@@ -57,7 +57,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
             plan.shards, plan.texts = team.share((plan.shards, plan.texts))  # every rank splits the leader's list
             mine = plan.share(part, team.rank, team.size, team.leader)
             encoders = _load_encoders(mine, cfg, device, precision)
-            _check_space(mine, encoders, source, cfg, merging=part is None and team.leader)
+            _check_space(plan.share(part, 0, 1, leader=True), encoders, source, cfg, merging=part is None)
             encoded, clock = encode_shards(source, mine.job, {p: encoders[p] for p in mine.shards}, mine.shards, cfg,
                                            halt, shown=team.leader)
             write_texts(mine.job, mine.texts, encoders.get(mine.image_path))
@@ -78,12 +78,16 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
 
 def _check_space(plan: Plan, encoders: dict[str, ImageEncoder], source: Source, cfg: ExtractConfig,
                  merging: bool) -> None:
-    """Refuse before encoding when the disk clearly cannot hold the shards (and the merged cache)."""
+    """Refuse before encoding when the disk clearly cannot hold the job's shards (every rank's; and the merged
+    cache when the job merges). `encoders` are this rank's; a rank with no work has no widths to check."""
     frames = None if source.items.frame_index is None else source.items.frame_index.shape[1]
-    new = plan.new_bytes({p: encoders[p].width for p in plan.shards}, frames, cfg.store_dtype)
+    if not encoders:
+        return
+    new = plan.new_bytes({p: e.width for p, e in encoders.items()}, frames, cfg.store_dtype)
     plan.job.require_space(new, merging, hint=(
-        f" (estimated: {sum(b - a for r in plan.shards.values() for a, b in r)} rows of features as {cfg.store_dtype}"
-        f"{', then the merged cache beside the old one' if merging else ''}); free space or choose another --out"
+        f", estimated for {sum(b - a for r in plan.shards.values() for a, b in r)} rows of features as {cfg.store_dtype}"
+        f"{' and the prompts' if plan.texts else ''}{', then the merged cache beside the old one' if merging else ''}"
+        "; free space or choose another --out"
     ))
 
 

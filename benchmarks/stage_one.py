@@ -370,16 +370,16 @@ def table(rows: list[Row], peak: float) -> Table:
 def main(argv: list[str] | None = None) -> list[Row]:
     """Measure, print what ran where and the table; returns the rows (the smoke test reads them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--faces", type=int, help="faces in the timed extraction (default 20,480; tiny: 256)")
-    parser.add_argument("--batch-size", type=int, help="default 256 on CUDA, else 64 (the extract default)")
+    parser.add_argument("--faces", type=int, help="faces in the timed extraction (default 20,480; tiny: 192)")
+    parser.add_argument("--batch-size", type=int, help="default 256; tiny: 32")
     parser.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers and face drawers")
     parser.add_argument("--tiny", action="store_true", help="the demo's tiny models (the default without CUDA)")
     parser.add_argument("--workdir", type=Path, help="keep faces and caches here (default: a temporary folder)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     real = device.type == "cuda" and not args.tiny
-    args.faces = args.faces or (20_480 if real else 256)
-    args.batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
+    args.faces = args.faces or (20_480 if real else 192)
+    args.batch_size = args.batch_size or (256 if real else 32)
     args.warm_up = WARM_UP_BATCHES * args.batch_size
     dtype = torch_dtype(resolve_precision("auto", device))
     console, log = Console(width=200), Console(stderr=True)

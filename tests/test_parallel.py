@@ -69,10 +69,16 @@ def assert_same_cache(a: Path, b: Path) -> None:
     assert not partial_dir(b).exists() and not lock_path(b).exists()
 
 
-def torchrun(nproc: int, args: list[str], **popen) -> subprocess.Popen:
-    """`torchrun --standalone --nproc_per_node N -m expclip ...` in a child process."""
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                             "-m", "expclip", *args], env=ENV, text=True, **popen)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node={n}"]
+# accelerate's GPU launcher starts CPU processes too when the command says --device cpu (accelerate 1.15)
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes={n}",
+              "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+
+
+def torchrun(nproc: int, args: list[str], launcher: list[str] = TORCHRUN, **popen) -> subprocess.Popen:
+    """`torchrun --standalone --nproc_per_node N -m expclip ...` (or another launcher) in a child process."""
+    return subprocess.Popen([*(a.format(n=nproc) for a in launcher), "-m", "expclip", *args, "--device", "cpu"],
+                            env=ENV, text=True, **popen)
 
 
 def shards(out: Path) -> list[Path]:
@@ -86,9 +92,10 @@ def wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
     assert proc.poll() is None, "the run ended before the test could act"
 
 
-def test_torchrun_two_ranks_write_the_single_process_cache(job, tmp_path):
+@pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate-launch"])
+def test_two_ranks_write_the_single_process_cache(job, tmp_path, launcher):
     out = tmp_path / "two.h5"
-    proc = torchrun(2, [*job["args"], "--out", str(out), "--batch-size", "4", "--shard-size", "4"],
+    proc = torchrun(2, [*job["args"], "--out", str(out), "--batch-size", "4", "--shard-size", "4"], launcher,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr

@@ -65,7 +65,6 @@ from expclip.stages.extract.encoders import clip as clip_encoder  # noqa: E402
 from expclip.stages.extract.encoders import teacher as teacher_encoder  # noqa: E402
 from expclip.stages.extract.encoders.base import ImageEncoder, TeacherSpec  # noqa: E402
 from expclip.stages.extract.encoders.blip2_t5 import Blip2T5Teacher, drop_t5_decoder  # noqa: E402
-from expclip.stages.extract.encoders.provenance import versions_json  # noqa: E402
 from expclip.stages.extract.plan import Plan  # noqa: E402
 from expclip.stages.shared.precision import resolve_precision, torch_dtype  # noqa: E402
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order  # noqa: E402
@@ -161,11 +160,8 @@ def random_clip(name: str, device: torch.device, precision: str) -> clip_encoder
     key, config = clip_encoder.identity(name, None, MODEL_TRANSFORM, precision)
     with built_on(device, torch.float32):
         model, _, preprocess = open_clip.create_model_and_transforms(config["model"], load_weights=False, device=device)
-    model.eval().requires_grad_(False)
-    attrs = {**config, "logit_scale": model.logit_scale.float().exp().item(),
-             "embed_dim": int(open_clip.get_model_config(config["model"])["embed_dim"]), "versions": versions_json()}
-    return clip_encoder.ClipEncoder(model=model, tokenizer=open_clip.get_tokenizer(config["model"]), transform=preprocess,
-                                    device=device, precision=precision, key=key, attrs=attrs)
+    return clip_encoder.ClipEncoder.wrap(model, config["model"], preprocess, key=key, config=config, device=device,
+                                         precision=precision)
 
 
 def teacher_folder(root: Path, sizes: dict[str, dict]) -> Path:
@@ -264,11 +260,13 @@ def end_to_end(warm_up: sources.Source, faces: sources.Source, out: Path, cfg: E
 
 
 def seconds_per_face(encoder: ImageEncoder, pixels: torch.Tensor) -> float:
-    """The encoder alone on a resident batch (each call ends by copying its rows to the CPU, so it is timed whole)."""
-    encoder.encode_images(pixels)
+    """The encoder alone on a resident batch (rows stay on the device: one copy to the CPU at the end waits
+    for all the work)."""
+    encoder.encode_images(pixels).cpu()
     started = time.perf_counter()
     for _ in range(PLAIN_REPEATS):
-        encoder.encode_images(pixels)
+        rows = encoder.encode_images(pixels)
+    rows.cpu()
     return (time.perf_counter() - started) / (PLAIN_REPEATS * len(pixels))
 
 

@@ -128,15 +128,30 @@ def test_official_transform_feeds_both_encoders_the_same_tensor(tmp_path, faces)
     teacher = load_teacher(str(blip2), "Describe.", device=CPU, precision="bf16", transform="exp-clip-official")
     assert clip.key.endswith("+official") and teacher.key.endswith("+official")
     assert teacher.instruction_key.startswith("sha-")
-    a, b = clip.transform(faces[0]), teacher.transform(faces[0])
+    a, b = clip.transform(faces[0]), teacher.transform(faces[0])  # uint8 from the workers ...
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert a.shape == (3, 224, 224) and 0 <= a.min() and a.max() <= 1
+    assert a.dtype == torch.uint8 and a.shape == (3, 224, 224)
+    x = clip.on_device(a)  # ... finished by the encoder: bit for bit the official pipeline's float tensor
+    torch.testing.assert_close(x, official_transform()(faces[0]), rtol=0, atol=0)
+    torch.testing.assert_close(teacher.on_device(b), x, rtol=0, atol=0)
     plain = np.asarray(faces[0].resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255
-    assert np.abs(a.permute(1, 2, 0).numpy() - plain).max() < 2 / 255  # no mean/std normalisation
-    torch.testing.assert_close(a, official_transform()(faces[0]))
+    assert np.abs(x.permute(1, 2, 0).numpy() - plain).max() < 2 / 255  # no mean/std normalisation
     batch = torch.stack([a, b])
     assert clip.encode_images(batch).shape == (2, 32)
     assert teacher.encode_images(batch).shape == (2, 48)  # bf16 autocast path
+
+
+def test_workers_ship_uint8_and_the_device_finishes_them_exactly_as_open_clip(clip, tiny_clip, faces):
+    """The model's own pipeline split in two (PIL steps + PILToTensor in workers; /255 and Normalize on the
+    device) gives open_clip's preprocessed tensor bit for bit, hence the same features."""
+    _, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
+    for face in faces:
+        shipped = clip.transform(face)
+        assert shipped.dtype == torch.uint8
+        torch.testing.assert_close(clip.on_device(shipped), preprocess(face), rtol=0, atol=0)
+    batch = torch.stack([clip.transform(face) for face in faces])
+    torch.testing.assert_close(clip.encode_images(batch), clip.encode_images(torch.stack([preprocess(f) for f in faces])),
+                               rtol=0, atol=0)
 
 
 def test_bfloat16_clip_is_close_to_float32(clip, tiny_clip, faces):

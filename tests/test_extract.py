@@ -253,3 +253,8 @@ def test_resuming_with_other_options_names_the_unfinished_groups(faces, tiny_cli
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "unfinished groups" in result.output and "/teacher/other/paper" in result.output
     assert not out.exists() and partial_dir(out).exists()  # nothing lost: the shards stay for a re-run
+
+
+def test_the_batch_size_default_depends_on_the_device():
+    assert ExtractConfig().batch_for("cuda") == 256 and ExtractConfig().batch_for("cpu") == 64
+    assert ExtractConfig(batch_size=7).batch_for("cuda") == 7

@@ -12,6 +12,7 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.vocabulary import AUTO, DEVICES, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
 
 STORE_DTYPES = ("float16", "float32")
+BATCH_SIZES = {"cuda": 256, "cpu": 64}
 
 
 def default_workers() -> int:
@@ -30,7 +31,7 @@ class ExtractConfig:
     teacher: str | None = setting(protocol.DEFAULT_TEACHER, "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.")
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
     transform: str = setting(MODEL_TRANSFORM, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
-    batch_size: int = setting(64, "Images (or clips) per encoder batch.")
+    batch_size: int | None = setting(None, "Images (or clips) per encoder batch (default: 256 on CUDA, 64 on the CPU).")
     num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, shared among the ranks on this machine, at most 8).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
     precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
@@ -43,9 +44,13 @@ class ExtractConfig:
         """Refuse values outside their choices or ranges, naming the option."""
         check_choices(self)
         for name in ("batch_size", "shard_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ExpclipError(f"--{name.replace('_', '-')}: must be at least 1")
         self.part_of()
+
+    def batch_for(self, device_type: str) -> int:
+        """The batch size asked for, else the default for the device: GPUs need large batches to be busy."""
+        return self.batch_size or BATCH_SIZES[device_type]
 
     def part_of(self) -> tuple[int, int] | None:
         """`--part K/N` as (K, N), or None for a run that merges."""

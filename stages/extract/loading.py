@@ -192,7 +192,7 @@ class FaceDataset(Dataset):
     def __init__(self, paths: list[Path], items: Items, transforms: list[Transform]):
         self.paths, self.items, self.transforms = paths, items, transforms
         blank = Image.new("RGB", (32, 32))
-        self.shapes = [tuple(t(blank).shape) for t in transforms]
+        self.blanks = [t(blank) for t in transforms]  # shape and dtype of what a failed item stands in with
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -210,7 +210,7 @@ class FaceDataset(Dataset):
             return i, [x if clip else x[0] for x in out], ""
         except DecodeError as e:
             t = self.items.frame_index.shape[1] if clip else None
-            zeros = [torch.zeros((t, *s) if clip else s) for s in self.shapes]
+            zeros = [torch.zeros((t, *b.shape) if clip else b.shape, dtype=b.dtype) for b in self.blanks]
             return i, zeros, str(e)
 
 

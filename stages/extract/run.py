@@ -2,9 +2,12 @@
 
 Batches never cross a shard, so a resumed run feeds the encoders exactly the
 batches an uninterrupted run would, and a shard is written as soon as its last
-batch is encoded. Items that cannot be decoded get NaN rows and their reason
-recorded in the shard. The time is split into waiting for data, encoding and
-writing shards, so a slow run shows its bottleneck.
+batch is encoded (on a background thread: shard_writer). Items that cannot be
+decoded get NaN rows and their reason recorded in the shard. Rows stay on the
+encoder's device until their shard is complete: no host synchronisation per
+batch. The time is split into waiting for data, encoding (on a GPU: until the
+queue of kernels is full, so a GPU-bound run shows here) and waiting for shard
+writes, so a slow run shows its bottleneck.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from expclip.cache.writer import Extraction, Range
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders.base import ImageEncoder
 from expclip.stages.extract.loading import FaceDataset, collate
+from expclip.stages.extract.shard_writer import ShardWriter
 from expclip.stages.extract.sources import Source
 from expclip.stages.shared.interrupts import StopRequest, ignore_in_worker
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 
-WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"
+WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"  # the summary's time split
 
 
 def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEncoder],
@@ -48,12 +52,12 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
         pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
     )
     batches = iter(loader)
-    with progress("clips" if clips else "faces", shown) as bar:
+    with progress("clips" if clips else "faces", shown) as bar, ShardWriter(job) as writer:
         task = bar.add_task("extract", total=sum(b - a for a, b in todo))
         lap = _stopwatch(clock)
         for start, stop in todo:
             paths = [p for p in encoders if (start, stop) in shards[p]]
-            parts: dict[str, list[np.ndarray]] = {p: [] for p in paths}
+            parts: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
             failed: dict[int, str] = {}
             for _ in range(start, stop, cfg.batch_size):
                 halt.check()
@@ -65,10 +69,9 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
                 bar.advance(task, len(index))
                 lap(ENCODING)
             for path in paths:
-                rows = np.concatenate(parts[path])
-                rows[[i - start for i in failed]] = np.nan
-                job.describe(path, encoders[path].attrs, rows.shape[1:], cfg.store_dtype)
-                job.write_shard(path, start, stop, rows, failed)
+                rows = torch.cat(parts[path])
+                job.describe(path, encoders[path].attrs, tuple(rows.shape[1:]), cfg.store_dtype)
+                writer.submit(path, start, stop, rows, failed)
             lap(WRITING)
     return sum(b - a for a, b in todo), clock
 
@@ -93,11 +96,11 @@ def _batches(ranges: list[Range], batch_size: int) -> list[list[int]]:
     return [list(range(a, min(a + batch_size, stop))) for start, stop in ranges for a in range(start, stop, batch_size)]
 
 
-def _encode(encoder: ImageEncoder, pixels: torch.Tensor, clips: bool) -> np.ndarray:
-    """(B, ...) pixels -> (B, D) rows, or (B, T, D) for clips (frames encoded as one batch)."""
+def _encode(encoder: ImageEncoder, pixels: torch.Tensor, clips: bool) -> torch.Tensor:
+    """(B, ...) pixels -> (B, D) rows, or (B, T, D) for clips (frames encoded as one batch), on the device."""
     x = pixels.to(encoder.device, non_blocking=True)
     rows = encoder.encode_images(x.flatten(0, 1) if clips else x)
-    return rows.reshape(len(x), *(x.shape[1:2] if clips else ()), -1).float().cpu().numpy()
+    return rows.reshape(len(x), *(x.shape[1:2] if clips else ()), -1).float()
 
 
 def _stopwatch(clock: dict[str, float]) -> Callable[[str], None]:

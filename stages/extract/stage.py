@@ -9,6 +9,7 @@ loop (run.py) encodes the missing shards; the text features and the merge
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     team = join(device)
     device = team.device(device)
     precision = resolve_precision(cfg.precision, device)
+    cfg = dataclasses.replace(cfg, batch_size=cfg.batch_for(device.type))
     with stop_requests() as halt:
         lock = team.leader_first(lambda: CacheLock(out, shared=part is not None).acquire(), others=False)
         try:

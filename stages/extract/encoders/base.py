@@ -36,7 +36,8 @@ class ImageEncoder(Protocol):
         ...
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) transformed images -> (B, D) float32 features on the CPU."""
+        """(B, 3, H, W) pixels from `transform` -> (B, D) float32 features on the encoder's device
+        (left there: the loop copies a whole shard to the host at once, not every batch)."""
         ...
 
 

@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from expclip.stages.extract.encoders.base import TeacherSpec, load_error
 from expclip.stages.extract.encoders.provenance import versions_json, weights_sha256
-from expclip.stages.extract.encoders.transforms import official_transform
+from expclip.stages.extract.encoders.transforms import OnDevice, official_transform, split_on_device
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM
 from expclip.stages.shared.precision import autocast, torch_dtype
 
@@ -60,6 +60,7 @@ class BlipTeacher(ABC):
 
     model: PreTrainedModel
     transform: Callable[[PIL.Image.Image], torch.Tensor]
+    on_device: OnDevice  # what `transform` leaves for the device (transforms.split_on_device)
     device: torch.device
     precision: str
     key: str
@@ -81,6 +82,9 @@ class BlipTeacher(ABC):
         """
         model.eval().requires_grad_(False)
         model.to(device)
+        transform, on_device = split_on_device(
+            ProcessorTransform(processor.image_processor) if spec.transform == MODEL_TRANSFORM else official_transform()
+        )
         ids = processor.tokenizer(spec.instruction, return_tensors="pt")["input_ids"]
         attrs = {
             **spec.config, "pooling": "mean", "versions": versions_json(),
@@ -88,7 +92,8 @@ class BlipTeacher(ABC):
         }
         return cls(
             model=model,
-            transform=ProcessorTransform(processor.image_processor) if spec.transform == MODEL_TRANSFORM else official_transform(),
+            transform=transform,
+            on_device=on_device,
             device=device,
             precision=spec.precision,
             key=spec.key,
@@ -113,15 +118,15 @@ class BlipTeacher(ABC):
         """(B, T, Dt) output tokens of the language model's stack for input embeddings `embeds`."""
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) transformed images -> (B, Dt) mean output token, float32 on the CPU."""
+        """(B, 3, H, W) pixels from `transform` -> (B, Dt) mean output token, float32, left on the device."""
         model = self.model
         dtype = model.vision_model.embeddings.patch_embedding.weight.dtype
         with torch.inference_mode(), autocast(self.device, self.precision):
-            pixels = pixels.to(self.device, dtype, non_blocking=True)
+            pixels = self.on_device(pixels.to(self.device, non_blocking=True)).to(dtype)
             queries = self.image_tokens(pixels)  # (B, 32, Dt)
             words = model.get_input_embeddings()(self.instruction_ids)  # (1, L, Dt)
             words = words.expand(queries.shape[0], -1, -1)
             embeds = torch.cat([queries.to(words.dtype), words], dim=1)
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
             pooled = self.language_hidden(embeds, mask).float().mean(dim=1)  # one instruction, so no padding
-        return pooled.cpu()
+        return pooled

@@ -1,10 +1,13 @@
 """Stage one: run the frozen encoders once over a source and write the feature cache.
 
-`extract` reads top to bottom as plan → load → run → write: the plan (plan.py)
-says which groups the cache lacks and which shards each misses, without
-loading any model; only the encoders those groups need are loaded; the batch
-loop (run.py) encodes the missing shards; the text features and the merge
-(write.py) finish the cache.
+`extract` reads top to bottom as lock → plan → share → load → run → write:
+the cache's lock (cache/lock.py) keeps other runs out (or, for `--part`, in
+with it); the plan (plan.py) says which groups the cache lacks and which
+shards each misses, without loading any model; this process keeps its share
+(its part, its rank's every N-th shard: team.py); only the encoders those
+groups need are loaded, and the disk is checked for what they will write; the
+batch loop (run.py) encodes the shards; the text features and the merge
+(write.py, one process) finish the cache. Ctrl-C stops between batches.
 """
 
 from __future__ import annotations

@@ -44,11 +44,17 @@ def set_attrs(obj: h5py.HLObject, attrs: dict) -> None:
 
 
 def row_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
-    """Chunks of whole rows, about CHUNK_BYTES each; None for an empty dataset (nothing to chunk or check)."""
+    """Chunks of whole rows, a power of two of them, at most CHUNK_BYTES each; None for an empty dataset.
+
+    Powers of two make the chunks of every group line up: a block of rows
+    starting and ending at a multiple of the largest chunk reads whole chunks
+    of each group (streamed training reads such blocks, docs/cache-format.md).
+    """
     if not shape or 0 in shape:
         return None
     row_elements = max(1, int(np.prod(shape[1:])))
-    return (max(1, min(shape[0], CHUNK_BYTES // (row_elements * itemsize))), *shape[1:])
+    fit = max(1, CHUNK_BYTES // (row_elements * itemsize))
+    return (min(shape[0], 1 << (fit.bit_length() - 1)), *shape[1:])
 
 
 def create_checked(group: h5py.Group, name: str, shape: tuple[int, ...], dtype,

@@ -7,7 +7,7 @@ metadata and string checksums; then a copy with the same chunks and no filter
 or checksums (as a cache written before checksums stores them). Times, best of
 --repeats: reading each group whole through CacheReader with the page cache
 warm and cold (the file's pages evicted with posix_fadvise first), opening each
-file (the new file's small checks), fit-head's whole read (`load_training_set`:
+file (the new file's small checks), fit-head's whole read (`InMemory(select(...))`:
 both groups to float32, teacher normalised), and `expclip cache verify` (the
 streamed sha256 of each group, and of the whole file). --chunk-sizes adds the
 teacher group's warm read with and without Fletcher-32 for other chunk sizes
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -35,7 +36,7 @@ from expclip.cache.checksums import UNCHECKED_ROOT_ATTRS, stored_digest
 from expclip.cache.reader import CacheReader
 from expclip.cache.verify import verify_cache
 from expclip.cache.writer import write_arrays
-from expclip.stages.fit_head.train import load_training_set
+from expclip.stages.fit_head.data import InMemory, select
 
 N, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
 IMAGE, TEACHER = fmt.image_path("ViT-L-14@openai"), fmt.teacher_path("Salesforce_blip2-flan-t5-xxl", "paper")
@@ -106,7 +107,7 @@ def read_times(path: Path, repeats: int) -> dict[str, float]:
             found[("warm", name)] = best(repeats, lambda: getattr(r, method)(*args))
             found[("cold", name)] = best(repeats, lambda: getattr(r, method)(*args), before=lambda: evict(path))
     found["open"] = best(repeats, lambda: CacheReader(path).close())
-    found["fit-head"] = best(repeats, lambda: load_training_set([path]))
+    found["fit-head"] = best(repeats, lambda: InMemory(select([path]), torch.device("cpu")))
     return found
 
 

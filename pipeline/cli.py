@@ -217,6 +217,7 @@ def fit_head(
     init_from: FO.init_from = F.init_from,
     device: FO.device = F.device,
     precision: FO.precision = F.precision,
+    max_memory: FO.max_memory = F.max_memory,
 ) -> None:
     """Stage two: train the head on cached features (the paper's run by default)."""
     from expclip.stages.fit_head import fit_head as run_fit_head
@@ -239,11 +240,11 @@ def fit_head(
         config = FitConfig(
             lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
             milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
-            init_from=init_from, device=device, precision=precision,
+            init_from=init_from, device=device, precision=precision, max_memory=max_memory,
         )
         meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
     last = meta["history"][-1]
-    out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['wall_seconds']:.1f} s)")
+    out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)")
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
 
 

@@ -65,7 +65,7 @@ def test_grid_values_take_their_field_type():
     for name in ablate.GRID_NAMES:
         value = ablate.parse_grid(f"{name}=3")[name][0]
         kind = hints.get(name, str)
-        expected = {int: int, float: float, str: str}.get(kind, float)  # logit_scale: float | str | None
+        expected = {int: int, float: float, str: str, str | None: str}.get(kind, float)  # logit_scale: float | str | None
         assert type(value) is expected, (name, value)
     assert ablate.parse_grid("seed=1,2 optimizer=sgd precision=bf16") == {
         "seed": [1, 2], "optimizer": ["sgd"], "precision": ["bf16"]}

@@ -63,7 +63,7 @@ def test_fit_head_passes_the_config_defaults(monkeypatch, tmp_path):
 
     def fake_fit(caches, out, config, **select):
         seen["config"] = config
-        return {"history": [{"epoch": 1, "loss": 0.0, "accuracy": 0.0}], "n_train": 0, "wall_seconds": 0.0}
+        return {"history": [{"epoch": 1, "loss": 0.0, "accuracy": 0.0}], "n_train": 0, "mode": "in-memory", "wall_seconds": 0.0}
 
     monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake_fit)
     (tmp_path / "c.h5").write_bytes(b"")

@@ -162,6 +162,8 @@ def _commands(d: dict, ro: Path) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("command", list(_commands({k: Path(k) for k in ("eval", "faces", "train", "head")}, Path("ro"))))
 def test_an_unwritable_output_is_refused_before_any_work(command, data, read_only, monkeypatch):
+    import expclip.ablate, expclip.demo.run  # noqa: F401 - imported before any patch: they bind functions on import
+
     def work(*args, **kwargs):
         raise AssertionError("work began before the output was checked")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, setting
+from expclip.stages.shared.memory import available_bytes, parse_size
 from expclip.stages.shared.vocabulary import DEVICES, HEAD_KINDS, PRECISIONS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -31,12 +32,18 @@ class FitConfig:
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
     precision: str = setting("fp32", "fp32 (exact, hand-written gradient) or bf16 autocast.", choices=PRECISIONS)
+    max_memory: str | None = setting(None, "Memory for the training features, e.g. 1GB or 512MB (default: half of the memory available); larger selections are streamed from the cache.")
 
     def check(self) -> None:
         """Refuse options that cannot work, naming the option."""
         check_choices(self)
         if self.batch_size < 2 or self.epochs < 1 or self.lr <= 0:
             raise ExpclipError("--batch-size must be >= 2, --epochs >= 1 and --lr > 0")
+        self.memory_budget()
         scale = self.logit_scale
         if (isinstance(scale, str) and scale != LEARNABLE) or (isinstance(scale, (int, float)) and not scale > 0):
             raise ExpclipError(f"--logit-scale: {scale!r} is neither a positive number nor '{LEARNABLE}'")
+
+    def memory_budget(self) -> int:
+        """Bytes the training features may take: --max-memory, else half of what the machine has available."""
+        return parse_size(self.max_memory, "--max-memory") if self.max_memory is not None else available_bytes() // 2

@@ -5,8 +5,10 @@ The loss is the paper's symmetric InfoNCE,
 with s = exp(CLIP's logit_scale) read from the cache (frozen). Defaults are the
 official run: SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 512 with
 drop_last, 5 epochs, MultiStepLR(milestones=[30], gamma=0.1) stepped per epoch.
-Data order: one `torch.randperm(n)` per epoch from a generator seeded with
-`seed`; batch s is rows order[s·B:(s+1)·B], and the last n mod B rows are dropped.
+Data order (data.py): one `torch.randperm(n)` per epoch from a generator
+seeded with `seed`; batch s is rows order[s·B:(s+1)·B], and the last n mod B
+rows are dropped. Selections larger than `--max-memory` are streamed from the
+cache instead, in shuffled buffers of blocks (HEAD.json's `mode` says which).
 
 Speed: everything that needs no gradient is done once (features to float32,
 teacher rows normalised, batches gathered by index). For the paper's head
@@ -20,83 +22,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from expclip.base.version import __version__
-from expclip.cache import format as fmt
-from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
+from expclip.stages.fit_head.data import EPS, batches, select
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import build_head, load_head, save_head
 from expclip.stages.shared.progress import progress
-from expclip.stages.shared.select import training_keys
-
-EPS = 1e-12  # F.normalize's floor on a norm
-
-
-@dataclass
-class TrainingSet:
-    """Features of every usable row, with where they came from."""
-
-    images: torch.Tensor  # (N, d) float32, raw CLIP features
-    teacher: torch.Tensor  # (N, Dt) float32, L2-normalised (frozen, so once for the whole set)
-    clip_key: str
-    clip: dict
-    teacher_key: str
-    teacher_provenance: dict  # the teacher group's attributes (family, model, instruction, weights_sha256, ...)
-    instruction_key: str
-    caches: list[dict]  # path, fingerprint, rows used
-
-
-def load_training_set(caches: list[Path], clip_key: str | None = None, teacher_key: str | None = None,
-                      instruction: str | None = None) -> TrainingSet:
-    """Read the chosen features of every cache (rows with items/ok) into float32, teacher normalised."""
-    if not caches:
-        raise ExpclipError("fit-head: give at least one CACHE")
-    plan = []  # (path, ok mask)
-    first = None
-    for path in map(Path, caches):
-        with CacheReader(path) as r:
-            if r.kind != "images":
-                raise ExpclipError(f"{path}: holds {r.kind}; fit-head trains on image caches only")
-            keys = training_keys(r, clip_key, teacher_key, instruction)
-            if first is None:
-                first = (path, keys, r.image_attrs(keys[0]), r.teacher_attrs(*keys[1:]))
-                clip_key, teacher_key, instruction = keys
-            scale = r.image_attrs(keys[0]).get("logit_scale")
-            if scale != first[2].get("logit_scale"):
-                raise ExpclipError(f"{path}: logit_scale {scale} differs from {first[0]}'s {first[2].get('logit_scale')}")
-            plan.append((path, r.items().ok))
-    n = sum(int(ok.sum()) for _, ok in plan)
-    if n == 0:
-        raise ExpclipError(f"{', '.join(str(p) for p, _ in plan)}: no usable rows (items/ok is False everywhere)")
-    _, (key, tkey, ikey), clip, tattrs = first
-    images, teacher, used, row = None, None, [], 0
-    for path, ok in plan:
-        with CacheReader(path) as r:
-            x, e = r.image(key), r.teacher(tkey, ikey)
-            if images is None:
-                images = torch.empty(n, x.shape[1], dtype=torch.float32)
-                teacher = torch.empty(n, e.shape[1], dtype=torch.float32)
-            if x.shape[1:] != images.shape[1:] or e.shape[1:] != teacher.shape[1:]:
-                raise ExpclipError(f"{path}: feature sizes {x.shape[1:]}, {e.shape[1:]} differ from {plan[0][0]}'s")
-            rows = slice(row, row + int(ok.sum()))
-            images[rows] = torch.from_numpy(x if ok.all() else x[ok])
-            teacher[rows] = torch.from_numpy(e if ok.all() else e[ok])
-            row = rows.stop
-            paths = [fmt.image_path(key), fmt.teacher_path(tkey, ikey)]
-            used.append({"path": str(path), "fingerprint": r.fingerprint(paths), "rows": int(ok.sum())})
-    norms = torch.linalg.vector_norm(teacher, dim=1, keepdim=True)
-    if not (torch.isfinite(images.sum()) and torch.isfinite(norms).all()):  # a NaN or inf reaches the sums
-        raise ExpclipError(f"{', '.join(u['path'] for u in used)}: non-finite features in rows marked ok")
-    teacher.div_(norms.clamp_min_(EPS))
-    provenance = {k: v for k, v in tattrs.items() if k != "sha256"}
-    return TrainingSet(images, teacher, key, clip, tkey, provenance, ikey, used)
 
 
 def clip_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -151,20 +89,18 @@ def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str 
     config.check()
     device = resolve_device(config.device)
     started = time.perf_counter()
-    data = load_training_set(caches, clip_key, teacher_key, instruction)
-    n, d = data.images.shape
-    dt = data.teacher.shape[1]
-    b = config.batch_size
+    selection = select(caches, clip_key, teacher_key, instruction)
+    n, d, dt, b = selection.n, selection.d, selection.dt, config.batch_size
     steps = n // b  # drop_last
     if steps == 0:
         raise ExpclipError(f"--batch-size {b}: larger than the {n} usable rows of the caches")
-    images, teacher = data.images.to(device), data.teacher.to(device)
-    module = _initial_head(config, d, dt).to(device)
     learnable = config.logit_scale == LEARNABLE
-    scale0 = data.clip.get("logit_scale") if config.logit_scale in (None, LEARNABLE) else config.logit_scale
+    scale0 = selection.clip.get("logit_scale") if config.logit_scale in (None, LEARNABLE) else config.logit_scale
     if scale0 is None:
-        raise ExpclipError(f"{caches[0]}: /image/{data.clip_key} has no logit_scale attribute; pass --logit-scale")
+        raise ExpclipError(f"{caches[0]}: /image/{selection.clip_key} has no logit_scale attribute; pass --logit-scale")
     scale0 = float(scale0)
+    data = batches(selection, config.memory_budget(), device)
+    module = _initial_head(config, d, dt).to(device)
     log_scale = torch.nn.Parameter(torch.tensor(math.log(scale0), device=device))
     params = list(module.parameters()) + ([log_scale] if learnable else [])
     if config.optimizer == "sgd":  # fused: one pass over W per step instead of four
@@ -180,12 +116,9 @@ def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str 
     with progress("steps") as bar:
         task = bar.add_task("fit-head", total=steps * config.epochs)
         for epoch in range(config.epochs):
-            order = torch.randperm(n, generator=shuffle).to(device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
-            for step in range(steps):
-                idx = order[step * b:(step + 1) * b]
-                x, en = images.index_select(0, idx), teacher.index_select(0, idx)
+            for x, en in data.epoch(b, shuffle):
                 if by_hand:
                     loss, logits = linear_grad(module.weight, x, en, scale0)
                 else:
@@ -205,16 +138,16 @@ def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str 
     meta = {
         "expclip_version": __version__,
         "kind": config.head, "d": d, "dt": dt,
-        "clip_key": data.clip_key, "clip": data.clip,
-        "teacher_key": data.teacher_key, "teacher": data.teacher_provenance,
-        "teacher_model": str(data.teacher_provenance.get("model", "")),
-        "instruction_key": data.instruction_key, "instruction": str(data.teacher_provenance.get("instruction", "")),
+        "clip_key": selection.clip_key, "clip": selection.clip,
+        "teacher_key": selection.teacher_key, "teacher": selection.teacher_provenance,
+        "teacher_model": str(selection.teacher_provenance.get("model", "")),
+        "instruction_key": selection.instruction_key, "instruction": str(selection.teacher_provenance.get("instruction", "")),
         "config": {**asdict(config), "milestones": list(config.milestones),
                    "init_from": str(config.init_from) if config.init_from else None},
         "seed": config.seed,
         "logit_scale": float(log_scale.detach().exp()) if learnable else scale0,
         "device": str(device), "gradient": "by-hand" if by_hand else "autograd",
-        "caches": data.caches, "n_train": n, "steps_per_epoch": steps,
+        "caches": selection.used, "n_train": n, "steps_per_epoch": steps, **data.describe(),
         "history": history, "wall_seconds": round(time.perf_counter() - started, 3),
     }
     save_head(module.cpu(), config.head, meta, out)

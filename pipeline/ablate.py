@@ -2,7 +2,9 @@
 
 A run is keyed by its full configuration plus the fingerprints of the caches it
 read, so re-running a grid (or a larger grid that contains it) only trains what
-is new, and a changed cache never reuses a stale result.
+is new, and a changed cache never reuses a stale result. Runs that share the
+data order (e.g. an lr x weight-decay grid) train together, K heads in one pass
+over the data (fit_head.train.fit_heads); each equals the head trained alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
-from expclip.stages.fit_head import FitConfig, fit_head
+from expclip.stages.fit_head import FitConfig
+from expclip.stages.fit_head.train import fit_heads, shared_order
 from expclip.stages.shared.heads import load_head
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.vocabulary import ENSEMBLE
@@ -30,6 +33,7 @@ _FIT_TYPES = {name: kind for name, kind in typing.get_type_hints(FitConfig).item
               if name not in ("milestones", "init_from", "device")}
 SELECTORS = ("instruction", "teacher_key", "clip_key")
 GRID_NAMES = tuple(_FIT_TYPES) + SELECTORS
+MAX_TOGETHER = 32  # heads trained in one pass (each holds weights, momentum and gradient: ~38 MB at 768 x 4096)
 
 
 def _convert(name: str, text: str):
@@ -88,36 +92,46 @@ def run_grid(
     base = base or FitConfig()
     out_dir = Path(out_dir)
     caches = {"train": [_fingerprint(p) for p in train], "eval": [_fingerprint(p) for p in evals]}
-    names = list(grid)
-    runs = []
+    planned = []  # (key, point, fit config, selectors, identity), in grid order
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_TYPES})
+        chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
+        identity = {"fit": asdict(fit), "select": chosen, "caches": caches,
+                    "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        planned.append((key, point, fit, chosen, identity))
+    done: dict[str, dict] = {}
+    for key, *_ in planned:
+        result = out_dir / "runs" / f"{key}.json"
+        if result.exists():
+            done[key] = {**json.loads(result.read_text("utf-8")), "reused": True}
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     with progress("configs") as bar:
-        points = list(itertools.product(*grid.values()))
-        task = bar.add_task("ablate", total=len(points))
-        for values in points:
-            point = dict(zip(names, values))
-            fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_TYPES})
-            chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
-            identity = {"fit": asdict(fit), "select": chosen, "caches": caches,
-                        "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}
-            key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            result = out_dir / "runs" / f"{key}.json"
-            if result.exists():
-                run = json.loads(result.read_text("utf-8"))
-                run["reused"] = True
-            else:
-                head_path = out_dir / "heads" / key
-                meta = fit_head(train, head_path, fit, **chosen)
+        task = bar.add_task("ablate", total=len(planned), completed=len(done))
+        for group in _together([p for p in planned if p[0] not in done]):
+            heads = [out_dir / "heads" / key for key, *_ in group]
+            metas = fit_heads(train, heads, [fit for _, _, fit, _, _ in group], **group[0][3])
+            for (key, point, _, _, identity), head_path, meta in zip(group, heads, metas, strict=True):
                 records = evaluate(load_head(head_path), evals, prompt_sets=prompt_sets, ensemble=ensemble,
                                    label_map=label_map)
                 run = {"key": key, "grid": point, "identity": identity, "head": str(head_path),
                        "final_loss": meta["history"][-1]["loss"] if meta.get("history") else None,
-                       "records": records}
-                result.parent.mkdir(parents=True, exist_ok=True)
-                write_json(run, result)
-                run["reused"] = False
-            runs.append(run)
-            bar.advance(task)
-    return runs
+                       "trained_together": len(group), "records": records}
+                write_json(run, out_dir / "runs" / f"{key}.json")
+                done[key] = {**run, "reused": False}
+                bar.advance(task)
+    return [done[key] for key, *_ in planned]
+
+
+def _together(todo: list[tuple]) -> list[list[tuple]]:
+    """Runs that share the data order (and selectors) as groups of at most MAX_TOGETHER, in grid order;
+    a configuration the hand-written gradient does not cover is a group of one."""
+    groups: dict[tuple, list[tuple]] = {}
+    for i, run in enumerate(todo):
+        order = shared_order(run[2])
+        groups.setdefault((i,) if order is None else (order, json.dumps(run[3], sort_keys=True)), []).append(run)
+    return [g[s:s + MAX_TOGETHER] for g in groups.values() for s in range(0, len(g), MAX_TOGETHER)]
 
 
 def rows(runs: list[dict]) -> list[dict]:

@@ -1,6 +1,8 @@
 """`expclip ablate`: grid parsing, one fit + evaluate per point, runs reused by key."""
 
+import dataclasses
 import json
+from pathlib import Path
 import typing
 
 import numpy as np
@@ -89,11 +91,30 @@ def test_grid_runs_equal_direct_fit_and_evaluate_and_are_reused(caches, tmp_path
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(ablate, "fit_head", no_training)
+    monkeypatch.setattr(ablate, "fit_heads", no_training)
     again = ablate.run_grid([train], [evals], ablate.parse_grid("lr=1e-1 instruction=sha-0123456789"), tmp_path / "abl", base=base)
     assert again[0]["reused"] and again[0]["records"] == runs[3]["records"]
     rows = ablate.rows(runs)
     assert len(rows) == 4 and {r["dataset"] for r in rows} == {"toy-eval"}
+
+
+def test_configurations_sharing_the_data_order_train_together_and_each_equals_its_head_alone(caches, tmp_path):
+    """lr x weight decay x logit scale: 8 heads in one pass; every head bit for bit the head fit-head trains alone.
+    An mlp head (no hand-written gradient) trains alone."""
+    train, evals = caches
+    grid = ablate.parse_grid("lr=1e-2,1e-1 weight_decay=0,1e-2 logit_scale=20,50")
+    base = FitConfig(batch_size=16, epochs=3, milestones=(2,), device="cpu")
+    runs = ablate.run_grid([train], [evals], grid, tmp_path / "abl", base=base, select={"instruction": "paper"})
+    assert [r["trained_together"] for r in runs] == [8] * 8
+    for run in runs[::3]:
+        alone = tmp_path / f"alone-{run['key']}"
+        config = dataclasses.replace(base, **run["grid"])
+        fit_head([train], alone, config, instruction="paper")
+        assert torch.equal(load_head(Path(run["head"])).module.weight, load_head(alone).module.weight), run["grid"]
+        assert json.loads(Path(run["head"] + ".json").read_text())["history"] == json.loads(alone.with_suffix(".json").read_text())["history"]
+    mixed = ablate.run_grid([train], [evals], ablate.parse_grid("head=linear,mlp lr=0.5"), tmp_path / "mixed", base=base,
+                            select={"instruction": "paper"})
+    assert [r["trained_together"] for r in mixed] == [1, 1]
 
 
 def test_ablate_cli_writes_table_csv_and_json(caches, tmp_path):

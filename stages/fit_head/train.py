@@ -16,13 +16,21 @@ teacher rows normalised, batches gathered by index). For the paper's head
 (`linear_grad`): four matrix products and nothing else of size B×Dt, so the
 CPU spends its time in GEMMs. Every other configuration uses autograd. Both feed
 the same `torch.optim.SGD` / `AdamW` and the same MultiStepLR.
+
+Several heads at once (`fit_heads`, for ablation grids): configurations that
+share the data order (same batch size, seed, epochs, caches) and the by-hand
+gradient differ only in what each head's own optimizer and scale do, so they
+train in one pass over the data: their weights are stacked (K, Dt, d), the
+gradient's four products are batched over K, and each head keeps its own
+SGD, momentum and MultiStepLR. On the CPU each head equals the head trained
+alone bit for bit (batched products compute each matrix as a single one does).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -43,28 +51,30 @@ def clip_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, logits) of a linear head; writes dloss/dW into weight.grad. Four GEMMs, no autograd.
+def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor,
+                scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, logits, dloss/dW) of a linear head — or of K stacked heads — by four GEMMs, no autograd.
 
+    `weight` is (Dt, d), or (K, Dt, d) for K heads sharing the batch; `scale`
+    broadcasts against the (…, B, B) logits (a 0-d tensor, or (K, 1, 1)).
     With Z = X Wᵀ, n = |Z| (rows), C = Z Enᵀ and logits L = s·C/n:
     G = dloss/d(norm(Z) Enᵀ) = s/(2B)·(softmax_rows(L) + softmax_cols(L) − 2I),
     dZ = (G/n) En − Z·(r/n²) with r = rowsum(G ⊙ L)/s, and dW = dZᵀ X.
     Normalising Z never materialises: 1/n scales the small B×B matrices instead.
     """
     b = x.shape[0]
-    z = x @ weight.t()  # (B, Dt)
-    n = torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min_(EPS)
-    logits = (z @ en.t()).mul_(scale / n)  # (B, B)
-    rows, cols = torch.log_softmax(logits, 1), torch.log_softmax(logits, 0)
-    loss = -(rows.diagonal().mean() + cols.diagonal().mean()) / 2
+    z = x @ weight.transpose(-1, -2)  # (…, B, Dt)
+    n = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(EPS)
+    logits = (z @ en.t()).mul_(scale / n)  # (…, B, B)
+    rows, cols = torch.log_softmax(logits, -1), torch.log_softmax(logits, -2)
+    loss = -(rows.diagonal(dim1=-2, dim2=-1).mean(-1) + cols.diagonal(dim1=-2, dim2=-1).mean(-1)) / 2
     g = rows.exp_().add_(cols.exp_())
-    g.diagonal().sub_(2)
+    g.diagonal(dim1=-2, dim2=-1).sub_(2)
     g.mul_(scale / (2 * b))
-    r = (g * logits).sum(1, keepdim=True).div_(scale)
-    dz = (g / n) @ en  # (B, Dt)
+    r = (g * logits).sum(-1, keepdim=True).div_(scale)
+    dz = (g / n) @ en  # (…, B, Dt)
     dz.addcmul_(z, r / n.square(), value=-1)
-    weight.grad = dz.t() @ x  # (Dt, d)
-    return loss, logits
+    return loss, logits, dz.transpose(-1, -2) @ x  # dW: (…, Dt, d)
 
 
 def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
@@ -83,72 +93,127 @@ def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
     return module
 
 
+PER_HEAD = ("lr", "momentum", "weight_decay", "milestones", "gamma", "logit_scale")  # what heads trained together may differ in
+
+
+def by_hand(config: FitConfig) -> bool:
+    """Whether the hand-written gradient applies: the paper's head (linear, SGD, fixed scale, fp32)."""
+    return (config.head == "linear" and config.optimizer == "sgd" and config.logit_scale != LEARNABLE
+            and config.precision == "fp32")
+
+
+def shared_order(config: FitConfig) -> tuple | None:
+    """What configurations must share to train together (their data order and the rest); None: train alone."""
+    if not by_hand(config):
+        return None
+    return tuple((f.name, str(getattr(config, f.name))) for f in fields(config) if f.name not in PER_HEAD)
+
+
 def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str | None = None,
              teacher_key: str | None = None, instruction: str | None = None) -> dict:
     """Train a head on the caches' (image, teacher) pairs; write OUT.safetensors + OUT.json; return the JSON."""
-    config.check()
-    device = resolve_device(config.device)
+    return fit_heads(caches, [out], [config], clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)[0]
+
+
+def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *, clip_key: str | None = None,
+              teacher_key: str | None = None, instruction: str | None = None) -> list[dict]:
+    """Train one head per configuration in one pass over the data (see the module's docstring); write each."""
+    for config in configs:
+        config.check()
+    if len(configs) > 1 and (None in {shared_order(c) for c in configs} or len({shared_order(c) for c in configs}) > 1):
+        raise ValueError("fit_heads: several configurations must share everything but " + ", ".join(PER_HEAD))
+    first = configs[0]
+    device = resolve_device(first.device)
     started = time.perf_counter()
     selection = select(caches, clip_key, teacher_key, instruction)
-    n, d, dt, b = selection.n, selection.d, selection.dt, config.batch_size
+    n, d, dt, b = selection.n, selection.d, selection.dt, first.batch_size
     steps = n // b  # drop_last
     if steps == 0:
         raise ExpclipError(f"--batch-size {b}: larger than the {n} usable rows of the caches")
-    learnable = config.logit_scale == LEARNABLE
-    scale0 = selection.clip.get("logit_scale") if config.logit_scale in (None, LEARNABLE) else config.logit_scale
-    if scale0 is None:
-        raise ExpclipError(f"{caches[0]}: /image/{selection.clip_key} has no logit_scale attribute; pass --logit-scale")
-    scale0 = float(scale0)
-    data = batches(selection, config.memory_budget(), device)
-    module = _initial_head(config, d, dt).to(device)
-    log_scale = torch.nn.Parameter(torch.tensor(math.log(scale0), device=device))
-    params = list(module.parameters()) + ([log_scale] if learnable else [])
-    if config.optimizer == "sgd":  # fused: one pass over W per step instead of four
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
-    else:
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.milestones), gamma=config.gamma)
-    by_hand = config.head == "linear" and config.optimizer == "sgd" and not learnable and config.precision == "fp32"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    shuffle = torch.Generator().manual_seed(config.seed)
+    scales = [_scale(c, selection, caches[0]) for c in configs]
+    data = batches(selection, first.memory_budget(), device)
+    hand = by_hand(first)
+    modules = [_initial_head(c, d, dt).to(device) for c in configs]
+    if hand:  # one (K, Dt, d) stack; each head's weight is a view of its slice, stepped by its own optimizer
+        stack = torch.stack([m.weight.detach() for m in modules])
+        for m, w in zip(modules, stack, strict=True):
+            m.weight = torch.nn.Parameter(w)
+        scale_t = torch.tensor(scales, device=device).view(-1, 1, 1)
+    learnable = first.logit_scale == LEARNABLE
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(scales[0]), device=device))
+    opts = [_optimizer(c, list(m.parameters()) + ([log_scale] if learnable else [])) for c, m in zip(configs, modules)]
+    scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(c.milestones), gamma=c.gamma)
+              for c, o in zip(configs, opts)]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=first.precision == "bf16")
+    shuffle = torch.Generator().manual_seed(first.seed)
     target = torch.arange(b, device=device)  # row i of a batch matches column i
-    history = []
+    histories: list[list[dict]] = [[] for _ in configs]
     with progress("steps") as bar:
-        task = bar.add_task("fit-head", total=steps * config.epochs)
-        for epoch in range(config.epochs):
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
+        task = bar.add_task("fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs)
+        for epoch in range(first.epochs):
+            loss_sum = torch.zeros(len(configs), device=device)
+            correct = torch.zeros(len(configs), dtype=torch.long, device=device)
             for x, en in data.epoch(b, shuffle):
-                if by_hand:
-                    loss, logits = linear_grad(module.weight, x, en, scale0)
+                if hand:
+                    loss, logits, grad = linear_grad(stack, x, en, scale_t)
+                    for m, g in zip(modules, grad, strict=True):
+                        m.weight.grad = g
                 else:
                     with autocast:
-                        scale = log_scale.exp() if learnable else scale0
-                        logits = scale * F.normalize(module(x), dim=-1) @ en.t()
-                    loss = clip_loss(logits.float())
-                    opt.zero_grad(set_to_none=True)
+                        scale = log_scale.exp() if learnable else scales[0]
+                        logits = (scale * F.normalize(modules[0](x), dim=-1) @ en.t()).unsqueeze(0)
+                    loss = clip_loss(logits[0].float()).unsqueeze(0)
+                    opts[0].zero_grad(set_to_none=True)
                     loss.backward()
-                opt.step()
+                for opt in opts:
+                    opt.step()
                 loss_sum += loss.detach()
-                correct += (logits.detach().argmax(1) == target).sum()
+                correct += (logits.detach().argmax(-1) == target).sum(-1)
                 bar.advance(task)
-            sched.step()
-            history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "accuracy": correct.item() / (steps * b)})
-            bar.update(task, description=f"fit-head epoch {epoch + 1} loss {history[-1]['loss']:.4f}")
-    meta = {
+            for k, sched in enumerate(scheds):
+                sched.step()
+                histories[k].append({"epoch": epoch + 1, "loss": loss_sum[k].item() / steps,
+                                     "accuracy": correct[k].item() / (steps * b)})
+            bar.update(task, description=f"fit-head epoch {epoch + 1} loss {histories[0][-1]['loss']:.4f}")
+    wall = round(time.perf_counter() - started, 3)
+    metas = []
+    for k, (config, module, out) in enumerate(zip(configs, modules, outs, strict=True)):
+        scale = float(log_scale.detach().exp()) if learnable else scales[k]
+        meta = _meta(config, selection, data.describe(), device, scale, "by-hand" if hand else "autograd",
+                     histories[k], steps, wall, len(configs))
+        save_head(module.cpu(), config.head, meta, out)
+        metas.append(meta)
+    return metas
+
+
+def _scale(config: FitConfig, selection, cache: Path) -> float:
+    """The logit scale a head starts from: --logit-scale, else the cache's CLIP logit_scale."""
+    scale = selection.clip.get("logit_scale") if config.logit_scale in (None, LEARNABLE) else config.logit_scale
+    if scale is None:
+        raise ExpclipError(f"{cache}: /image/{selection.clip_key} has no logit_scale attribute; pass --logit-scale")
+    return float(scale)
+
+
+def _optimizer(config: FitConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":  # fused: one pass over W per step instead of four
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               fused=True)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def _meta(config: FitConfig, selection, data: dict, device: torch.device, scale: float, gradient: str,
+          history: list[dict], steps: int, wall: float, together: int) -> dict:
+    """HEAD.json: provenance (code, caches, groups, configuration) and what the training did."""
+    return {
         "expclip_version": __version__,
-        "kind": config.head, "d": d, "dt": dt,
+        "kind": config.head, "d": selection.d, "dt": selection.dt,
         "clip_key": selection.clip_key, "clip": selection.clip,
         "teacher_key": selection.teacher_key, "teacher": selection.teacher_provenance,
         "teacher_model": str(selection.teacher_provenance.get("model", "")),
         "instruction_key": selection.instruction_key, "instruction": str(selection.teacher_provenance.get("instruction", "")),
         "config": {**asdict(config), "milestones": list(config.milestones),
                    "init_from": str(config.init_from) if config.init_from else None},
-        "seed": config.seed,
-        "logit_scale": float(log_scale.detach().exp()) if learnable else scale0,
-        "device": str(device), "gradient": "by-hand" if by_hand else "autograd",
-        "caches": selection.used, "n_train": n, "steps_per_epoch": steps, **data.describe(),
-        "history": history, "wall_seconds": round(time.perf_counter() - started, 3),
+        "seed": config.seed, "logit_scale": scale, "device": str(device), "gradient": gradient,
+        "caches": selection.used, "n_train": selection.n, "steps_per_epoch": steps, **data,
+        "trained_together": together, "history": history, "wall_seconds": wall,
     }
-    save_head(module.cpu(), config.head, meta, out)
-    return meta

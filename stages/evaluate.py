@@ -14,12 +14,14 @@ over the dataset's classes present in the ground truth, both in percent.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import sklearn
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
+from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
@@ -30,6 +32,7 @@ from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
 
 CLIP, EXP_CLIP = "clip", "exp-clip"
 FRAME_CHUNK = 8192  # frames processed at once: bounds float64 copies and (frames, Dt) activations
+BLOCK_ROWS = 1 << 16  # frame rows read from the cache at once (~100 MB of 768-wide float16)
 
 
 def evaluate(
@@ -153,27 +156,41 @@ def _evaluate_cache(
     if not keep.any():
         raise ExpclipError(f"{cache.path}: no decodable, labelled items to evaluate")
     sets = _resolve_sets(cache, key, prompt_sets)
-    features = cache.image(key)
-    features = features if keep.all() else features[keep]
     y = labels.y[keep]
     texts = {name: _class_prompts(cache, key, name, labels.classes) for name in sets}
+    targets = {(method, name): _class_targets(space, *texts[name], len(labels.classes), ensemble)
+               for method, space in spaces for name in sets}
+    predicted: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in targets}
+    for features in _blocks(cache, key, keep):
+        for method, space in spaces:
+            images = space.images(features)
+            for name in sets:
+                predicted[(method, name)].append((images @ targets[(method, name)].T).argmax(1))
     common = {
         "dataset": cache.dataset, "classes": labels.classes, "cache": str(cache.path), "clip_key": key,
         "ensemble": ensemble, "skipped": int((~keep).sum()),
     }
-    records = []
-    for method, space in spaces:
-        images = space.images(features)
-        for name in sets:
-            scores = _class_scores(space, images, *texts[name], len(labels.classes), ensemble)
-            records.append({"method": method, "prompt_set": name, **common, **_metrics(y, scores.argmax(1), labels.classes)})
-    return records
+    return [{"method": method, "prompt_set": name, **common,
+             **_metrics(y, np.concatenate(predicted[(method, name)]), labels.classes)}
+            for method, _ in spaces for name in sets]
 
 
-def _class_scores(
-    space: Space, images: np.ndarray, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str
-) -> np.ndarray:
-    """(N, C) class scores: mean of prompt cosines, or cosine with the renormalised mean prompt.
+def _blocks(cache: CacheReader, key: str, keep: np.ndarray) -> Iterator[np.ndarray]:
+    """The kept items' stored features, BLOCK_ROWS frame rows at a time (contiguous reads: a cache of
+    half a million frames is never in memory whole)."""
+    path = fmt.image_path(key)
+    (shape, _) = cache.group_shape(path)
+    items = max(1, BLOCK_ROWS // (shape[1] if len(shape) == 3 else 1))
+    for a in range(0, len(keep), items):
+        mask = keep[a:a + items]
+        if mask.any():
+            rows = cache.rows(path, a, a + len(mask))
+            yield rows if mask.all() else rows[mask]
+
+
+def _class_targets(space: Space, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str) -> np.ndarray:
+    """(C, m): image rows times these give the class scores — the mean of the class's prompt cosines, or the
+    cosine with its renormalised mean prompt.
 
     The mean of a class's prompt cosines is the dot product with the mean of its
     unit prompts (linearity), so both ensembles cost one (N, m) x (m, C) product
@@ -181,7 +198,7 @@ def _class_scores(
     """
     prompts = space.texts(text)  # (K, m), unit length in the space's metric
     means = (np.eye(n_classes)[cls] / np.bincount(cls, minlength=n_classes)).T @ prompts  # (C, m)
-    return images @ (means if ensemble == "logits" else space.unit(means)).T
+    return means if ensemble == "logits" else space.unit(means)
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:

@@ -286,3 +286,25 @@ def test_cli_writes_reports_and_errors_exit_2(tmp_path, reference_sets):
         result = runner.invoke(app, bad)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("frames", [0, 4])
+def test_large_caches_are_read_in_blocks_with_the_same_records(tmp_path, reference_sets, monkeypatch, frames):
+    """Blocks of 12 frame rows (3 clips, or 12 images), failed rows inside blocks: the records equal those
+    of one whole read, and no read exceeds a block."""
+    from expclip.cache.reader import CacheReader
+    from expclip.stages import evaluate as stage
+
+    rng = np.random.default_rng(5)
+    centers, labels, image = synthetic(rng, 50, ALPHABETICAL, frames)
+    cache = make_cache(tmp_path / "big.h5", ALPHABETICAL, labels, image, text_groups(reference_sets, centers, rng),
+                       failed=(0, 13, 14, 49))
+    head = linear_head(rng)
+    whole = evaluate(head, [cache], baseline=True)
+    reads = []
+    real_rows = CacheReader.rows
+    monkeypatch.setattr(CacheReader, "rows", lambda self, p, a, b: reads.append(b - a) or real_rows(self, p, a, b))
+    monkeypatch.setattr(stage, "BLOCK_ROWS", 12)
+    blocked = evaluate(head, [cache], baseline=True)
+    assert blocked == whole and whole[0]["skipped"] == 4
+    assert max(reads) == (3 if frames else 12) and sum(reads) == 50  # every item read once, a block at a time

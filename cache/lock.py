@@ -66,6 +66,7 @@ class CacheLock:
                 if e.errno not in UNSUPPORTED:
                     raise
                 self.supported = False
+                self.path.unlink(missing_ok=True)  # a lock file that locks nothing would only mislead
                 return self
             if self._still_named(fd):
                 break

@@ -268,3 +268,20 @@ def test_decode_workers_default_shares_the_cores_among_this_machines_ranks(monke
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
     assert default_workers() == workers
+
+
+def test_a_filesystem_without_locks_is_said_and_the_run_goes_on(job, tmp_path, monkeypatch):
+    import errno
+
+    from expclip.cache import lock
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    out = tmp_path / "nolock.h5"
+    with one_thread():
+        result = runner.invoke(app, [*job["args"], "--out", str(out), "--batch-size", "4", "--shard-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"note: {tmp_path} does not support file locks: nothing stops another run on this cache at the same time" in result.output
+    assert_same_cache(job["reference"], out)

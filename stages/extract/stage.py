@@ -57,7 +57,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
             sole = lock is not None and lock.supported and not lock.shared
             if lock is not None and not lock.supported:
                 stderr.print(f"[yellow]note:[/] {out.parent} does not support file locks: nothing stops another "
-                             "run on this cache at the same time")
+                             "run on this cache at the same time", soft_wrap=True)
             plan = team.leader_first(lambda: make_plan(source, Path(out), cfg, precision, sole_writer=sole))
             plan.shards, plan.texts = team.share((plan.shards, plan.texts))  # every rank splits the leader's list
             mine = plan.share(part, team.rank, team.size, team.leader)

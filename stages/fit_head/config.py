@@ -31,7 +31,7 @@ class FitConfig:
     logit_scale: float | str | None = setting(None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen).")
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
-    precision: str = setting("fp32", "fp32 (exact, hand-written gradient) or bf16 autocast.", choices=PRECISIONS)
+    precision: str = setting("fp32", "fp32 (exact), or bf16 matrix products (the paper's head: its hand-written gradient's four; other heads: autocast).", choices=PRECISIONS)
     max_memory: str | None = setting(None, "Memory for the training features, e.g. 1GB or 512MB (default: half of the memory available); larger selections are streamed from the cache.")
 
     def check(self) -> None:

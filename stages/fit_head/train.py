@@ -12,9 +12,11 @@ cache instead, in shuffled buffers of blocks (HEAD.json's `mode` says which).
 
 Speed: everything that needs no gradient is done once (features to float32,
 teacher rows normalised, batches gathered by index). For the paper's head
-(linear, SGD, fixed scale, fp32) the gradient is written out by hand
+(linear, SGD, fixed scale) the gradient is written out by hand
 (`linear_grad`): four matrix products and nothing else of size B×Dt, so the
-CPU spends its time in GEMMs. Every other configuration uses autograd. Both feed
+CPU spends its time in GEMMs; `--precision bf16` multiplies those four in bf16
+(everything else stays float32), which CPUs with avx512_bf16 or AMX do faster
+than fp32 and others emulate slowly (a warning says so). Every other configuration uses autograd. Both feed
 the same `torch.optim.SGD` / `AdamW` and the same MultiStepLR.
 
 Several heads at once (`fit_heads`, for ablation grids): configurations that
@@ -42,7 +44,8 @@ from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.fit_head.data import EPS, batches, select
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import build_head, load_head, save_head
-from expclip.stages.shared.progress import progress
+from expclip.stages.shared.precision import native_bf16, torch_dtype
+from expclip.stages.shared.progress import progress, stderr
 
 
 def clip_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -51,30 +54,35 @@ def clip_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor,
-                scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scale: torch.Tensor,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, logits, dloss/dW) of a linear head — or of K stacked heads — by four GEMMs, no autograd.
 
     `weight` is (Dt, d), or (K, Dt, d) for K heads sharing the batch; `scale`
-    broadcasts against the (…, B, B) logits (a 0-d tensor, or (K, 1, 1)).
+    broadcasts against the (…, B, B) logits (a 0-d tensor, or (K, 1, 1)). The
+    GEMMs multiply in `dtype` (bf16: their inputs rounded, products accumulated
+    and returned in float32); everything else is float32.
     With Z = X Wᵀ, n = |Z| (rows), C = Z Enᵀ and logits L = s·C/n:
     G = dloss/d(norm(Z) Enᵀ) = s/(2B)·(softmax_rows(L) + softmax_cols(L) − 2I),
     dZ = (G/n) En − Z·(r/n²) with r = rowsum(G ⊙ L)/s, and dW = dZᵀ X.
     Normalising Z never materialises: 1/n scales the small B×B matrices instead.
     """
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a.to(dtype) @ b.to(dtype)).float()  # no copies at all in float32
+
     b = x.shape[0]
-    z = x @ weight.transpose(-1, -2)  # (…, B, Dt)
+    z = mm(x, weight.transpose(-1, -2))  # (…, B, Dt)
     n = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(EPS)
-    logits = (z @ en.t()).mul_(scale / n)  # (…, B, B)
+    logits = mm(z, en.t()).mul_(scale / n)  # (…, B, B)
     rows, cols = torch.log_softmax(logits, -1), torch.log_softmax(logits, -2)
     loss = -(rows.diagonal(dim1=-2, dim2=-1).mean(-1) + cols.diagonal(dim1=-2, dim2=-1).mean(-1)) / 2
     g = rows.exp_().add_(cols.exp_())
     g.diagonal(dim1=-2, dim2=-1).sub_(2)
     g.mul_(scale / (2 * b))
     r = (g * logits).sum(-1, keepdim=True).div_(scale)
-    dz = (g / n) @ en  # (…, B, Dt)
+    dz = mm(g / n, en)  # (…, B, Dt)
     dz.addcmul_(z, r / n.square(), value=-1)
-    return loss, logits, dz.transpose(-1, -2) @ x  # dW: (…, Dt, d)
+    return loss, logits, mm(dz.transpose(-1, -2), x)  # dW: (…, Dt, d)
 
 
 def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
@@ -97,9 +105,8 @@ PER_HEAD = ("lr", "momentum", "weight_decay", "milestones", "gamma", "logit_scal
 
 
 def by_hand(config: FitConfig) -> bool:
-    """Whether the hand-written gradient applies: the paper's head (linear, SGD, fixed scale, fp32)."""
-    return (config.head == "linear" and config.optimizer == "sgd" and config.logit_scale != LEARNABLE
-            and config.precision == "fp32")
+    """Whether the hand-written gradient applies: the paper's head (linear, SGD, fixed scale), fp32 or bf16."""
+    return config.head == "linear" and config.optimizer == "sgd" and config.logit_scale != LEARNABLE
 
 
 def shared_order(config: FitConfig) -> tuple | None:
@@ -124,6 +131,9 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
         raise ValueError("fit_heads: several configurations must share everything but " + ", ".join(PER_HEAD))
     first = configs[0]
     device = resolve_device(first.device)
+    if first.precision == "bf16" and not native_bf16(device):
+        stderr.print("[yellow]warning:[/] this CPU has no native bf16 (avx512_bf16 or AMX): "
+                     "--precision bf16 runs slower than fp32 here", soft_wrap=True)
     started = time.perf_counter()
     selection = select(caches, clip_key, teacher_key, instruction)
     n, d, dt, b = selection.n, selection.d, selection.dt, first.batch_size
@@ -155,7 +165,7 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
             correct = torch.zeros(len(configs), dtype=torch.long, device=device)
             for x, en in data.epoch(b, shuffle):
                 if hand:
-                    loss, logits, grad = linear_grad(stack, x, en, scale_t)
+                    loss, logits, grad = linear_grad(stack, x, en, scale_t, torch_dtype(first.precision))
                     for m, g in zip(modules, grad, strict=True):
                         m.weight.grad = g
                 else:

@@ -46,3 +46,19 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     if torch_dtype(precision) == torch.bfloat16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices natively: CUDA, or a CPU with avx512_bf16 or AMX.
+
+    Without it (e.g. AVX2-only CPUs) bf16 matrix products are emulated and run
+    several times slower than fp32 ones (measured: ~7x on a 2-core AMD EPYC).
+    """
+    if device.type != "cpu":
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = {word for line in f if line.startswith("flags") for word in line.split()}
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)

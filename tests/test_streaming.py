@@ -67,8 +67,9 @@ def test_blocks_are_whole_chunks_of_every_group(numbered):
     with CacheReader(numbered) as r:
         chunks = [r.chunk_rows(p) for p in data.select([numbered]).paths]
     assert chunks == [32, 16]  # powers of two: they line up
-    assert data.block_rows(chunks) == 4096 and data.block_rows([512, 128]) == 4096
-    assert data.block_rows([682, 128]) == 682 * 6  # an older cache's chunks that do not line up: whole chunks of one
+    assert data.block_rows(chunks, 10**9) == 4096 and data.block_rows([512, 128], 10**9) == 4096
+    assert data.block_rows([682, 128], 10**9) == 682 * 6  # an older cache's chunks that do not line up: one group's
+    assert data.block_rows([8192, 512], 3000) == 2560  # a small budget: whole chunks of the smaller ones only
 
 
 def test_an_epoch_pairs_every_usable_row_with_its_teacher_at_most_once(numbered, monkeypatch):
@@ -126,3 +127,44 @@ def test_a_bad_size_is_one_line(numbered, tmp_path, bad):
     result = runner.invoke(app, ["fit-head", str(numbered), "--out", str(tmp_path / "h"), "--max-memory", bad])
     assert result.exit_code == 2
     assert f"--max-memory {bad!r}: write a size such as 1GB, 512MB or 2GiB" in result.output
+
+
+CHILD = """
+import json, sys, torch
+from expclip.stages.fit_head import FitConfig
+from expclip.stages.fit_head.train import fit_head, linear_grad
+
+def peak():  # this process's own peak RSS (ru_maxrss would include the forked parent's)
+    return 1024 * next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+
+p = torch.nn.Parameter(torch.zeros(4, 4))  # first what every fit imports and allocates once
+p.grad = linear_grad(p, torch.ones(2, 4), torch.ones(2, 4), torch.tensor(1.0))[2]
+torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
+before = peak()
+meta = fit_head([sys.argv[1]], sys.argv[2], FitConfig(epochs=1, batch_size=512, device="cpu", max_memory=sys.argv[3]))
+print(json.dumps({"mode": meta["mode"], "grown": peak() - before}))
+"""
+
+
+def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
+    """160,000 rows of 64 + 960 float16 features: 655 MB as float32, what the in-memory path would hold.
+    Streamed with --max-memory 32MB, a child process's peak RSS grows by less than a quarter of that
+    (the budget, the stream's read-ahead and the items' ids)."""
+    import subprocess
+    import sys
+
+    n, d, dt = 160_000, 64, 960
+    items = fmt.Items(ids=[f"{i}" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["Happiness"])
+    cache = tmp_path / "many.h5"
+    ramp = np.linspace(-1, 1, n, dtype=np.float16)[:, None]  # cheap to make, not constant
+    write_arrays(cache, items, file_attrs={"dataset": "many"}, aligned={
+        fmt.image_path("ViT-T@t"): (np.repeat(ramp, d, axis=1),
+                                    {"model": "ViT-T", "pretrained": "t", "transform": "model", "logit_scale": 20.0}),
+        fmt.teacher_path("t5", "paper"): (np.repeat(ramp, dt, axis=1) + np.float16(2),
+                                          {"model": "t5", "instruction": "Describe."})})
+    features = n * (d + dt) * 4
+    done = subprocess.run([sys.executable, "-c", CHILD, str(cache), str(tmp_path / "head"), "32MB"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["mode"] == "streaming" and found["grown"] < features / 4, (found, features)

@@ -36,7 +36,7 @@ from expclip.stages.shared.select import training_keys
 
 EPS = 1e-12  # F.normalize's floor on a norm
 BLOCK_ROWS = 4096  # rows per streamed read: a multiple of every power-of-two chunk up to it
-BUFFERS = 3  # buffers' worth of memory a stream holds at once: training on one, reading the next, the shuffle's copy
+BUFFERS = 3  # a buffer gets budget / BUFFERS: one training, one being read, and room for the block being converted
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -54,7 +54,7 @@ class Selection:
     d: int
     dt: int
     itemsize: int  # of the stored features (for the transient read of a whole group)
-    chunk_rows: list[int] = field(default_factory=list)  # per cache: the larger chunk of its two groups
+    chunk_rows: list[int] = field(default_factory=list)  # rows per chunk of every selected group of every cache
     used: list[dict] = field(default_factory=list)  # path, fingerprint, rows used
 
     @property
@@ -99,7 +99,7 @@ def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | N
             ok = r.items().ok
             found.caches.append(path)
             found.ok.append(ok)
-            found.chunk_rows.append(max(r.chunk_rows(p) for p in paths))
+            found.chunk_rows += [r.chunk_rows(p) for p in paths]
             found.used.append({"path": str(path), "fingerprint": r.fingerprint(paths), "rows": int(ok.sum())})
     if found.n == 0:
         raise ExpclipError(f"{', '.join(map(str, found.caches))}: no usable rows (items/ok is False everywhere)")
@@ -141,35 +141,54 @@ class InMemory:
             yield self.images.index_select(0, idx), self.teacher.index_select(0, idx)
 
 
-def block_rows(chunk_rows: list[int]) -> int:
-    """Rows per streamed block: whole chunks of every group (their common multiple), about BLOCK_ROWS."""
+def block_rows(chunk_rows: list[int], most: int) -> int:
+    """Rows per streamed block: whole chunks of every group (their common multiple), about BLOCK_ROWS, at
+    most `most` (a small budget): then whole chunks of the group with the smallest ones only."""
     common = math.lcm(*chunk_rows)
     if common > 2 * BLOCK_ROWS:  # chunks of an older cache that do not line up: whole chunks of one group
         common = max(chunk_rows)
-    return common * max(1, BLOCK_ROWS // common)
+    block = common * max(1, BLOCK_ROWS // common)
+    if block > most:
+        step = min(chunk_rows)
+        block = max(step, most // step * step)
+    return block
 
 
 class Streamed:
-    """Blocks of whole chunks in a seeded order, a buffer at a time, the next read while this one trains."""
+    """Blocks of whole chunks in a seeded order, a buffer at a time, the next read while this one trains.
+
+    Memory: two buffers (the one training, the one being read) of budget / BUFFERS
+    bytes of float32 rows each, plus one block as stored while it is converted.
+    Each buffer is read into tensors with `batch_size` spare rows in front, where
+    the previous buffer's leftover rows go, so nothing is copied to join them.
+    """
 
     mode = "streaming"
 
     def __init__(self, selection: Selection, budget: int, device: torch.device) -> None:
         self.selection, self.device = selection, device
-        self.block = block_rows(selection.chunk_rows)
+        rows = max(1, budget // (BUFFERS * (selection.d + selection.dt) * 4))  # float32 rows a buffer may hold
+        self.block = block_rows(selection.chunk_rows, rows)
         self.blocks = [(c, a, min(a + self.block, len(ok)))
                        for c, ok in enumerate(selection.ok) for a in range(0, len(ok), self.block)]
-        row = (selection.d + selection.dt) * 4
-        self.per_buffer = max(1, budget // (BUFFERS * self.block * row))  # blocks per buffer
+        self.per_buffer = max(1, rows // self.block)  # blocks per buffer
 
     def describe(self) -> dict:
         return {"mode": self.mode, "block_rows": self.block, "buffer_rows": self.per_buffer * self.block}
 
-    def _read(self, readers: list[CacheReader], blocks: list[tuple[int, int, int]]) -> Batch:
-        x_path, e_path = self.selection.paths
-        parts = [_pairs(readers[c].rows(x_path, a, b), readers[c].rows(e_path, a, b), self.selection.ok[c][a:b],
-                        f"{readers[c].path} rows {a}-{b}") for c, a, b in blocks]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    def _read(self, readers: list[CacheReader], blocks: list[tuple[int, int, int]], spare: int) -> Batch:
+        """The blocks' usable rows as float32 (teacher normalised), after `spare` empty rows."""
+        sel = self.selection
+        x_path, e_path = sel.paths
+        rows = spare + sum(int(sel.ok[c][a:b].sum()) for c, a, b in blocks)
+        x, e = torch.empty(rows, sel.d), torch.empty(rows, sel.dt)
+        at = spare
+        for c, a, b in blocks:
+            bx, be = _pairs(readers[c].rows(x_path, a, b), readers[c].rows(e_path, a, b), sel.ok[c][a:b],
+                            f"{readers[c].path} rows {a}-{b}")
+            x[at:at + len(bx)], e[at:at + len(be)] = bx, be
+            at += len(bx)
+        return x, e
 
     def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(len(self.blocks), generator=generator).tolist()
@@ -177,19 +196,22 @@ class Streamed:
         readers = [CacheReader(p) for p in self.selection.caches]  # each epoch opens (and checks) them anew
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expclip-stream")
         try:
-            ahead: Future = pool.submit(self._read, readers, buffers[0])
+            ahead: Future = pool.submit(self._read, readers, buffers[0], batch_size)
             left = (torch.empty(0, self.selection.d), torch.empty(0, self.selection.dt))
             for k in range(len(buffers)):
                 x, e = ahead.result()
                 if k + 1 < len(buffers):
-                    ahead = pool.submit(self._read, readers, buffers[k + 1])
-                x, e = torch.cat([left[0], x]).to(self.device), torch.cat([left[1], e]).to(self.device)
+                    ahead = pool.submit(self._read, readers, buffers[k + 1], batch_size)
+                start = batch_size - len(left[0])  # the leftover rows go right before this buffer's
+                x[start:batch_size], e[start:batch_size] = left
+                x, e = x[start:].to(self.device), e[start:].to(self.device)
                 perm = torch.randperm(len(x), generator=generator).to(self.device)
                 usable = len(x) // batch_size * batch_size
                 for s in range(0, usable, batch_size):
                     idx = perm[s:s + batch_size]
                     yield x.index_select(0, idx), e.index_select(0, idx)
                 left = (x.index_select(0, perm[usable:]).cpu(), e.index_select(0, perm[usable:]).cpu())
+                del x, e  # before the next buffer arrives: two, not three, in memory
         finally:
             pool.shutdown(wait=True)
             for r in readers:

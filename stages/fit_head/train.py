@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from expclip.base.version import __version__
 from expclip.base.errors import ExpclipError
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
-from expclip.stages.fit_head.data import EPS, batches, select
+from expclip.stages.fit_head.data import EPS, Selection, batches, select
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import build_head, load_head, save_head
 from expclip.stages.shared.precision import native_bf16, torch_dtype
@@ -196,7 +196,7 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
     return metas
 
 
-def _scale(config: FitConfig, selection, cache: Path) -> float:
+def _scale(config: FitConfig, selection: Selection, cache: Path) -> float:
     """The logit scale a head starts from: --logit-scale, else the cache's CLIP logit_scale."""
     scale = selection.clip.get("logit_scale") if config.logit_scale in (None, LEARNABLE) else config.logit_scale
     if scale is None:
@@ -211,7 +211,7 @@ def _optimizer(config: FitConfig, params: list[torch.nn.Parameter]) -> torch.opt
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def _meta(config: FitConfig, selection, data: dict, device: torch.device, scale: float, gradient: str,
+def _meta(config: FitConfig, selection: Selection, data: dict, device: torch.device, scale: float, gradient: str,
           history: list[dict], steps: int, wall: float, together: int) -> dict:
     """HEAD.json: provenance (code, caches, groups, configuration) and what the training did."""
     return {

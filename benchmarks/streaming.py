@@ -45,6 +45,7 @@ from rich.table import Table
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.fit_head import FitConfig, fit_head
+from pagecache import evict  # benchmarks/, beside this script
 
 D, DT, BATCH = 768, 4096, 512  # ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL, the official batch
 CLIP_KEY, TEACHER_KEY = "ViT-L-14@openai", "Salesforce_blip2-flan-t5-xxl"
@@ -89,16 +90,6 @@ def build_cache(path: Path, rows: int) -> None:
         fmt.teacher_path(TEACHER_KEY, "paper"): (teacher, {"model": "Salesforce/blip2-flan-t5-xxl",
                                                           "instruction": "synthetic"}),
     })
-
-
-def evict(path: Path) -> None:
-    """Drop a file's pages from the page cache, so that the next read comes from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def child_fit(cache: str, out: str, max_memory: str, epochs: int, threads: int) -> dict:

@@ -37,6 +37,7 @@ from expclip.cache.reader import CacheReader
 from expclip.cache.verify import verify_cache
 from expclip.cache.writer import write_arrays
 from expclip.stages.fit_head.data import InMemory, select
+from pagecache import evict  # benchmarks/, beside this script
 
 N, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
 IMAGE, TEACHER = fmt.image_path("ViT-L-14@openai"), fmt.teacher_path("Salesforce_blip2-flan-t5-xxl", "paper")
@@ -76,16 +77,6 @@ def write_unchecked(source: Path, path: Path) -> None:
             for k, v in ds.attrs.items():
                 copy.attrs[k] = v
         out.attrs["complete"] = True
-
-
-def evict(path: Path) -> None:
-    """Drop a file's pages from the page cache, so that the next read comes from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def best(repeats: int, run, before=None) -> float:

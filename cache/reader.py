@@ -296,6 +296,12 @@ class CacheReader:
         with self._guard(f"/{path}"):
             return ds[start:stop]
 
+    def rows_into(self, path: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows [start, stop) read straight into `out` (converted to its dtype by HDF5; no copy in between)."""
+        ds = self._dataset(path)
+        with self._guard(f"/{path}"):
+            ds.read_direct(out, source_sel=np.s_[start:stop])
+
     def chunk_rows(self, path: str) -> int:
         """Rows per chunk of a group (its whole length when not chunked)."""
         ds = self._dataset(path)

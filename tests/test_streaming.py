@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from expclip.cache import format as fmt
 from expclip.cache import h5files
 from expclip.cache.reader import CacheReader
+from expclip.base.errors import ExpclipError
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.stages.fit_head import FitConfig, fit_head
@@ -59,7 +60,7 @@ def rows_of(x: torch.Tensor, en: torch.Tensor) -> np.ndarray:
 def stream(path, monkeypatch, blocks_per_buffer: int) -> data.Streamed:
     monkeypatch.setattr(data, "BLOCK_ROWS", 64)
     selection = data.select([path])
-    row = (D + DT) * 4
+    row = (D + DT) * 2  # buffers hold rows as stored: float16
     return data.Streamed(selection, blocks_per_buffer * data.BUFFERS * 64 * row, CPU)
 
 
@@ -168,3 +169,20 @@ def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["mode"] == "streaming" and found["grown"] < features / 4, (found, features)
+
+
+def test_a_non_finite_usable_row_is_named_with_its_block(tmp_path, monkeypatch):
+    """A NaN in a row marked ok (a damaged or hand-made cache) stops a streamed fit with the file and rows."""
+    monkeypatch.setattr(data, "BLOCK_ROWS", 64)
+    n = 300
+    items = fmt.Items(ids=[f"{i}" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["Happiness"])
+    e = np.ones((n, DT), dtype=np.float32)
+    e[200, 3] = np.nan
+    cache = tmp_path / "nan.h5"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(h5files, "CHUNK_BYTES", 512)
+        write_arrays(cache, items, file_attrs={"dataset": "nan"}, aligned={
+            fmt.image_path("ViT-T@t"): (np.ones((n, D), dtype=np.float32), {"model": "ViT-T", "logit_scale": 20.0}),
+            fmt.teacher_path("t5", "paper"): (e, {"model": "t5", "instruction": "Describe."})})
+    with pytest.raises(ExpclipError, match=rf"{cache} rows 192-256: non-finite features in rows marked ok"):
+        fit_head([cache], tmp_path / "h", FitConfig(epochs=1, batch_size=32, device="cpu", max_memory="8KB"))

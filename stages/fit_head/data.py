@@ -54,6 +54,7 @@ class Selection:
     d: int
     dt: int
     itemsize: int  # of the stored features (for the transient read of a whole group)
+    stored: tuple[np.dtype, np.dtype] = (np.dtype("float16"), np.dtype("float16"))  # what holds either group's rows
     chunk_rows: list[int] = field(default_factory=list)  # rows per chunk of every selected group of every cache
     used: list[dict] = field(default_factory=list)  # path, fingerprint, rows used
 
@@ -84,12 +85,13 @@ def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | N
             key, tkey, ikey = training_keys(r, clip_key, teacher_key, instruction)
             clip_key, teacher_key, instruction = key, tkey, ikey
             paths = [fmt.image_path(key), fmt.teacher_path(tkey, ikey)]
-            (xs, dtype), (es, _) = r.group_shape(paths[0]), r.group_shape(paths[1])
+            (xs, dtype), (es, edtype) = r.group_shape(paths[0]), r.group_shape(paths[1])
             if found is None:
                 tattrs = r.teacher_attrs(tkey, ikey)
                 found = Selection([], [], key, r.image_attrs(key), tkey, ikey,
                                   {k: v for k, v in tattrs.items() if k != "sha256"},
-                                  xs[1], es[1], np.dtype(dtype).itemsize)
+                                  xs[1], es[1], np.dtype(dtype).itemsize, (np.dtype(dtype), np.dtype(edtype)))
+            found.stored = (np.promote_types(found.stored[0], dtype), np.promote_types(found.stored[1], edtype))
             scale = r.image_attrs(key).get("logit_scale")
             if scale != found.clip.get("logit_scale"):
                 raise ExpclipError(f"{path}: logit_scale {scale} differs from {found.caches[0]}'s "
@@ -110,10 +112,14 @@ def _pairs(x: np.ndarray, e: np.ndarray, ok: np.ndarray, where: str) -> Batch:
     """Usable rows as float32, teacher rows normalised; a NaN or inf in a usable row is an error."""
     images = torch.from_numpy(x if ok.all() else x[ok]).float()
     teacher = torch.from_numpy(e if ok.all() else e[ok]).float()
-    norms = torch.linalg.vector_norm(teacher, dim=1, keepdim=True)
-    if not (torch.isfinite(images.sum()) and torch.isfinite(norms).all()):
+    if not (torch.isfinite(images.sum()) and torch.isfinite(teacher.sum())):
         raise ExpclipError(f"{where}: non-finite features in rows marked ok")
-    return images, teacher.div_(norms.clamp_min_(EPS))
+    return images, _normalised(teacher)
+
+
+def _normalised(teacher: torch.Tensor) -> torch.Tensor:
+    """Float32 teacher rows divided by their norms, in place (as F.normalize does, with its floor)."""
+    return teacher.div_(torch.linalg.vector_norm(teacher, dim=1, keepdim=True).clamp_min_(EPS))
 
 
 class InMemory:
@@ -157,17 +163,22 @@ def block_rows(chunk_rows: list[int], most: int) -> int:
 class Streamed:
     """Blocks of whole chunks in a seeded order, a buffer at a time, the next read while this one trains.
 
-    Memory: two buffers (the one training, the one being read) of budget / BUFFERS
-    bytes of float32 rows each, plus one block as stored while it is converted.
-    Each buffer is read into tensors with `batch_size` spare rows in front, where
-    the previous buffer's leftover rows go, so nothing is copied to join them.
+    Buffers hold rows as stored (float16 by default): the reader thread only
+    reads HDF5 straight into them and checks them with numpy (torch work there
+    would start a second OpenMP team on the cores the GEMMs use); each batch is
+    converted to float32 and its teacher rows normalised when it is drawn, with
+    the same arithmetic as the in-memory path. Memory: two buffers (the one
+    training, the one being read) of budget / BUFFERS bytes each. Each buffer
+    has `batch_size` spare rows in front, where the previous buffer's leftover
+    rows go, so nothing is copied to join them.
     """
 
     mode = "streaming"
 
     def __init__(self, selection: Selection, budget: int, device: torch.device) -> None:
         self.selection, self.device = selection, device
-        rows = max(1, budget // (BUFFERS * (selection.d + selection.dt) * 4))  # float32 rows a buffer may hold
+        row = selection.d * selection.stored[0].itemsize + selection.dt * selection.stored[1].itemsize
+        rows = max(1, budget // (BUFFERS * row))  # rows a buffer may hold
         self.block = block_rows(selection.chunk_rows, rows)
         self.blocks = [(c, a, min(a + self.block, len(ok)))
                        for c, ok in enumerate(selection.ok) for a in range(0, len(ok), self.block)]
@@ -177,18 +188,23 @@ class Streamed:
         return {"mode": self.mode, "block_rows": self.block, "buffer_rows": self.per_buffer * self.block}
 
     def _read(self, readers: list[CacheReader], blocks: list[tuple[int, int, int]], spare: int) -> Batch:
-        """The blocks' usable rows as float32 (teacher normalised), after `spare` empty rows."""
+        """The blocks' usable rows as stored, after `spare` empty rows; a NaN or inf among them is an error."""
         sel = self.selection
-        x_path, e_path = sel.paths
         rows = spare + sum(int(sel.ok[c][a:b].sum()) for c, a, b in blocks)
-        x, e = torch.empty(rows, sel.d), torch.empty(rows, sel.dt)
+        buffers = (np.empty((rows, sel.d), sel.stored[0]), np.empty((rows, sel.dt), sel.stored[1]))
         at = spare
         for c, a, b in blocks:
-            bx, be = _pairs(readers[c].rows(x_path, a, b), readers[c].rows(e_path, a, b), sel.ok[c][a:b],
-                            f"{readers[c].path} rows {a}-{b}")
-            x[at:at + len(bx)], e[at:at + len(be)] = bx, be
-            at += len(bx)
-        return x, e
+            ok = sel.ok[c][a:b]
+            for path, buffer in zip(sel.paths, buffers, strict=True):
+                part = buffer[at:at + int(ok.sum())]
+                if ok.all():
+                    readers[c].rows_into(path, a, b, part)
+                else:
+                    part[:] = readers[c].rows(path, a, b)[ok]
+                if not np.isfinite(part).all():
+                    raise ExpclipError(f"{readers[c].path} rows {a}-{b}: non-finite features in rows marked ok")
+            at += int(ok.sum())
+        return torch.from_numpy(buffers[0]), torch.from_numpy(buffers[1])
 
     def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(len(self.blocks), generator=generator).tolist()
@@ -209,7 +225,7 @@ class Streamed:
                 usable = len(x) // batch_size * batch_size
                 for s in range(0, usable, batch_size):
                     idx = perm[s:s + batch_size]
-                    yield x.index_select(0, idx), e.index_select(0, idx)
+                    yield x.index_select(0, idx).float(), _normalised(e.index_select(0, idx).float())
                 left = (x.index_select(0, perm[usable:]).cpu(), e.index_select(0, perm[usable:]).cpu())
                 del x, e  # before the next buffer arrives: two, not three, in memory
         finally:

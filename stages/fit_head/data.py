@@ -53,8 +53,7 @@ class Selection:
     teacher_provenance: dict  # the teacher group's attributes (family, model, instruction, weights_sha256, ...)
     d: int
     dt: int
-    itemsize: int  # of the stored features (for the transient read of a whole group)
-    stored: tuple[np.dtype, np.dtype] = (np.dtype("float16"), np.dtype("float16"))  # what holds either group's rows
+    stored: tuple[np.dtype, np.dtype]  # what holds the image / teacher rows of every cache (the widest dtype)
     chunk_rows: list[int] = field(default_factory=list)  # rows per chunk of every selected group of every cache
     used: list[dict] = field(default_factory=list)  # path, fingerprint, rows used
 
@@ -69,7 +68,8 @@ class Selection:
     def in_memory_bytes(self) -> int:
         """Float32 features of every usable row, plus the largest group as stored while it is converted."""
         counts = [len(ok) for ok in self.ok]
-        return self.n * (self.d + self.dt) * 4 + max(counts) * max(self.d, self.dt) * self.itemsize
+        return self.n * (self.d + self.dt) * 4 + max(counts) * max(self.d * self.stored[0].itemsize,
+                                                                     self.dt * self.stored[1].itemsize)
 
 
 def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | None = None,
@@ -90,7 +90,7 @@ def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | N
                 tattrs = r.teacher_attrs(tkey, ikey)
                 found = Selection([], [], key, r.image_attrs(key), tkey, ikey,
                                   {k: v for k, v in tattrs.items() if k != "sha256"},
-                                  xs[1], es[1], np.dtype(dtype).itemsize, (np.dtype(dtype), np.dtype(edtype)))
+                                  xs[1], es[1], (np.dtype(dtype), np.dtype(edtype)))
             found.stored = (np.promote_types(found.stored[0], dtype), np.promote_types(found.stored[1], edtype))
             scale = r.image_attrs(key).get("logit_scale")
             if scale != found.clip.get("logit_scale"):

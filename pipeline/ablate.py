@@ -112,9 +112,9 @@ def run_grid(
         for group in _together([p for p in planned if p[0] not in done]):
             heads = [out_dir / "heads" / key for key, *_ in group]
             metas = fit_heads(train, heads, [fit for _, _, fit, _, _ in group], **group[0][3])
-            for (key, point, _, _, identity), head_path, meta in zip(group, heads, metas, strict=True):
+            for (key, point, fit, _, identity), head_path, meta in zip(group, heads, metas, strict=True):
                 records = evaluate(load_head(head_path), evals, prompt_sets=prompt_sets, ensemble=ensemble,
-                                   label_map=label_map)
+                                   label_map=label_map, device=fit.device)
                 run = {"key": key, "grid": point, "identity": identity, "head": str(head_path),
                        "final_loss": meta["history"][-1]["loss"] if meta.get("history") else None,
                        "trained_together": len(group), "records": records}

@@ -162,6 +162,7 @@ def evaluate(
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices.")] = None,
+    device: FO.device = F.device,
 ) -> None:
     """Zero-shot UAR / WAR of a head (Exp-CLIP) and of plain CLIP, as in the paper's Table 2."""
     import warnings
@@ -182,6 +183,7 @@ def evaluate(
         records = run_evaluate(
             load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
             baseline=baseline, label_map=read_label_map(label_map) if label_map else None, clip_key=clip_key,
+            device=device,
         )
         for w in caught:
             err.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)

@@ -25,10 +25,11 @@ from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
+from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.labels import dataset_labels
 from expclip.stages.shared.select import evaluation_key
-from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
+from expclip.stages.shared.vocabulary import AUTO, ENSEMBLE, ENSEMBLES
 
 CLIP, EXP_CLIP = "clip", "exp-clip"
 FRAME_CHUNK = 8192  # frames processed at once: bounds float64 copies and (frames, Dt) activations
@@ -44,18 +45,22 @@ def evaluate(
     baseline: bool = False,
     label_map: dict[str, str] | None = None,
     clip_key: str | None = None,
+    device: str = AUTO,
 ) -> list[dict]:
     """One record per (cache, method, prompt set): UAR, WAR, per-class recall and confusion matrix.
 
     `head=None` evaluates plain CLIP only; `baseline=True` adds plain CLIP rows
     next to the head's. `prompt_sets=None` takes every set the cache holds for
     the CLIP key. `label_map` translates numeric class names (see stages.labels).
+    `device` computes the scores (float64 there; `auto` = CUDA when present).
     """
     if head is None and not baseline:
         raise ExpclipError("--head: give a head to evaluate, or --baseline for plain CLIP")
     if ensemble not in ENSEMBLES:
         raise ExpclipError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
-    spaces = ([(CLIP, Space())] if baseline else []) + ([(EXP_CLIP, _head_space(head))] if head is not None else [])
+    where = resolve_device(device)
+    spaces = (([(CLIP, Space(where))] if baseline else [])
+              + ([(EXP_CLIP, _head_space(head, where))] if head is not None else []))
     records = []
     for path in caches:
         with CacheReader(Path(path)) as cache:
@@ -67,21 +72,25 @@ def evaluate(
 class Space:
     """Where cosines are taken: plain CLIP space here; subclasses map through a head.
 
-    `images` gives (N, m) and `texts` (K, m) arrays, each row of unit length in
-    the space's metric, so that `images @ texts.T` are the cosines.
+    `images` gives (N, m) and `texts` (K, m) float64 tensors on the space's
+    device, each row of unit length in the space's metric, so that
+    `images @ texts.T` are the cosines.
     """
 
-    def images(self, features: np.ndarray) -> np.ndarray:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def images(self, features: torch.Tensor) -> torch.Tensor:
         """Normalised image (N, D) or mean of normalised frame (N, T, D) features."""
         if features.ndim == 2:
-            return self.unit(features.astype(np.float64))
-        return self.unit(np.concatenate([_sum_of_unit_frames(c.astype(np.float64)) for c in _chunks(features)]))
+            return self.unit(features.double())
+        return self.unit(torch.cat([_sum_of_unit_frames(c.double()) for c in _chunks(features)]))
 
-    def texts(self, features: np.ndarray) -> np.ndarray:
+    def texts(self, features: torch.Tensor) -> torch.Tensor:
         return self.unit(features)
 
-    def unit(self, v: np.ndarray) -> np.ndarray:
-        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    def unit(self, v: torch.Tensor) -> torch.Tensor:
+        return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 class GramSpace(Space):
@@ -93,53 +102,55 @@ class GramSpace(Space):
     whose dot products are the cosines in the head's space (float64 throughout).
     """
 
-    def __init__(self, weight: torch.Tensor):
-        w = weight.detach().cpu().double().numpy()
+    def __init__(self, weight: torch.Tensor, device: torch.device) -> None:
+        super().__init__(device)
+        w = weight.detach().to(device, torch.float64)
         self.gram = w.T @ w  # (d, d)
 
-    def images(self, features: np.ndarray) -> np.ndarray:
-        x = features.mean(axis=1, dtype=np.float64) if features.ndim == 3 else features.astype(np.float64)
+    def images(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.double().mean(dim=1) if features.ndim == 3 else features.double()
         gx = x @ self.gram
-        return gx / np.sqrt(np.maximum(np.einsum("nd,nd->n", gx, x), 1e-24))[:, None]
+        return gx / (gx * x).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
 
-    def unit(self, v: np.ndarray) -> np.ndarray:
-        return v / np.sqrt(np.maximum(np.einsum("kd,kd->k", v @ self.gram, v), 1e-24))[:, None]
+    def unit(self, v: torch.Tensor) -> torch.Tensor:
+        return v / ((v @ self.gram) * v).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
 
 
 class ModuleSpace(Space):
     """Any head module (MLP): applied per frame, averaged over frames, then normalised."""
 
-    def __init__(self, module: torch.nn.Module):
-        self.module = module.eval()
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        super().__init__(device)
+        self.module = module.eval().to(device)
         self.dtype = next(module.parameters()).dtype
 
-    def _map(self, x: np.ndarray) -> np.ndarray:
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.module(torch.from_numpy(x).to(self.dtype)).double().numpy()
+            return self.module(x.to(self.dtype)).double()
 
-    def images(self, features: np.ndarray) -> np.ndarray:
+    def images(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim == 2:
-            return self.unit(np.concatenate([self._map(c) for c in _chunks(features)]))
-        return self.unit(np.concatenate([self._map(c).mean(axis=1) for c in _chunks(features)]))
+            return self.unit(torch.cat([self._map(c) for c in _chunks(features)]))
+        return self.unit(torch.cat([self._map(c).mean(dim=1) for c in _chunks(features)]))
 
-    def texts(self, features: np.ndarray) -> np.ndarray:
+    def texts(self, features: torch.Tensor) -> torch.Tensor:
         return self.unit(self._map(features))
 
 
-def _sum_of_unit_frames(clips: np.ndarray) -> np.ndarray:
+def _sum_of_unit_frames(clips: torch.Tensor) -> torch.Tensor:
     """sum_t I_t / |I_t| of (n, T, D) clips, without materialising the normalised frames."""
-    norms = np.sqrt(np.maximum(np.einsum("ntd,ntd->nt", clips, clips), 1e-24))
-    return np.einsum("ntd,nt->nd", clips, 1 / norms)
+    norms = torch.einsum("ntd,ntd->nt", clips, clips).clamp_min(1e-24).sqrt()
+    return torch.einsum("ntd,nt->nd", clips, 1 / norms)
 
 
-def _chunks(x: np.ndarray) -> list[np.ndarray]:
+def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
     rows = max(1, FRAME_CHUNK // (x.shape[1] if x.ndim == 3 else 1))
-    return [x[i:i + rows] for i in range(0, len(x), rows)]
+    return list(x.split(rows))
 
 
-def _head_space(head: Head) -> Space:
+def _head_space(head: Head, device: torch.device) -> Space:
     weight = head.linear_weight()
-    return ModuleSpace(head.module) if weight is None else GramSpace(weight)
+    return ModuleSpace(head.module, device) if weight is None else GramSpace(weight, device)
 
 
 def _evaluate_cache(
@@ -161,11 +172,13 @@ def _evaluate_cache(
     targets = {(method, name): _class_targets(space, *texts[name], len(labels.classes), ensemble)
                for method, space in spaces for name in sets}
     predicted: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in targets}
+    device = spaces[0][1].device
     for features in _blocks(cache, key, keep):
+        features = torch.from_numpy(features).to(device)  # as stored; float64 only per chunk, on the device
         for method, space in spaces:
             images = space.images(features)
             for name in sets:
-                predicted[(method, name)].append((images @ targets[(method, name)].T).argmax(1))
+                predicted[(method, name)].append((images @ targets[(method, name)].T).argmax(1).cpu().numpy())
     common = {
         "dataset": cache.dataset, "classes": labels.classes, "cache": str(cache.path), "clip_key": key,
         "ensemble": ensemble, "skipped": int((~keep).sum()),
@@ -188,7 +201,7 @@ def _blocks(cache: CacheReader, key: str, keep: np.ndarray) -> Iterator[np.ndarr
             yield rows if mask.all() else rows[mask]
 
 
-def _class_targets(space: Space, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str) -> np.ndarray:
+def _class_targets(space: Space, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str) -> torch.Tensor:
     """(C, m): image rows times these give the class scores — the mean of the class's prompt cosines, or the
     cosine with its renormalised mean prompt.
 
@@ -196,8 +209,9 @@ def _class_targets(space: Space, text: np.ndarray, cls: np.ndarray, n_classes: i
     unit prompts (linearity), so both ensembles cost one (N, m) x (m, C) product
     and differ only in renormalising that mean.
     """
-    prompts = space.texts(text)  # (K, m), unit length in the space's metric
-    means = (np.eye(n_classes)[cls] / np.bincount(cls, minlength=n_classes)).T @ prompts  # (C, m)
+    prompts = space.texts(torch.from_numpy(text).to(space.device))  # (K, m), unit length in the space's metric
+    average = (np.eye(n_classes)[cls] / np.bincount(cls, minlength=n_classes)).T  # (C, K): 1/count per prompt
+    means = torch.from_numpy(average).to(space.device) @ prompts  # (C, m)
     return means if ensemble == "logits" else space.unit(means)
 
 

@@ -136,14 +136,14 @@ def test_gram_path_equals_mapping_every_frame():
     w = torch.from_numpy(rng.standard_normal((DT, D)))
     frames = rng.standard_normal((30, 16, D)).astype(np.float16)
     texts = rng.standard_normal((11, D))
-    space = GramSpace(w)
-    fast = space.images(frames) @ space.texts(texts).T
+    space = GramSpace(w, torch.device("cpu"))
+    images, prompts = space.images(torch.from_numpy(frames)), space.texts(torch.from_numpy(texts))
     wn = w.numpy()
     direct = norm((frames.astype(np.float64) @ wn.T).mean(axis=1)) @ norm(texts @ wn.T).T
-    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-12)
-    mean_text = space.unit(space.texts(texts)[:5].mean(axis=0, keepdims=True))
+    np.testing.assert_allclose((images @ prompts.T).numpy(), direct, rtol=0, atol=1e-12)
+    mean_text = space.unit(prompts[:5].mean(dim=0, keepdim=True))
     direct_mean = norm(norm(texts[:5] @ wn.T).mean(axis=0, keepdims=True))
-    np.testing.assert_allclose(space.images(frames) @ mean_text.T, norm((frames.astype(np.float64) @ wn.T).mean(axis=1)) @ direct_mean.T, atol=1e-12)
+    np.testing.assert_allclose((images @ mean_text.T).numpy(), norm((frames.astype(np.float64) @ wn.T).mean(axis=1)) @ direct_mean.T, atol=1e-12)
 
 
 def test_mlp_head_is_applied_per_frame(tmp_path):

@@ -177,7 +177,7 @@ def test_head_json_records_provenance(tmp_path):
     assert [c["rows"] for c in card["caches"]] == [40, 30] and all(len(c["fingerprint"]) == 64 for c in card["caches"])
     assert card["config"]["lr"] == 1e-3 and card["config"]["milestones"] == [30] and card["seed"] == 0
     assert [h["epoch"] for h in card["history"]] == [1, 2] and all(0 <= h["accuracy"] <= 1 for h in card["history"])
-    assert card["wall_seconds"] > 0 and card["expclip_version"]
+    assert 0 < card["read_seconds"] < card["wall_seconds"] and card["expclip_version"]
 
 
 def test_choices_are_listed_when_ambiguous(tmp_path):
@@ -242,6 +242,21 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
                                  "--precision", "bf16", "--batch-size", "32", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "warning: this CPU has no native bf16 (avx512_bf16 or AMX): --precision bf16 runs slower than fp32 here" in result.output
+
+
+def test_tf32_is_refused_off_cuda_in_one_line(tmp_path):
+    """TF32 is a CUDA feature: on the CPU the run stops, naming what to use, and leaves the global setting alone."""
+    cache = make_cache(tmp_path / "t.h5", n=64)
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--device", "cpu",
+                                 "--precision", "tf32", "--batch-size", "32", "--epochs", "1"])
+    assert result.exit_code == 2 and not (tmp_path / "h.json").exists()
+    assert _plain(result.output) == ("error: --precision tf32: TensorFloat-32 products are a CUDA feature; "
+                                     "on the CPU use fp32 (exact) or bf16")
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split())
 
 
 def test_cli_fit_head_and_export(tmp_path):

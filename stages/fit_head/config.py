@@ -8,7 +8,7 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, setting
 from expclip.stages.shared.memory import available_bytes, parse_size
-from expclip.stages.shared.vocabulary import DEVICES, HEAD_KINDS, PRECISIONS
+from expclip.stages.shared.vocabulary import DEVICES, FIT_PRECISIONS, HEAD_KINDS
 
 OPTIMIZERS = ("sgd", "adamw")
 LEARNABLE = "learnable"
@@ -31,8 +31,8 @@ class FitConfig:
     logit_scale: float | str | None = setting(None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen).")
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
-    precision: str = setting("fp32", "fp32 (exact), or bf16 matrix products (the paper's head: its hand-written gradient's four; other heads: autocast).", choices=PRECISIONS)
-    max_memory: str | None = setting(None, "Memory for the training features, e.g. 1GB or 512MB (default: half of the memory available); larger selections are streamed from the cache.")
+    precision: str = setting("fp32", "fp32 (exact); bf16 matrix products (the paper's head: its hand-written gradient's four; other heads: autocast); or tf32 (CUDA only: float32 products on tensor cores).", choices=FIT_PRECISIONS)
+    max_memory: str | None = setting(None, "Memory for the training features, e.g. 1GB or 512MB (default: half of what the training device has free: RAM, or the GPU's memory); larger selections are streamed from the cache.")
 
     def check(self) -> None:
         """Refuse options that cannot work, naming the option."""
@@ -44,6 +44,8 @@ class FitConfig:
         if (isinstance(scale, str) and scale != LEARNABLE) or (isinstance(scale, (int, float)) and not scale > 0):
             raise ExpclipError(f"--logit-scale: {scale!r} is neither a positive number nor '{LEARNABLE}'")
 
-    def memory_budget(self) -> int:
-        """Bytes the training features may take: --max-memory, else half of what the machine has available."""
-        return parse_size(self.max_memory, "--max-memory") if self.max_memory is not None else available_bytes() // 2
+    def memory_budget(self, free: int | None = None) -> int:
+        """Bytes the training features may take: --max-memory, else half of `free` (default: the RAM available)."""
+        if self.max_memory is not None:
+            return parse_size(self.max_memory, "--max-memory")
+        return (available_bytes() if free is None else free) // 2

@@ -10,13 +10,15 @@ seeded with `seed`; batch s is rows order[s·B:(s+1)·B], and the last n mod B
 rows are dropped. Selections larger than `--max-memory` are streamed from the
 cache instead, in shuffled buffers of blocks (HEAD.json's `mode` says which).
 
-Speed: everything that needs no gradient is done once (features to float32,
-teacher rows normalised, batches gathered by index). For the paper's head
+Speed: everything that needs no gradient is done once (features to float32 on
+the training device, teacher rows normalised, batches gathered by index there);
+the steps never wait for the device (no host sync until an epoch ends). For the paper's head
 (linear, SGD, fixed scale) the gradient is written out by hand
 (`linear_grad`): four matrix products and nothing else of size B×Dt, so the
 CPU spends its time in GEMMs; `--precision bf16` multiplies those four in bf16
 (everything else stays float32), which CPUs with avx512_bf16 or AMX do faster
-than fp32 and others emulate slowly (a warning says so). Every other configuration uses autograd. Both feed
+than fp32 and others emulate slowly (a warning says so); on CUDA, `--precision tf32`
+keeps float32 tensors and lets tensor cores multiply them. Every other configuration uses autograd. Both feed
 the same `torch.optim.SGD` / `AdamW` and the same MultiStepLR.
 
 Several heads at once (`fit_heads`, for ablation grids): configurations that
@@ -42,9 +44,9 @@ from expclip.base.version import __version__
 from expclip.base.errors import ExpclipError
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.fit_head.data import EPS, Selection, batches, select
-from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.devices import free_bytes, resolve_device
 from expclip.stages.shared.heads import build_head, load_head, save_head
-from expclip.stages.shared.precision import native_bf16, torch_dtype
+from expclip.stages.shared.precision import native_bf16, tensor_cores, torch_dtype
 from expclip.stages.shared.progress import progress, stderr
 
 
@@ -134,6 +136,14 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
     if first.precision == "bf16" and not native_bf16(device):
         stderr.print("[yellow]warning:[/] this CPU has no native bf16 (avx512_bf16 or AMX): "
                      "--precision bf16 runs slower than fp32 here", soft_wrap=True)
+    with tensor_cores(first.precision, device):
+        return _fit(caches, outs, configs, device, clip_key, teacher_key, instruction)
+
+
+def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device: torch.device,
+         clip_key: str | None, teacher_key: str | None, instruction: str | None) -> list[dict]:
+    """fit_heads' work once the device and its matrix-product precision are set."""
+    first = configs[0]
     started = time.perf_counter()
     selection = select(caches, clip_key, teacher_key, instruction)
     n, d, dt, b = selection.n, selection.d, selection.dt, first.batch_size
@@ -141,7 +151,8 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
     if steps == 0:
         raise ExpclipError(f"--batch-size {b}: larger than the {n} usable rows of the caches")
     scales = [_scale(c, selection, caches[0]) for c in configs]
-    data = batches(selection, first.memory_budget(), device)
+    data = batches(selection, first.memory_budget(free_bytes(device)), device)
+    read = time.perf_counter() - started  # selecting, and reading the features when they fit in memory
     hand = by_hand(first)
     modules = [_initial_head(c, d, dt).to(device) for c in configs]
     if hand:  # one (K, Dt, d) stack; each head's weight is a view of its slice, stepped by its own optimizer
@@ -185,12 +196,14 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
                 histories[k].append({"epoch": epoch + 1, "loss": loss_sum[k].item() / steps,
                                      "accuracy": correct[k].item() / (steps * b)})
             bar.update(task, description=f"fit-head epoch {epoch + 1} loss {histories[0][-1]['loss']:.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the steps run ahead of the host: wait before reading the clock
     wall = round(time.perf_counter() - started, 3)
     metas = []
     for k, (config, module, out) in enumerate(zip(configs, modules, outs, strict=True)):
         scale = float(log_scale.detach().exp()) if learnable else scales[k]
         meta = _meta(config, selection, data.describe(), device, scale, "by-hand" if hand else "autograd",
-                     histories[k], steps, wall, len(configs))
+                     histories[k], steps, {"wall_seconds": wall, "read_seconds": round(read, 3)}, len(configs))
         save_head(module.cpu(), config.head, meta, out)
         metas.append(meta)
     return metas
@@ -212,7 +225,7 @@ def _optimizer(config: FitConfig, params: list[torch.nn.Parameter]) -> torch.opt
 
 
 def _meta(config: FitConfig, selection: Selection, data: dict, device: torch.device, scale: float, gradient: str,
-          history: list[dict], steps: int, wall: float, together: int) -> dict:
+          history: list[dict], steps: int, times: dict, together: int) -> dict:
     """HEAD.json: provenance (code, caches, groups, configuration) and what the training did."""
     return {
         "expclip_version": __version__,
@@ -225,5 +238,5 @@ def _meta(config: FitConfig, selection: Selection, data: dict, device: torch.dev
                    "init_from": str(config.init_from) if config.init_from else None},
         "seed": config.seed, "logit_scale": scale, "device": str(device), "gradient": gradient,
         "caches": selection.used, "n_train": selection.n, "steps_per_epoch": steps, **data,
-        "trained_together": together, "history": history, "wall_seconds": wall,
+        "trained_together": together, "history": history, **times,
     }

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from expclip.base.errors import ExpclipError
+from expclip.stages.shared.memory import available_bytes
 from expclip.stages.shared.vocabulary import DEVICES
-
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,3 +18,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory free on `device` now: the GPU's (cudaMemGetInfo), or the RAM the system can give."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_bytes()

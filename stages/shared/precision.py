@@ -2,25 +2,27 @@
 
 Options and configurations use the short names; caches record the torch dtype
 name (`float32` / `bfloat16`, docs/cache-format.md), so files written before
-read the same.
+read the same. fit-head also offers `tf32`: float32 tensors whose matrix
+products CUDA's tensor cores compute with 10-bit mantissas (`tensor_cores`).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Iterator
 
 import torch
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.vocabulary import AUTO, PRECISIONS
+from expclip.stages.shared.vocabulary import AUTO, FIT_PRECISIONS, PRECISIONS, TF32
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, TF32: torch.float32}
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str, offered: tuple[str, ...] = PRECISIONS) -> None:
     """Refuse a name outside the vocabulary, listing it."""
-    if precision not in PRECISIONS:
-        raise ExpclipError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision not in offered:
+        raise ExpclipError(f"unknown precision {precision!r}; choose one of: {', '.join(offered)}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -32,8 +34,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def torch_dtype(precision: str) -> torch.dtype:
-    check_precision(precision)
+    """The dtype tensors (and matrix-product inputs) take: tf32 keeps float32 tensors."""
+    check_precision(precision, FIT_PRECISIONS)
     return _DTYPES[precision]
+
+
+@contextmanager
+def tensor_cores(precision: str, device: torch.device) -> Iterator[None]:
+    """For `tf32`, let CUDA multiply float32 matrices in TF32 while inside, then restore the setting.
+
+    TF32 is a CUDA feature: asking for it elsewhere is refused rather than
+    silently running fp32 under a name that says otherwise.
+    """
+    if precision != TF32:
+        yield
+        return
+    if device.type != "cuda":
+        raise ExpclipError(f"--precision {TF32}: TensorFloat-32 products are a CUDA feature; "
+                           f"on the {device.type.upper()} use fp32 (exact) or bf16")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def recorded_name(precision: str) -> str:

@@ -7,6 +7,8 @@ offer exactly these choices.
 DEVICES = ("auto", "cpu", "cuda")  # auto = CUDA when there is one, else the CPU
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dtype name
+TF32 = "tf32"  # fit-head only: float32 tensors whose matrix products run on CUDA tensor cores
+FIT_PRECISIONS = (*PRECISIONS, TF32)
 HEAD_KINDS = ("linear", "mlp")  # linear = the paper's head
 ENSEMBLES = ("logits", "embedding")
 ENSEMBLE = "logits"  # the paper's: mean of a class's prompt logits

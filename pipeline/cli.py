@@ -1,24 +1,21 @@
 """The `expclip` command line: one thin function per command that parses and calls a stage."""
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
-from expclip.base.errors import ExpclipError, Interrupted, PeerFailed
-from expclip.cache.atomic import NO_SPACE, NOT_WRITABLE
+from expclip import cli_neighbours
+from expclip.base.errors import ExpclipError
+from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
 from expclip.outputs import writable
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract import sources
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
-from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES
+from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES, NEAR_DUPLICATE
 
 X, F = ExtractConfig, FitConfig
 XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
@@ -34,29 +31,8 @@ cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")
 head_app = typer.Typer(no_args_is_help=True, help="Convert heads between formats.")
 app.add_typer(cache_app, name="cache")
 app.add_typer(head_app, name="head")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Print a user's mistake (or a full or read-only disk) as one line on stderr and exit 2, without a traceback."""
-    try:
-        yield
-    except PeerFailed:  # its rank 0 printed the error
-        raise typer.Exit(2) from None
-    except Interrupted as e:
-        err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
-        raise typer.Exit(e.status) from None
-    except ExpclipError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2) from None
-    except OSError as e:  # a write that expclip.cache.atomic did not see, e.g. a folder it could not create
-        if e.errno not in NO_SPACE | NOT_WRITABLE:
-            raise
-        err.print(f"[bold red]error:[/] {escape(str(e.filename or 'output'))}: {os.strerror(e.errno)}", highlight=False)
-        raise typer.Exit(2) from None
+app.command()(cli_neighbours.search)
+app.command()(cli_neighbours.audit)
 
 
 @app.command()
@@ -220,6 +196,8 @@ def fit_head(
     device: FO.device = F.device,
     precision: FO.precision = F.precision,
     max_memory: FO.max_memory = F.max_memory,
+    exclude_near_duplicates_of: Annotated[Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False, help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine for --exclude-near-duplicates-of.")] = NEAR_DUPLICATE,
 ) -> None:
     """Stage two: train the head on cached features (the paper's run by default)."""
     from expclip.stages.fit_head import fit_head as run_fit_head
@@ -244,7 +222,15 @@ def fit_head(
             milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
             init_from=init_from, device=device, precision=precision, max_memory=max_memory,
         )
-        meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
+        exclude = None
+        if exclude_near_duplicates_of:
+            from expclip.leaks import near_duplicates_of
+
+            exclude = near_duplicates_of(caches, exclude_near_duplicates_of, threshold, clip_key)
+            err.print(f"leaving out {exclude.count()} training row(s) within cosine {threshold} of "
+                      f"{', '.join(map(str, exclude_near_duplicates_of))}", highlight=False)
+        meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key,
+                            instruction=instruction, exclude=exclude)
     last = meta["history"][-1]
     out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)")
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")

@@ -72,9 +72,21 @@ class Selection:
                                                                      self.dt * self.stored[1].itemsize)
 
 
+@dataclass
+class Exclusion:
+    """Training rows to leave out (e.g. near-duplicates of evaluation sets), and why, for HEAD.json."""
+
+    rows: dict[str, np.ndarray]  # cache path (as given) -> item indices
+    provenance: dict  # e.g. threshold and the evaluation caches' identities
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.rows.values())
+
+
 def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | None = None,
-           instruction: str | None = None) -> Selection:
-    """Choose the groups (the first cache decides; the others must have them, at the same sizes and scale)."""
+           instruction: str | None = None, exclude: Exclusion | None = None) -> Selection:
+    """Choose the groups (the first cache decides; the others must have them, at the same sizes and scale);
+    rows in `exclude` count as unusable."""
     if not caches:
         raise ExpclipError("fit-head: give at least one CACHE")
     found: Selection | None = None
@@ -99,6 +111,8 @@ def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | N
             if (xs[1:], es[1:]) != ((found.d,), (found.dt,)):
                 raise ExpclipError(f"{path}: feature sizes {xs[1:]}, {es[1:]} differ from {found.caches[0]}'s")
             ok = r.items().ok
+            if exclude is not None:
+                ok[exclude.rows.get(str(path), np.empty(0, np.int64))] = False
             found.caches.append(path)
             found.ok.append(ok)
             found.chunk_rows += [r.chunk_rows(p) for p in paths]

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from expclip.base.version import __version__
 from expclip.base.errors import ExpclipError
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
-from expclip.stages.fit_head.data import EPS, Selection, batches, select
+from expclip.stages.fit_head.data import EPS, Exclusion, Selection, batches, select
 from expclip.stages.shared.devices import free_bytes, resolve_device
 from expclip.stages.shared.heads import build_head, load_head, save_head
 from expclip.stages.shared.precision import native_bf16, tensor_cores, torch_dtype
@@ -136,13 +136,16 @@ def shared_order(config: FitConfig) -> tuple | None:
 
 
 def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str | None = None,
-             teacher_key: str | None = None, instruction: str | None = None) -> dict:
-    """Train a head on the caches' (image, teacher) pairs; write OUT.safetensors + OUT.json; return the JSON."""
-    return fit_heads(caches, [out], [config], clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)[0]
+             teacher_key: str | None = None, instruction: str | None = None, exclude: Exclusion | None = None) -> dict:
+    """Train a head on the caches' (image, teacher) pairs; write OUT.safetensors + OUT.json; return the JSON.
+    `exclude` leaves rows out (recorded in HEAD.json's `excluded`)."""
+    return fit_heads(caches, [out], [config], clip_key=clip_key, teacher_key=teacher_key, instruction=instruction,
+                     exclude=exclude)[0]
 
 
 def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *, clip_key: str | None = None,
-              teacher_key: str | None = None, instruction: str | None = None) -> list[dict]:
+              teacher_key: str | None = None, instruction: str | None = None,
+              exclude: Exclusion | None = None) -> list[dict]:
     """Train one head per configuration in one pass over the data (see the module's docstring); write each."""
     for config in configs:
         config.check()
@@ -154,15 +157,16 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
         stderr.print("[yellow]warning:[/] this CPU has no native bf16 (avx512_bf16 or AMX): "
                      "--precision bf16 runs slower than fp32 here", soft_wrap=True)
     with tensor_cores(first.precision, device):
-        return _fit(caches, outs, configs, device, clip_key, teacher_key, instruction)
+        return _fit(caches, outs, configs, device, clip_key, teacher_key, instruction, exclude)
 
 
 def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device: torch.device,
-         clip_key: str | None, teacher_key: str | None, instruction: str | None) -> list[dict]:
+         clip_key: str | None, teacher_key: str | None, instruction: str | None,
+         exclude: Exclusion | None) -> list[dict]:
     """fit_heads' work once the device and its matrix-product precision are set."""
     first = configs[0]
     started = time.perf_counter()
-    selection = select(caches, clip_key, teacher_key, instruction)
+    selection = select(caches, clip_key, teacher_key, instruction, exclude)
     n, d, dt, b = selection.n, selection.d, selection.dt, first.batch_size
     steps = n // b  # drop_last
     if steps == 0:
@@ -222,6 +226,7 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
         scale = float(log_scale.detach().exp()) if learnable else scales[k]
         meta = _meta(config, selection, data.describe(), device, scale, "by-hand" if hand else "autograd",
                      histories[k], steps, {"wall_seconds": wall, "read_seconds": round(read, 3)}, len(configs))
+        meta["excluded"] = None if exclude is None else {"rows": exclude.count(), **exclude.provenance}
         save_head(module.cpu(), config.head, meta, out)
         metas.append(meta)
     return metas

@@ -14,3 +14,4 @@ ENSEMBLES = ("logits", "embedding")
 ENSEMBLE = "logits"  # the paper's: mean of a class's prompt logits
 MODEL_TRANSFORM, OFFICIAL_TRANSFORM = "model", "exp-clip-official"
 TRANSFORMS = (MODEL_TRANSFORM, OFFICIAL_TRANSFORM)
+NEAR_DUPLICATE = 0.95  # audit's default cosine threshold (README, "Leaks": how it was chosen and its limits)

@@ -1,0 +1,82 @@
+"""`expclip search` and `expclip audit`: thin commands over stages.neighbours (registered by expclip.cli)."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from expclip.base.errors import ExpclipError
+from expclip.console import err, out, user_errors
+from expclip.outputs import writable
+from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
+from expclip.options import choice
+
+
+def search(
+    cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Cache to search.")],
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text query (repeatable), encoded by the cache's own CLIP.")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", exists=True, dir_okay=False, help="Image query (repeatable).")] = None,
+    head: Annotated[Optional[Path], typer.Option(help="Search in this head's space (W x, normalised), as zero-shot scores.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per query.")] = 20,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search (faiss Flat) whatever the cache's size.")] = False,
+    clip_key: Annotated[Optional[str], typer.Option(help="Image key when the cache holds several CLIP encoders.")] = None,
+    device: Annotated[choice(DEVICES), typer.Option(help="Where the query encoder runs (auto = CUDA when there is one).")] = DEVICES[0],
+    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the hits as JSON.")] = None,
+) -> None:
+    """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
+    from expclip import neighbour_report as report
+    from expclip.cache.reader import CacheReader
+    from expclip.queries import cache_encoder, encode_queries
+    from expclip.stages.neighbours import search as run_search
+    from expclip.stages.shared.heads import load_head
+    from expclip.stages.shared.select import evaluation_key
+
+    with user_errors():
+        if not text and not image:
+            raise ExpclipError("search: give a query with --text or --image")
+        if json_out is not None:
+            writable(json_out, "--json", create=False)
+        loaded = load_head(head) if head is not None else None
+        with CacheReader(cache) as reader:
+            key = evaluation_key(reader, loaded, clip_key)
+        queries = encode_queries(cache_encoder(cache, key, device), list(text or []), list(image or []))
+        found = run_search(cache, queries, head=loaded, k=k, exact=exact, clip_key=key)
+        names = [*(f"text {t!r}" for t in text or []), *(f"image {p}" for p in image or [])]
+        found["queries"] = names
+        err.print(f"index {found['index']['spec']} of {found['index']['rows']:,} items "
+                  f"({'built now' if found['index_built'] else 'reused'})", highlight=False)
+        for name, hits in zip(names, found["hits"], strict=True):
+            out.print(report.hits_table(name, hits))
+        if json_out:
+            report.write_json(found, json_out)
+
+
+def audit(
+    caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache(s) to audit, e.g. training sets.")],
+    against: Annotated[Optional[list[Path]], typer.Option("--against", exists=True, dir_okay=False, help="Cache(s) to compare with, e.g. test sets (repeatable).")] = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine at or above which two frames are near-duplicates.")] = NEAR_DUPLICATE,
+    within: Annotated[bool, typer.Option("--within/--no-within", help="Also pairs inside each cache.")] = True,
+    clip_key: Annotated[Optional[str], typer.Option(help="Image key when the caches hold several CLIP encoders.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every pair (ids, frames, score) as CSV.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write counts and pairs as JSON.")] = None,
+    fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")] = False,
+) -> None:
+    """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
+    from expclip import neighbour_report as report
+    from expclip.stages.neighbours import audit as run_audit
+
+    with user_errors():
+        for flag, path in (("--csv", csv_out), ("--json", json_out)):
+            if path is not None:
+                writable(path, flag, create=False)
+        found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key)
+        out.print(report.audit_table(found))
+        if csv_out:
+            report.write_pairs_csv(found["pairs"], csv_out)
+        if json_out:
+            report.write_json(found, json_out)
+    leaks = sum(c["pairs"] for c in found["counts"] if not c["within"])
+    if leaks:
+        err.print(f"[yellow]{leaks} near-duplicate pair(s) across caches at cosine >= {threshold}[/]", highlight=False)
+    if fail_on_leak and leaks:
+        raise typer.Exit(1)

@@ -1,0 +1,61 @@
+"""Search hits and audit results as rich tables, JSON and CSV.
+
+Audit CSV: one row per pair, highest score first, columns
+`a, a_id, a_frame, b, b_id, b_frame, score` (cache paths, item ids as the
+caches store them, frame slots for clips — empty for images — and the cosine).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from rich.table import Table
+
+from expclip.cache.atomic import write_atomically
+from expclip.report import write_json
+
+PAIR_FIELDS = ["a", "a_id", "a_frame", "b", "b_id", "b_frame", "score"]
+SHOWN_PAIRS = 20
+
+__all__ = ["audit_table", "hits_table", "pairs_csv", "write_json", "write_pairs_csv"]
+
+
+def hits_table(query: str, hits: list[dict]) -> Table:
+    table = Table(title=f"nearest items to {query}")
+    for name in ("rank", "score", "item id", "label"):
+        table.add_column(name, justify="right" if name in ("rank", "score") else "left")
+    for h in hits:
+        table.add_row(str(h["rank"]), f"{h['score']:.4f}", h["id"], h["label"] or "")
+    return table
+
+
+def audit_table(report: dict) -> Table:
+    """Counts per pair of caches, then the closest pairs."""
+    table = Table(title=f"near-duplicates at cosine >= {report['threshold']} ({report['clip_key']})")
+    for name in ("cache", "against", "pairs", "items", "items against"):
+        table.add_column(name, justify="right" if name.startswith(("pairs", "items")) else "left")
+    for c in report["counts"]:
+        table.add_row(Path(c["a"]).name, "itself" if c["within"] else Path(c["b"]).name, f"{c['pairs']:,}",
+                      f"{c['items_a']:,}", f"{c['items_b']:,}")
+    for p in report["pairs"][:SHOWN_PAIRS]:
+        table.add_row(f"{p['a_id']}{_frame(p['a_frame'])}", f"{p['b_id']}{_frame(p['b_frame'])}",
+                      f"{p['score']:.4f}", "", "", style="dim")
+    return table
+
+
+def _frame(slot: int | None) -> str:
+    return "" if slot is None else f" #{slot}"
+
+
+def pairs_csv(pairs: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, PAIR_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if p[k] is None else p[k]) for k in PAIR_FIELDS} for p in pairs)
+    return buffer.getvalue()
+
+
+def write_pairs_csv(pairs: list[dict], path: Path) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(pairs_csv(pairs), "utf-8"))

@@ -1,0 +1,48 @@
+"""`search`: the items of a cache nearest to query vectors (texts or images already encoded by CLIP).
+
+Queries are raw CLIP features of the cache's own encoder; with a head they are
+mapped by it like the cache's items, so scores are the cosines zero-shot
+scoring compares (plain CLIP space without one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from expclip.base.errors import ExpclipError
+from expclip.cache.reader import CacheReader
+from expclip.stages.neighbours.index import cached_index
+from expclip.stages.neighbours.vectors import mapped, unit
+from expclip.stages.shared.heads import Head
+from expclip.stages.shared.memory import available_bytes
+from expclip.stages.shared.select import evaluation_key
+
+
+def search(cache: Path, queries: np.ndarray, *, head: Head | None = None, k: int = 20, exact: bool = False,
+           clip_key: str | None = None) -> dict:
+    """For each query row, the `k` nearest usable items: {"index": provenance, "hits": [[{rank, score, item,
+    id, label}, ...] per query]}."""
+    if k < 1:
+        raise ExpclipError(f"-k {k}: ask for at least one neighbour")
+    with CacheReader(cache) as reader:
+        key = evaluation_key(reader, head, clip_key)
+        items = reader.items()
+    found = cached_index(cache, key, head, exact=exact, budget=available_bytes() // 2)
+    q = unit(mapped(head, torch.from_numpy(np.asarray(queries, dtype=np.float32)))).numpy()
+    if q.shape[1] != found.meta["dim"]:
+        raise ExpclipError(f"{cache}: queries have {q.shape[1]} dimensions, its index {found.meta['dim']}")
+    scores, positions = found.index.search(np.ascontiguousarray(q), min(k, len(found.rows)))
+    hits = []
+    for score_row, position_row in zip(scores, positions, strict=True):
+        hits.append([_hit(rank, float(s), int(found.rows.item[p]), items)
+                     for rank, (s, p) in enumerate(zip(score_row, position_row, strict=True), start=1) if p >= 0])
+    return {"cache": str(cache), "clip_key": key, "index": found.meta, "index_built": found.built, "hits": hits}
+
+
+def _hit(rank: int, score: float, item: int, items) -> dict:
+    label = int(items.labels[item])
+    return {"rank": rank, "score": score, "item": item, "id": items.ids[item],
+            "label": items.class_names[label] if 0 <= label < len(items.class_names) else None}

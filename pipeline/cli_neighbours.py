@@ -22,6 +22,8 @@ def search(
     clip_key: Annotated[Optional[str], typer.Option(help="Image key when the cache holds several CLIP encoders.")] = None,
     device: Annotated[choice(DEVICES), typer.Option(help="Where the query encoder runs (auto = CUDA when there is one).")] = DEVICES[0],
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the hits as JSON.")] = None,
+    sheet: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the hits (PNG; with several queries, one per query: NAME-1.png, ...).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the cache's images are now, if not where extract read them.")] = None,
 ) -> None:
     """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
     from expclip import neighbour_report as report
@@ -34,8 +36,9 @@ def search(
     with user_errors():
         if not text and not image:
             raise ExpclipError("search: give a query with --text or --image")
-        if json_out is not None:
-            writable(json_out, "--json", create=False)
+        for flag, path in (("--json", json_out), ("--sheet", sheet)):
+            if path is not None:
+                writable(path, flag, create=False)
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
             key = evaluation_key(reader, loaded, clip_key)
@@ -49,6 +52,12 @@ def search(
             out.print(report.hits_table(name, hits))
         if json_out:
             report.write_json(found, json_out)
+        if sheet:
+            from expclip.sheets import hits_sheet
+
+            for n, (name, hits) in enumerate(zip(names, found["hits"], strict=True), start=1):
+                target = sheet if len(names) == 1 else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
+                err.print(f"wrote {hits_sheet(cache, name, hits, target, image_root)}", highlight=False)
 
 
 def audit(
@@ -60,21 +69,29 @@ def audit(
     csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every pair (ids, frames, score) as CSV.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write counts and pairs as JSON.")] = None,
     fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")] = False,
+    device: Annotated[choice(DEVICES), typer.Option(help="Where the products run (auto = CUDA when there is one; faiss on the CPU).")] = DEVICES[0],
+    sheet: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the caches' images are now (for --sheet), if moved.")] = None,
 ) -> None:
     """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
     from expclip import neighbour_report as report
     from expclip.stages.neighbours import audit as run_audit
 
     with user_errors():
-        for flag, path in (("--csv", csv_out), ("--json", json_out)):
+        for flag, path in (("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)):
             if path is not None:
                 writable(path, flag, create=False)
-        found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key)
+        found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
+                          device=device)
         out.print(report.audit_table(found))
         if csv_out:
             report.write_pairs_csv(found["pairs"], csv_out)
         if json_out:
             report.write_json(found, json_out)
+        if sheet and found["pairs"]:
+            from expclip.sheets import pairs_sheet
+
+            err.print(f"wrote {pairs_sheet(found['pairs'], sheet, image_root=image_root)}", highlight=False)
     leaks = sum(c["pairs"] for c in found["counts"] if not c["within"])
     if leaks:
         err.print(f"[yellow]{leaks} near-duplicate pair(s) across caches at cosine >= {threshold}[/]", highlight=False)

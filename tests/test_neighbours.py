@@ -17,11 +17,11 @@ from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.base.errors import ExpclipError
 from expclip.stages.neighbours import audit, index as index_module, search
-from expclip.stages.neighbours.audit import _range
 from expclip.stages.shared.heads import Head, build_head
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 KEY = "ViT-T@nn"
+audit_module = importlib.import_module("expclip.stages.neighbours.audit")
 D = 24
 runner = CliRunner()
 
@@ -161,18 +161,19 @@ def test_audit_equals_brute_force_across_and_within(tmp_path, frames):
     assert [p["score"] for p in report["pairs"]] == sorted((p["score"] for p in report["pairs"]), reverse=True)
 
 
-def test_gpu_style_knn_search_falls_back_to_the_cpu_and_equals_range_search(monkeypatch):
-    """A GPU has no range search: k-NN stands in, and rows whose k-th neighbour clears the threshold go to
-    the CPU. Exercised here with a second CPU index standing in for the GPU copy and k = 2."""
+def test_the_gpu_path_equals_faiss_range_search(monkeypatch):
+    """The torch matrix-product path (a GPU's) finds exactly faiss's pairs; run here on the CPU, in blocks
+    smaller than the query set."""
     rng = np.random.default_rng(3)
     base = unit(rng.standard_normal((200, D)).astype(np.float32))
     base[10:15] = unit(base[3] + 0.01 * rng.standard_normal((5, D)).astype(np.float32))  # 6 rows alike
-    cpu, gpu = faiss.IndexFlatIP(D), faiss.IndexFlatIP(D)
-    cpu.add(base), gpu.add(base)
-    monkeypatch.setattr(importlib.import_module("expclip.stages.neighbours.audit"), "GPU_K", 2)
-    got = sorted(zip(*[v.tolist() for v in _range(cpu, gpu, base[:20], 0.9)[:2]]))
-    want = sorted(zip(*[v.tolist() for v in _range(cpu, cpu, base[:20], 0.9)[:2]]))
-    assert got == want and len(want) > 20 + 10  # each row with itself, and rows 3, 10-14 with each other
+    monkeypatch.setattr(audit_module, "SCORES_PER_BLOCK", 7 * 200)  # blocks of 7 queries
+    by_faiss = audit_module.Exact(base, torch.device("cpu"))
+    by_torch = audit_module.Exact(base, torch.device("cpu"), products=True)
+    want = sorted(zip(*[v.tolist() for v in by_faiss.range(base[:20], 0.9)]))
+    got = sorted(zip(*[v.tolist() for v in by_torch.range(base[:20], 0.9)]))
+    assert [g[:2] for g in got] == [w[:2] for w in want] and len(want) > 20 + 10  # self-pairs, rows 3/10-14
+    np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], atol=1e-6)
 
 
 def test_caches_of_different_encoders_are_refused(tmp_path):
@@ -232,8 +233,13 @@ def test_cli_search_encodes_queries_with_the_caches_own_clip(tmp_path, tiny_clip
     assert made.exit_code == 0, made.output
     text = "a photo of a face with an expression of disgust"
     result = runner.invoke(app, ["search", str(cache), "--text", text, "--image", str(faces / "sad" / "2.png"),
-                                 "-k", "3", "--json", str(tmp_path / "hits.json"), "--device", "cpu"])
+                                 "-k", "3", "--json", str(tmp_path / "hits.json"), "--device", "cpu",
+                                 "--sheet", str(tmp_path / "hits.png")])
     assert result.exit_code == 0, result.output
+    from PIL import Image
+    for n in (1, 2):  # one sheet per query
+        with Image.open(tmp_path / f"hits-{n}.png") as sheet:
+            assert sheet.format == "PNG" and sheet.width > 500
     found = json.loads((tmp_path / "hits.json").read_text())
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
     with torch.no_grad():
@@ -272,3 +278,30 @@ def test_search_refuses_when_the_caches_clip_weights_changed(tmp_path):
     result = runner.invoke(app, ["search", str(cache), "--text", "a face", "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert "are not the ones that wrote the cache" in " ".join(result.output.split())
+
+
+def test_cli_audit_finds_copied_faces_between_real_caches_and_draws_them(tmp_path, tiny_clip):
+    """Two folders extracted with the tiny CLIP; the test folder holds two files copied from training."""
+    import shutil
+
+    from PIL import Image
+
+    from expclip.demo.synthetic import write_faces
+
+    write_faces(tmp_path / "train", ["happy", "sad"], 4, size=40, seed=1)
+    write_faces(tmp_path / "test", ["happy"], 2, size=40, seed=2)
+    shutil.copy(tmp_path / "train" / "sad" / "1.png", tmp_path / "test" / "happy" / "copy1.png")
+    shutil.copy(tmp_path / "train" / "happy" / "3.png", tmp_path / "test" / "happy" / "copy2.png")
+    for name in ("train", "test"):
+        made = runner.invoke(app, ["extract", str(tmp_path / name), "--out", str(tmp_path / f"{name}.h5"),
+                                   "--clip-model", tiny_clip, "--no-teacher", "--num-workers", "0", "--device", "cpu"])
+        assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["audit", str(tmp_path / "train.h5"), "--against", str(tmp_path / "test.h5"),
+                                 "--threshold", "0.99999", "--no-within", "--json", str(tmp_path / "a.json"),
+                                 "--sheet", str(tmp_path / "pairs.png")])
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "a.json").read_text())
+    assert {(p["a_id"], p["b_id"]) for p in found["pairs"]} == {("sad/1.png", "happy/copy1.png"),
+                                                                 ("happy/3.png", "happy/copy2.png")}
+    with Image.open(tmp_path / "pairs.png") as sheet:
+        assert sheet.format == "PNG"

@@ -5,10 +5,11 @@ another is a duplicate), plain CLIP image features normalised. Across caches,
 an exact index is built over each `against` cache and the audited caches are
 streamed through it in blocks, so the larger side is never in memory whole;
 within a cache, its rows are searched against its own index (pairs inside one
-clip are not duplicates and are left out). faiss's `range_search` returns the
-pairs at or above the threshold on a CPU; on a GPU, which has no range search,
-a k-nearest search stands in for it and any row whose k-th neighbour still
-clears the threshold is searched again on the CPU, so nothing is cut off.
+clip are not duplicates and are left out). Search is exact: faiss's
+`range_search` on a CPU; on a GPU, which faiss cannot range-search (and the
+default faiss-cpu does not drive), one float32 matrix product per block of
+queries with torch, every score compared with the threshold, so no pair is cut
+off by a k.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
-from expclip.stages.neighbours.index import on_gpus
 from expclip.stages.neighbours.vectors import BLOCK_ROWS, Rows, all_vectors, cache_vectors
 from expclip.stages.shared.select import evaluation_key
-from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
+from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.vocabulary import AUTO, NEAR_DUPLICATE
 
 THRESHOLD = NEAR_DUPLICATE
-GPU_K = 64  # neighbours a GPU search asks for before falling back to the CPU's range search
+SCORES_PER_BLOCK = 1 << 27  # a GPU block of queries x indexed rows: 512 MB of float32 scores
 
 
 @dataclass
@@ -44,21 +46,22 @@ class Pairs:
 
 
 def audit(caches: list[Path], against: list[Path], *, threshold: float = THRESHOLD, within: bool = True,
-          clip_key: str | None = None, block_rows: int = BLOCK_ROWS) -> dict:
+          clip_key: str | None = None, block_rows: int = BLOCK_ROWS, device: str = AUTO) -> dict:
     """Pairs and counts: every cache in `caches` against every one in `against`, and each cache with itself."""
     if not 0 < threshold <= 1:
         raise ExpclipError(f"--threshold {threshold}: a cosine in (0, 1]")
+    where = resolve_device(device)
     paths = [Path(p) for p in dict.fromkeys([*caches, *against])]
     key, described = _common_key(paths, clip_key)
     results = []
     for b in dict.fromkeys(map(Path, against)):
-        index, rows = _index(b, key)
+        index, rows = _index(b, key, where)
         for a in dict.fromkeys(map(Path, caches)):
             if a != b:
                 results.append((a, b, _search(a, key, index, rows, threshold, block_rows, same=False)))
     if within:
         for c in paths:
-            index, rows = _index(c, key)
+            index, rows = _index(c, key, where)
             results.append((c, c, _search(c, key, index, rows, threshold, block_rows, same=True)))
     return {"threshold": threshold, "clip_key": key, "caches": described,
             "counts": [_count(a, b, p) for a, b, p in results],
@@ -79,58 +82,67 @@ def _common_key(paths: list[Path], clip_key: str | None) -> tuple[str, list[dict
     return next(iter(keys.values())), described
 
 
-def _index(cache: Path, key: str) -> tuple[faiss.Index, Rows]:
-    """An exact inner-product index of a cache's per-frame vectors (on the GPUs when faiss sees any)."""
+class Exact:
+    """Every indexed row at or above a cosine threshold of a query: faiss on the CPU, torch on a GPU."""
+
+    def __init__(self, vectors: np.ndarray, device: torch.device, *, products: bool | None = None) -> None:
+        """`products`: search by torch matrix products (default: off the CPU) rather than faiss."""
+        self.rows, self.device = len(vectors), device
+        self.products = device.type != "cpu" if products is None else products
+        if not self.products:
+            self.index = faiss.IndexFlatIP(vectors.shape[1] if vectors.ndim == 2 else 1)
+            if self.rows:
+                self.index.add(vectors)
+        else:
+            self.matrix = torch.from_numpy(vectors).to(device)
+
+    def range(self, x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query row, indexed row, score) of every pair with score >= threshold."""
+        if not self.products:
+            radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # faiss keeps scores > radius
+            lims, scores, found = self.index.range_search(x, radius)
+            query = np.repeat(np.arange(len(x)), np.diff(lims).astype(np.int64))
+        else:
+            query, found, scores = self._products(x, threshold)
+        keep = scores >= threshold
+        return query[keep].astype(np.int64), found[keep].astype(np.int64), scores[keep].astype(np.float32)
+
+    def _products(self, x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        queries = torch.from_numpy(x).to(self.device)
+        step = max(1, SCORES_PER_BLOCK // max(1, self.rows))
+        parts = []
+        for a in range(0, len(queries), step):
+            scores = queries[a:a + step] @ self.matrix.T  # float32 (TF32 is off unless a run lets it in)
+            q, f = (scores >= threshold).nonzero(as_tuple=True)
+            parts.append((q + a, f, scores[q, f]))
+        return tuple(torch.cat(p).cpu().numpy() for p in zip(*parts))
+
+
+def _index(cache: Path, key: str, device: torch.device) -> tuple[Exact, Rows]:
+    """An exact index of a cache's per-frame vectors."""
     with CacheReader(cache) as reader:
         rows, vectors = all_vectors(reader, key, None, per_frame=True)
-    index = faiss.IndexFlatIP(vectors.shape[1] if vectors.size else 1)
-    if len(rows):
-        index.add(vectors)
-    return index, rows
+    return Exact(vectors, device), rows
 
 
-def _search(cache: Path, key: str, index: faiss.Index, rows: Rows, threshold: float, block_rows: int,
+def _search(cache: Path, key: str, index: Exact, rows: Rows, threshold: float, block_rows: int,
             same: bool) -> Pairs:
     """Stream `cache` through `index` a block at a time; keep pairs >= threshold (within one cache: each
     unordered pair once, never two frames of one item)."""
-    gpu = on_gpus(index) if index.ntotal else index
     parts, at = [], 0
     with CacheReader(cache) as reader:
         for query_rows, vectors in cache_vectors(reader, key, None, per_frame=True, block_rows=block_rows):
-            if not index.ntotal:
+            if not index.rows:
                 break
-            q, f, s = _range(index, gpu, vectors, threshold)
-            q_global = q + at
+            q, f, s = index.range(vectors, threshold)
             if same:
-                keep = (q_global < f) & (query_rows.item[q] != rows.item[f])
+                keep = (q + at < f) & (query_rows.item[q] != rows.item[f])
                 q, f, s = q[keep], f[keep], s[keep]
             parts.append((_take(query_rows, q), _take(rows, f), s))
             at += len(query_rows)
     if not parts:
         return Pairs(Rows(np.empty(0, np.int64)), Rows(np.empty(0, np.int64)), np.empty(0, np.float32))
     return Pairs(_join([p[0] for p in parts]), _join([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
-
-
-def _range(cpu: faiss.Index, gpu: faiss.Index, x: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
-    """(query row, indexed row, score) of every pair with score >= threshold."""
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # faiss keeps scores > radius
-    if gpu is cpu:
-        lims, scores, found = cpu.range_search(x, radius)
-        query = np.repeat(np.arange(len(x)), np.diff(lims).astype(np.int64))
-    else:
-        k = min(GPU_K, cpu.ntotal)
-        scores, found = gpu.search(x, k)
-        full = np.flatnonzero(scores[:, -1] >= threshold)  # may have more than k: ask the CPU
-        hit = (scores >= threshold) & (found >= 0)
-        hit[full] = False
-        query, column = np.nonzero(hit)
-        found, scores = found[query, column], scores[query, column]
-        if len(full):
-            lims, more_scores, more_found = cpu.range_search(x[full], radius)
-            query = np.concatenate([query, full[np.repeat(np.arange(len(full)), np.diff(lims).astype(np.int64))]])
-            found, scores = np.concatenate([found, more_found]), np.concatenate([scores, more_scores])
-    keep = scores >= threshold
-    return query[keep].astype(np.int64), found[keep].astype(np.int64), scores[keep].astype(np.float32)
 
 
 def _take(rows: Rows, at: np.ndarray) -> Rows:

@@ -127,7 +127,8 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def on_gpus(index: faiss.Index) -> faiss.Index:
-    """The index copied to every GPU faiss sees; the index itself where it sees none (or cannot copy it)."""
+    """The index copied to every GPU faiss sees (a faiss-gpu install); the index itself where it sees none
+    (faiss-cpu, or no GPU: copying would give an empty index whose search fails)."""
     if faiss.get_num_gpus() == 0 or not hasattr(faiss, "index_cpu_to_all_gpus"):
         return index
     return faiss.index_cpu_to_all_gpus(index)

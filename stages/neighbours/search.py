@@ -14,7 +14,7 @@ import torch
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
-from expclip.stages.neighbours.index import cached_index
+from expclip.stages.neighbours.index import cached_index, on_gpus
 from expclip.stages.neighbours.vectors import mapped, unit
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.memory import available_bytes
@@ -34,7 +34,8 @@ def search(cache: Path, queries: np.ndarray, *, head: Head | None = None, k: int
     q = unit(mapped(head, torch.from_numpy(np.asarray(queries, dtype=np.float32)))).numpy()
     if q.shape[1] != found.meta["dim"]:
         raise ExpclipError(f"{cache}: queries have {q.shape[1]} dimensions, its index {found.meta['dim']}")
-    scores, positions = found.index.search(np.ascontiguousarray(q), min(k, len(found.rows)))
+    index = on_gpus(found.index) if found.meta["spec"] == "Flat" else found.index  # faiss has no GPU HNSW
+    scores, positions = index.search(np.ascontiguousarray(q), min(k, len(found.rows)))
     hits = []
     for score_row, position_row in zip(scores, positions, strict=True):
         hits.append([_hit(rank, float(s), int(found.rows.item[p]), items)

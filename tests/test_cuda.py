@@ -105,3 +105,16 @@ def test_extract_on_cuda_matches_the_cpu(tmp_path, tiny_clip, tiny_blip2):
         tkey = a.teacher_keys()[0]
         np.testing.assert_allclose(b.teacher(*tkey), a.teacher(*tkey), rtol=0, atol=5e-3)
         assert json.loads(json.dumps(a.items().ids)) == b.items().ids
+
+
+def test_audit_on_cuda_finds_the_cpus_pairs(tmp_path):
+    from test_neighbours import planted, write_cache
+    from expclip.stages.neighbours import audit
+
+    rng = np.random.default_rng(7)
+    a, b = planted(rng, 3000, 500, [(5, 1), (17, 40), (2990, 499)], frames=2)
+    ca, cb = write_cache(tmp_path / "a.h5", a), write_cache(tmp_path / "b.h5", b)
+    cpu, gpu = (audit([ca], [cb], threshold=0.9, device=d, block_rows=1000) for d in ("cpu", "cuda"))
+    key = lambda r: [(p["a"], p["a_id"], p["a_frame"], p["b"], p["b_id"], p["b_frame"]) for p in r["pairs"]]  # noqa: E731
+    assert sorted(key(cpu)) == sorted(key(gpu)) and len(key(cpu)) >= 3
+    np.testing.assert_allclose(sorted(p["score"] for p in gpu["pairs"]), sorted(p["score"] for p in cpu["pairs"]), atol=1e-5)

@@ -1,6 +1,7 @@
 """search and audit against brute-force numpy on small caches; stored indexes; leak-free fit-head."""
 
 import csv
+import sys
 import importlib
 import io
 import json
@@ -305,3 +306,50 @@ def test_cli_audit_finds_copied_faces_between_real_caches_and_draws_them(tmp_pat
                                                                  ("happy/3.png", "happy/copy2.png")}
     with Image.open(tmp_path / "pairs.png") as sheet:
         assert sheet.format == "PNG"
+
+
+def test_altered_copies_of_a_face_are_caught_at_the_default_threshold(tmp_path, tiny_clip):
+    """The leak calibration's positive side, through extract and audit: the same file, JPEG quality 60, a 90 %
+    centre crop and half the size of a training face are all found at the default threshold. (Its negative
+    side, distinct faces staying below it, needs trained weights: random ones put distinct synthetic faces
+    at cosines up to ~0.998; benchmarks/leak_threshold.py measures both sides for a real checkpoint.)"""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import leak_threshold
+    from PIL import Image
+
+    from expclip.demo.synthetic import write_faces
+
+    write_faces(tmp_path / "train", ["happy"], 4, size=96, seed=3)
+    (tmp_path / "test" / "x").mkdir(parents=True)
+    face = Image.open(tmp_path / "train" / "happy" / "2.png").convert("RGB")
+    for name, variant in leak_threshold.VARIANTS.items():
+        variant(face).save(tmp_path / "test" / "x" / f"{name.replace(' ', '_').replace('%', '')}.png")
+    for name in ("train", "test"):
+        made = runner.invoke(app, ["extract", str(tmp_path / name), "--out", str(tmp_path / f"{name}.h5"),
+                                   "--clip-model", tiny_clip, "--no-teacher", "--num-workers", "0", "--device", "cpu"])
+        assert made.exit_code == 0, made.output
+    report = audit([tmp_path / "train.h5"], [tmp_path / "test.h5"], within=False)
+    caught = {p["b_id"] for p in report["pairs"] if p["a_id"] == "happy/2.png"}
+    assert caught == {f"x/{n.replace(' ', '_').replace('%', '')}.png" for n in leak_threshold.VARIANTS}
+
+
+def test_leak_threshold_statistics_equal_numpy():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import leak_threshold
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    faces = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(5)]
+
+    def encode(images):  # mean colour of each quadrant: a stand-in encoder with no model
+        arrays = [np.asarray(im.convert("RGB").resize((40, 40)), dtype=np.float32) for im in images]
+        return torch.tensor(np.stack([np.concatenate([a[:20, :20].mean((0, 1)), a[20:, 20:].mean((0, 1))])
+                                      for a in arrays]))
+    found = leak_threshold.calibrate(faces, encode)
+    base = unit(encode(faces).numpy())
+    sims = base @ base.T
+    np.fill_diagonal(sims, -1)
+    np.testing.assert_allclose(found["nearest_distinct"], sims.max(1), atol=1e-6)
+    crop = unit(encode([leak_threshold.centre_crop(f) for f in faces]).numpy())
+    np.testing.assert_allclose(found["copies"]["90% centre crop"], (crop * base).sum(1), atol=1e-6)
+    assert found["margin"] == pytest.approx(found["least_copy"] - sims.max(), abs=1e-6)

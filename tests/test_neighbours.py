@@ -113,6 +113,19 @@ def test_index_is_stored_reused_and_rebuilt_when_the_cache_changes(tmp_path, mon
     assert search(cache, q, k=5, exact=True)["index_built"]
 
 
+def test_ivf_pq_is_built_when_hnsw_would_not_fit(tmp_path, monkeypatch):
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((600, D)).astype(np.float32)
+    cache = write_cache(tmp_path / "big.h5", vectors)
+    monkeypatch.setattr(index_module, "FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(importlib.import_module("expclip.stages.neighbours.search"), "available_bytes",
+                        lambda: 2 * 600 * D)  # no room for HNSW
+    found = search(cache, vectors[:5] + 0.01, k=3)
+    assert found["index"]["spec"] == "IVF128,PQ8" and found["index_built"]
+    assert [hits[0]["item"] for hits in found["hits"]] == [0, 1, 2, 3, 4]  # each finds its own row first
+    assert not search(cache, vectors[:5], k=3)["index_built"]
+
+
 def test_spec_follows_size_and_memory():
     assert index_module.spec_for(1000, 768, exact=False, budget=10**9) == "Flat"
     assert index_module.spec_for(10**7, 768, exact=True, budget=10**9) == "Flat"

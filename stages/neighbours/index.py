@@ -33,7 +33,7 @@ from expclip.stages.shared.heads import Head
 
 FLAT_MAX_ROWS = 200_000  # exact search below this many vectors: ~0.1 s a query batch on a CPU
 HNSW_LINKS = 32  # HNSW's M: links per vector
-TRAIN_ROWS = 100_000  # IVF-PQ trains on at most this many vectors
+TRAIN_ROWS = 100_000  # IVF-PQ trains on a sample of this many vectors (more when it has many lists)
 
 
 def head_identity(head: Head | None) -> str | None:
@@ -61,9 +61,13 @@ def spec_for(rows: int, dim: int, *, exact: bool, budget: int) -> str:
 def build(vectors: np.ndarray, spec: str) -> faiss.Index:
     """An inner-product index of `vectors` (float32, unit rows)."""
     index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    wanted = TRAIN_ROWS
+    if spec.startswith("IVF"):  # polysemous codes (index_factory's default) serve Hamming pre-filtering, unused
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.do_polysemous_training = False  # here; they cost ~20 s of training whatever the size
+        wanted = max(TRAIN_ROWS, 40 * ivf.nlist)  # k-means wants >= 39 points a list
     if not index.is_trained:
-        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:TRAIN_ROWS]]
-        index.train(sample)
+        index.train(vectors[np.random.default_rng(0).permutation(len(vectors))[:wanted]])
     index.add(vectors)
     if spec.startswith("IVF"):
         faiss.extract_index_ivf(index).nprobe = 16

@@ -1,5 +1,17 @@
-"""expclip: Exp-CLIP as a feature-caching two-stage pipeline."""
+"""expclip: Exp-CLIP as a feature-caching two-stage pipeline.
+
+`from expclip import ZeroShotFER` is the Python API (expclip.predict.api); it is
+imported on first use, so `import expclip` (and the CLI's --help) loads no torch.
+"""
 
 from expclip.base.version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["ZeroShotFER", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "ZeroShotFER":
+        from expclip.predict.api import ZeroShotFER
+
+        return ZeroShotFER
+    raise AttributeError(name)

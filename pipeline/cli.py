@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
-from expclip import cli_neighbours
+from expclip import cli_neighbours, cli_predict
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
@@ -33,6 +33,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(head_app, name="head")
 app.command()(cli_neighbours.search)
 app.command()(cli_neighbours.audit)
+app.command()(cli_predict.predict)
 
 
 @app.command()

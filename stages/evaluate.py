@@ -60,7 +60,7 @@ def evaluate(
         raise ExpclipError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
     where = resolve_device(device)
     spaces = (([(CLIP, Space(where))] if baseline else [])
-              + ([(EXP_CLIP, _head_space(head, where))] if head is not None else []))
+              + ([(EXP_CLIP, head_space(head, where))] if head is not None else []))
     records = []
     for path in caches:
         with CacheReader(Path(path)) as cache:
@@ -148,7 +148,8 @@ def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
     return list(x.split(rows))
 
 
-def _head_space(head: Head, device: torch.device) -> Space:
+def head_space(head: Head, device: torch.device) -> Space:
+    """Where a head scores: through G = WᵀW for a linear head, else the module applied per frame."""
     weight = head.linear_weight()
     return ModuleSpace(head.module, device) if weight is None else GramSpace(weight, device)
 
@@ -169,7 +170,7 @@ def _evaluate_cache(
     sets = _resolve_sets(cache, key, prompt_sets)
     y = labels.y[keep]
     texts = {name: _class_prompts(cache, key, name, labels.classes) for name in sets}
-    targets = {(method, name): _class_targets(space, *texts[name], len(labels.classes), ensemble)
+    targets = {(method, name): class_targets(space, *texts[name], len(labels.classes), ensemble)
                for method, space in spaces for name in sets}
     predicted: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in targets}
     device = spaces[0][1].device
@@ -201,7 +202,7 @@ def _blocks(cache: CacheReader, key: str, keep: np.ndarray) -> Iterator[np.ndarr
             yield rows if mask.all() else rows[mask]
 
 
-def _class_targets(space: Space, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str) -> torch.Tensor:
+def class_targets(space: Space, text: np.ndarray, cls: np.ndarray, n_classes: int, ensemble: str) -> torch.Tensor:
     """(C, m): image rows times these give the class scores — the mean of the class's prompt cosines, or the
     cosine with its renormalised mean prompt.
 

@@ -15,3 +15,6 @@ ENSEMBLE = "logits"  # the paper's: mean of a class's prompt logits
 MODEL_TRANSFORM, OFFICIAL_TRANSFORM = "model", "exp-clip-official"
 TRANSFORMS = (MODEL_TRANSFORM, OFFICIAL_TRANSFORM)
 NEAR_DUPLICATE = 0.95  # audit's default cosine threshold (README, "Leaks": how it was chosen and its limits)
+DETECTORS = ("haar", "yunet", "none")  # predict's face detectors: OpenCV's bundled cascade, YuNet (ONNX file), none
+PREDICT_CLIP = "ViT-B-16"  # predict's CLIP when neither --clip-model nor a head names one (the paper's middle model)
+PREDICT_PROMPT_SET = "ensemble_ten"  # predict's prompts: the largest protocol set

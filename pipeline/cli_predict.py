@@ -1,0 +1,69 @@
+"""`expclip predict`: a thin command over expclip.predict (registered by expclip.cli)."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from expclip.console import err, out, user_errors
+from expclip.options import choice
+from expclip.outputs import writable
+from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, PREDICT_PROMPT_SET
+
+
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders, video files or (with --frame-folders) frame folders.")],
+    head: Annotated[Optional[Path], typer.Option(help="A trained head (Exp-CLIP); without one, plain CLIP zero-shot.")] = None,
+    clip_model: Annotated[Optional[str], typer.Option(help=f"open_clip model or local-dir:PATH (default: the head's CLIP, else {PREDICT_CLIP}).")] = None,
+    clip_pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag or weights file (default: the head's, else openai).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Comma list of class names, any words (default: the 7 basic expressions).")] = None,
+    prompt_set: Annotated[str, typer.Option(help="Prompt set for the classes' prompts and templates.")] = PREDICT_PROMPT_SET,
+    detector: Annotated[choice(DETECTORS), typer.Option(help="haar: OpenCV's bundled cascade; yunet: --detector-model FILE.onnx; none: pre-cropped faces.")] = DETECTORS[0],
+    detector_model: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="YuNet ONNX file for --detector yunet.")] = None,
+    every: Annotated[int, typer.Option(min=1, help="Score every N-th frame of videos (the whole clip always uses the paper's 16 frames).")] = 1,
+    frame_folders: Annotated[bool, typer.Option("--frame-folders", help="Each folder given is one clip's frames (sorted).")] = False,
+    device: Annotated[choice(DEVICES), typer.Option(help="auto = CUDA when there is one.")] = DEVICES[0],
+    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
+    annotate_dir: Annotated[Optional[Path], typer.Option("--annotate", file_okay=False, help="Write boxed pictures and video timelines here.")] = None,
+) -> None:
+    """Expressions of the faces in photos and videos: {class: probability} per face, zero-shot."""
+    from expclip.predict import outputs
+    from expclip.predict.api import ZeroShotFER
+    from expclip.predict.run import predict_inputs
+    from expclip.report import write_json
+    from expclip.stages.shared.heads import load_head
+
+    with user_errors():
+        for flag, path in (("--json", json_out), ("--csv", csv_out)):
+            if path is not None:
+                writable(path, flag, create=False)
+        if annotate_dir is not None:
+            writable(annotate_dir, "--annotate", folder=True)
+        loaded = load_head(head) if head is not None else None
+        recorded = loaded.clip if loaded is not None else {}
+        model = ZeroShotFER(
+            clip_model or recorded.get("model") or PREDICT_CLIP,
+            clip_pretrained if clip_model or clip_pretrained else _pretrained(recorded),
+            head=loaded, classes=classes.split(",") if classes else None, prompt_set=prompt_set,
+            detector=detector, detector_model=detector_model, device=device,
+            transform=recorded.get("transform") or "model",
+        )
+        records = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
+        if not records:
+            err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
+        out.print(outputs.table(records))
+        if json_out:
+            write_json(records, json_out)
+        if csv_out:
+            outputs.write_csv(records, model.classes, csv_out)
+        if annotate_dir:
+            for written in outputs.annotate(records, model.classes, annotate_dir):
+                err.print(f"wrote {written}", highlight=False)
+
+
+def _pretrained(clip: dict) -> str | None:
+    """The weights a head's CLIP provenance names: none for a local-dir folder (it brings its own)."""
+    if not clip or str(clip.get("model", "")).startswith("local-dir:"):
+        return None
+    return clip.get("pretrained") or None

@@ -1,0 +1,124 @@
+"""`ZeroShotFER`: Exp-CLIP as a library — faces in, {class: probability} out, for any class names.
+
+Only CLIP and (optionally) a trained head are loaded, never the teacher. Class
+scores are the paper's zero-shot rule, computed by the same code `evaluate`
+uses: a face's score for a class is the mean of the cosines between the face
+and the class's prompts, both mapped by the head (plain CLIP space without
+one); probabilities are the softmax of those scores times the logit scale
+(the head's, else CLIP's). A clip is the mean of its frames' mapped features,
+normalised (the paper's video rule), over the largest face of each frame.
+
+Classes: names of the protocol's classes (or their synonyms: "happy", "angry",
+...) take the chosen prompt set's prompts for that class; any other name gets
+the set's templates (its prompts for Happiness, with the word replaced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from expclip.base.errors import ExpclipError
+from expclip.predict.faces import Box, Detector, crop
+from expclip.predict.media import picture
+from expclip.stages.evaluate import Space, class_targets, head_space
+from expclip.stages.extract.encoders.clip import load_clip
+from expclip.stages.shared import protocol
+from expclip.stages.shared.clip_identity import clip_identity
+from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.heads import Head, load_head
+from expclip.stages.shared.vocabulary import AUTO, DETECTORS, MODEL_TRANSFORM, PREDICT_CLIP, PREDICT_PROMPT_SET
+BASIC = protocol.class_order()[:7]  # the seven basic expressions
+BATCH = 64
+
+
+class ZeroShotFER:
+    """Load once; then `predict` pictures, `scores`/`probabilities` of face crops, `encode_images`."""
+
+    def __init__(self, clip_model: str = PREDICT_CLIP, clip_pretrained: str | None = None, *,
+                 head: str | Path | Head | None = None, classes: Sequence[str] | None = None,
+                 prompt_set: str = PREDICT_PROMPT_SET, detector: str = DETECTORS[0], detector_model: Path | None = None,
+                 device: str = AUTO, transform: str = MODEL_TRANSFORM) -> None:
+        self.device = resolve_device(device)
+        self.head = load_head(Path(head)) if isinstance(head, (str, Path)) else head
+        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform)
+        if self.head is not None and self.head.encoder is not None and self.head.encoder != clip_identity(self.encoder.attrs):
+            raise ExpclipError(f"--head was trained on CLIP {self.head.describe_encoder()}, not on {clip_model} "
+                               f"{self.encoder.attrs.get('pretrained', '')}; load the CLIP it was trained on")
+        self.space: Space = head_space(self.head, self.device) if self.head is not None else Space(self.device)
+        self.scale = float(self.head.meta.get("logit_scale") or self.encoder.attrs["logit_scale"]) if self.head \
+            else float(self.encoder.attrs["logit_scale"])
+        self.detector = Detector(detector, detector_model)
+        self.set_classes(classes or BASIC, prompt_set)
+
+    def set_classes(self, classes: Sequence[str], prompt_set: str = PREDICT_PROMPT_SET) -> None:
+        """Score these classes from now on (prompts encoded once, here)."""
+        sets = protocol.prompt_sets()
+        if prompt_set not in sets:
+            raise ExpclipError(f"--prompt-set {prompt_set!r}: choose one of {', '.join(sets)}")
+        names = [c.strip() for c in classes if c.strip()]
+        if len(names) < 2:
+            raise ExpclipError(f"--classes: name at least two classes (got {', '.join(names) or 'none'})")
+        prompts, index = [], []
+        for k, name in enumerate(names):
+            for text in class_prompts(name, sets[prompt_set]):
+                prompts.append(text)
+                index.append(k)
+        features = self.encoder.encode_texts(prompts).double().numpy()
+        self.classes, self.prompt_set = names, prompt_set
+        self.targets = class_targets(self.space, features, np.array(index), len(names), "logits")
+
+    def encode_images(self, faces: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, d) raw CLIP features of face crops (the encoder's own transform)."""
+        parts = [self.encoder.encode_images(torch.stack([self.encoder.transform(f.convert("RGB")) for f in faces[a:a + BATCH]]))
+                 for a in range(0, len(faces), BATCH)]
+        return torch.cat(parts).float() if parts else torch.empty(0, self.encoder.width)
+
+    def scores(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """(n, C) class logits of face crops (or of raw features (n, d), or clips' frames (n, T, d))."""
+        features = faces if isinstance(faces, torch.Tensor) else self.encode_images(faces)
+        return self.scale * (self.space.images(features.to(self.device)) @ self.targets.T).float().cpu()
+
+    def probabilities(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.scores(faces), dim=-1)
+
+    def faces(self, image: Image.Image) -> list[tuple[Box, Image.Image]]:
+        """The detector's faces in a picture, largest first, with their crops."""
+        return [(box, crop(image, box)) for box in self.detector.detect(image)]
+
+    def predict(self, images: Sequence[Image.Image | str | Path]) -> list[dict]:
+        """One dict per face: image (its position in `images`), face, box [x, y, w, h], probabilities, top."""
+        found = []
+        for n, image in enumerate(images):
+            image = picture(Path(image)) if isinstance(image, (str, Path)) else image
+            boxes = self.faces(image)
+            if not boxes:
+                continue
+            for face, (box, p) in enumerate(zip((b for b, _ in boxes), self.probabilities([c for _, c in boxes]))):
+                found.append({"image": n, "face": face, "box": box.as_list(), **self.verdict(p)})
+        return found
+
+    def predict_clip(self, frames: Sequence[Image.Image]) -> dict | None:
+        """The paper's video rule over the largest face of each frame; None when no frame shows a face."""
+        crops = [boxes[0][1] for boxes in map(self.faces, frames) if boxes]
+        if not crops:
+            return None
+        p = self.probabilities(self.encode_images(crops).unsqueeze(0))[0]
+        return {"frames_with_a_face": len(crops), **self.verdict(p)}
+
+    def verdict(self, p: torch.Tensor) -> dict:
+        """{probabilities: {class: p}, top: class} of one probability vector."""
+        return {"probabilities": {c: float(v) for c, v in zip(self.classes, p)}, "top": self.classes[int(p.argmax())]}
+
+
+def class_prompts(name: str, prompt_set: dict[str, list[str]]) -> list[str]:
+    """A class's prompts in a set: the protocol's for a known class or synonym, else the set's templates."""
+    canonical = protocol.canonical_class(name)
+    if canonical is not None and prompt_set.get(canonical):
+        return list(prompt_set[canonical])
+    templates = [p.replace("happiness", "{}") for p in prompt_set["Happiness"] if "happiness" in p]
+    return [t.format(name.lower()) for t in templates]

@@ -1,0 +1,97 @@
+"""What `predict` reads: image files, folders, video files and frame folders, as pictures with their place.
+
+A video is decoded with OpenCV (`cv2.VideoCapture`); a frame folder is a clip
+whose frames are its image files in sorted order (the layout clip lists use).
+Folders given as INPUT are walked for images and videos unless they are frame
+folders (`frame_folders=True`). Clips are scored per frame (every `every`-th
+frame) and as a whole by the paper's protocol: the middle frames of 16 equal
+segments (`protocol.frame_indices`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+from expclip.base.errors import ExpclipError
+from expclip.stages.extract.loading import DecodeError, load_image
+from expclip.stages.extract.sources import IMAGE_SUFFIXES
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+@dataclass
+class Clip:
+    """A video file or a frame folder: its frame count and a way to read frame i."""
+
+    path: Path
+    frames: list[Path] | None = None  # a frame folder's files; None for a video file
+
+    def count(self) -> int:
+        if self.frames is not None:
+            return len(self.frames)
+        import cv2
+
+        capture = cv2.VideoCapture(str(self.path))
+        try:
+            if not capture.isOpened():
+                raise ExpclipError(f"{self.path}: cannot be opened as a video")
+            return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            capture.release()
+
+    def read(self, wanted: list[int]) -> Iterator[tuple[int, Image.Image]]:
+        """(frame index, picture) for each wanted index that can be decoded, in order."""
+        if self.frames is not None:
+            for i in wanted:
+                yield i, picture(self.frames[i])
+            return
+        import cv2
+
+        capture, targets, i = cv2.VideoCapture(str(self.path)), set(wanted), 0
+        try:
+            while targets and i <= max(targets):
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                if i in targets:
+                    yield i, Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                    targets.discard(i)
+                i += 1
+        finally:
+            capture.release()
+
+
+def picture(path: Path) -> Image.Image:
+    """A picture file decoded as extract decodes it; an unreadable one is a one-line error naming it."""
+    try:
+        return load_image(path)
+    except (DecodeError, OSError) as e:
+        raise ExpclipError(f"{path}: cannot be read as an image ({e})") from None
+
+
+def inputs(paths: list[Path], *, frame_folders: bool = False) -> Iterator[Path | Clip]:
+    """Each picture file, video and frame folder named or found in the named folders, in sorted order."""
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ExpclipError(f"{path}: no such file or folder")
+        if path.is_dir() and frame_folders:
+            frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not frames:
+                raise ExpclipError(f"{path}: a frame folder with no image files")
+            yield Clip(path, frames)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            if not found:
+                raise ExpclipError(f"{path}: no image or video files")
+            yield from inputs(found)
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            yield Clip(path)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path
+        else:
+            raise ExpclipError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a video "
+                               f"({', '.join(sorted(VIDEO_SUFFIXES))})")

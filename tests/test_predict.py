@@ -1,0 +1,186 @@
+"""predict and the Python API: the bundled detector on a real photo, scores against an independent computation,
+videos and frame folders by the paper's 16-frame rule, outputs, and the README's example."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import matplotlib.cbook
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from typer.testing import CliRunner
+
+from expclip import ZeroShotFER
+from expclip.cli import app
+from expclip.base.errors import ExpclipError
+from expclip.predict.api import class_prompts
+from expclip.predict.faces import Detector
+from expclip.stages.shared import protocol
+from expclip.stages.shared.heads import build_head, save_head
+
+PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+runner = CliRunner()
+
+
+def test_bundled_detector_finds_the_one_face_of_a_real_photo():
+    [box] = Detector("haar").detect(Image.open(PHOTO))
+    assert abs(box.x - 155) <= 3 and abs(box.y - 105) <= 3 and abs(box.w - 222) <= 4 and box.w == box.h
+
+
+def margin_crop(image: Image.Image, box: list[int]) -> Image.Image:
+    """The documented crop, written out: the box grown by 20 % of its side on each side, squared, clipped."""
+    x, y, w, h = box
+    side, cx, cy = max(w, h) * 1.4, x + w / 2, y + h / 2
+    return image.crop((max(0, round(cx - side / 2)), max(0, round(cy - side / 2)),
+                       min(image.width, round(cx + side / 2)), min(image.height, round(cy + side / 2))))
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory, tiny_clip) -> Path:
+    """A random linear head that records the tiny CLIP as its encoder (as fit-head records a cache's) and a
+    logit scale of 20."""
+    from expclip.stages.extract.encoders.clip import identity
+
+    torch.manual_seed(0)
+    key, config = identity(tiny_clip, None, "model", "fp32")
+    path = tmp_path_factory.mktemp("head") / "h"
+    save_head(build_head("linear", 32, 48), "linear", {"clip": config, "clip_key": key, "logit_scale": 20.0}, path)
+    return path
+
+
+def expected(tiny_clip: str, w: torch.Tensor, crops: list[Image.Image], classes: list[str], prompt_set: str,
+             scale: float, clip: bool = False) -> torch.Tensor:
+    """Probabilities by the paper's rule with open_clip directly: mean over a class's prompts of
+    cos(W·image, W·prompt) (a clip: W·mean of its frames), times the scale, softmaxed over classes."""
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
+    tokenizer = open_clip.get_tokenizer(tiny_clip)
+    with torch.no_grad():
+        x = model.encode_image(torch.stack([preprocess(c) for c in crops])).double()
+        if clip:
+            x = x.mean(0, keepdim=True)
+        xi = F.normalize(x @ w.T, dim=-1)
+        scores = []
+        for name in classes:
+            prompts = class_prompts(name, protocol.prompt_sets()[prompt_set])
+            t = F.normalize(model.encode_text(tokenizer(prompts)).double() @ w.T, dim=-1)
+            scores.append((xi @ t.T).mean(1))
+    return torch.softmax(scale * torch.stack(scores, 1), dim=1).float()
+
+
+def test_api_scores_equal_an_independent_computation(tiny_clip, head):
+    classes = ["happy", "Sadness", "boredom"]  # a synonym, a protocol name, and a free word
+    fer = ZeroShotFER(tiny_clip, head=head, classes=classes, prompt_set="ensemble_five", device="cpu")
+    [face] = fer.predict([PHOTO])
+    from expclip.stages.shared.heads import load_head
+    w = load_head(head).linear_weight().double()
+    want = expected(tiny_clip, w, [margin_crop(Image.open(PHOTO).convert("RGB"), face["box"])], classes,
+                    "ensemble_five", 20.0)[0]
+    got = torch.tensor([face["probabilities"][c] for c in classes])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert face["top"] == classes[int(want.argmax())] and face["image"] == 0 and face["face"] == 0
+    assert fer.classes == classes and fer.scores(fer.encode_images([Image.open(PHOTO)])).shape == (1, 3)
+
+
+def test_class_prompts_use_the_sets_prompts_or_its_templates():
+    five = protocol.prompt_sets()["ensemble_five"]
+    assert class_prompts("happy", five) == five["Happiness"] and class_prompts("ANGRY", five) == five["Anger"]
+    made = class_prompts("Boredom", five)
+    assert made and all("boredom" in p for p in made)
+    assert made == [p.replace("happiness", "boredom") for p in five["Happiness"] if "happiness" in p]
+
+
+def write_video(path: Path, frames: int) -> Path:
+    """An MJPG .avi of the photo, shrunk, `frames` frames long."""
+    picture = np.asarray(Image.open(PHOTO).convert("RGB").resize((256, 300)))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (256, 300))
+    for _ in range(frames):
+        writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, head):
+    video = write_video(tmp_path / "talk.avi", 40)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(5):
+        shutil.copy(PHOTO, frames / f"{i:03d}.jpg")
+    result = runner.invoke(app, ["predict", str(video), str(PHOTO), "--head", str(head), "--every", "10",
+                                 "--json", str(tmp_path / "p.json"), "--csv", str(tmp_path / "p.csv"),
+                                 "--annotate", str(tmp_path / "ann"), "--device", "cpu", "--classes", "happy,sad,angry"])
+    assert result.exit_code == 0, result.output  # no --clip-model: the head's recorded CLIP
+    records = json.loads((tmp_path / "p.json").read_text())
+    faces = [r for r in records if r["kind"] == "face" and r["file"] == str(video)]
+    assert [r["frame"] for r in faces] == [0, 10, 20, 30] and all(r["face"] == 0 for r in faces)
+    [whole] = [r for r in records if r["kind"] == "clip"]
+    assert whole["frames"] == protocol.frame_indices(40) and whole["frames_with_a_face"] == 16
+    [photo] = [r for r in records if r["file"] == str(PHOTO)]
+    assert photo["frame"] is None and abs(photo["box"][0] - 155) <= 3
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "kind,file,frame,face,x,y,w,h,top,p_happy,p_sad,p_angry" and len(lines) == 1 + len(records)
+    assert {p.name for p in (tmp_path / "ann").iterdir()} == {"grace_hopper.png", "talk.timeline.png"}
+    with Image.open(tmp_path / "ann" / "grace_hopper.png") as boxed:
+        assert boxed.size == Image.open(PHOTO).size
+
+    from expclip.stages.shared.heads import load_head
+    w = load_head(head).linear_weight().double()
+    decoded, pictures = cv2.VideoCapture(str(video)), []
+    while True:
+        ok, bgr = decoded.read()
+        if not ok:
+            break
+        pictures.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    decoded.release()
+    sampled = [pictures[i] for i in protocol.frame_indices(len(pictures))]
+    crops = [margin_crop(p, Detector("haar").detect(p)[0].as_list()) for p in sampled]  # largest face of each
+    want = expected(tiny_clip, w, crops, ["happy", "sad", "angry"], "ensemble_ten", 20.0, clip=True)[0]
+    torch.testing.assert_close(torch.tensor(list(whole["probabilities"].values())), want, rtol=1e-3, atol=1e-4)
+
+    result = runner.invoke(app, ["predict", str(frames), "--frame-folders", "--head", str(head), "--device", "cpu",
+                                 "--json", str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "f.json").read_text())
+    assert [r["frame"] for r in records if r["kind"] == "face"] == [0, 1, 2, 3, 4]
+    assert [r["frames"] for r in records if r["kind"] == "clip"] == [[0] * 16]  # <= 16 frames: frame 0 sixteen times
+
+
+def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):
+    crop = tmp_path / "faces" / "a.png"
+    crop.parent.mkdir()
+    Image.open(PHOTO).crop((120, 70, 410, 360)).save(crop)
+    result = runner.invoke(app, ["predict", str(crop.parent), "--clip-model", tiny_clip, "--detector", "none",
+                                 "--device", "cpu", "--json", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    [record] = json.loads((tmp_path / "c.json").read_text())
+    assert record["box"] == [0, 0, 290, 290] and set(record["probabilities"]) == set(protocol.class_order()[:7])
+    (tmp_path / "notes.txt").write_text("x")
+    bad = runner.invoke(app, ["predict", str(tmp_path / "notes.txt"), "--clip-model", tiny_clip, "--device", "cpu"])
+    assert bad.exit_code == 2 and "notes.txt: neither an image" in " ".join(bad.output.split())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    bad = runner.invoke(app, ["predict", str(tmp_path / "broken.jpg"), "--clip-model", tiny_clip, "--device", "cpu"])
+    assert bad.exit_code == 2 and "broken.jpg: cannot be read as an image" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["predict", str(PHOTO), "--clip-model", tiny_clip, "--detector", "yunet", "--device", "cpu"])
+    assert bad.exit_code == 2 and "--detector yunet needs --detector-model FILE.onnx" in bad.output
+    with pytest.raises(ExpclipError, match="name at least two classes"):
+        ZeroShotFER(tiny_clip, classes=["happy"], device="cpu")
+
+
+def test_the_readme_api_example_runs(tmp_path, tiny_clip, head, monkeypatch):
+    """The README's example, as written, with the tiny CLIP and head standing in for the real ones."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    [code] = re.findall(r"<!-- api-example -->\n```python\n(.*?)```", readme, re.S)
+    shutil.copy(PHOTO, tmp_path / "photo.jpg")
+    (tmp_path / "heads").mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(head.with_suffix(suffix), tmp_path / "heads" / f"b16{suffix}")
+    monkeypatch.chdir(tmp_path)
+    code = code.replace('"ViT-B-16"', repr(tiny_clip)).replace('clip_pretrained="openai", ', "")
+    printed = []
+    exec(compile(code, "README.md", "exec"), {"print": lambda *a: printed.append(a)})
+    assert printed and printed[0][0] == [155, 105, 222, 222]

@@ -44,3 +44,17 @@ def test_stage_one_smoke(tmp_path, capsys):
     assert np.isfinite(image).all() and np.isfinite(taught).all()
     with CacheReader(tmp_path / "clip.h5") as cache:
         assert len(cache.items()) == faces and cache.teacher_keys() == []
+
+
+def test_audit_scale_smoke(tmp_path, capsys, monkeypatch):
+    """2,000 planted-into rows against 300 on the CPU, in a child process: every planted pair found, nothing else."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports pagecache from beside it
+    (run,) = _script("audit_scale").main(["--rows", "2000", "--against", "300", "--planted", "20", "--devices", "cpu",
+                                          "--block-rows", "512", "--workdir", str(tmp_path)])
+
+    printed = capsys.readouterr().out
+    assert "expclip audit at scale" in printed and "faiss " in printed and "20 / 20" in printed
+    assert run.device == "cpu" and run.rows == 2000 and run.against == 300
+    assert run.exact and run.planted_found == run.planted == 20
+    assert run.rows_per_s > 0 and run.peak_rss >= run.baseline_rss > 0
+    assert list(tmp_path.iterdir()) == []  # the temporary caches are removed

@@ -175,17 +175,19 @@ def test_audit_equals_brute_force_across_and_within(tmp_path, frames):
     assert [p["score"] for p in report["pairs"]] == sorted((p["score"] for p in report["pairs"]), reverse=True)
 
 
-def test_the_gpu_path_equals_faiss_range_search(monkeypatch):
-    """The torch matrix-product path (a GPU's) finds exactly faiss's pairs; run here on the CPU, in blocks
-    smaller than the query set."""
+def test_exact_products_equal_faiss_range_search(monkeypatch):
+    """Audit's exact search (torch products, in blocks smaller than the query set) finds exactly the pairs
+    faiss's range_search finds."""
     rng = np.random.default_rng(3)
     base = unit(rng.standard_normal((200, D)).astype(np.float32))
     base[10:15] = unit(base[3] + 0.01 * rng.standard_normal((5, D)).astype(np.float32))  # 6 rows alike
     monkeypatch.setattr(audit_module, "SCORES_PER_BLOCK", 7 * 200)  # blocks of 7 queries
-    by_faiss = audit_module.Exact(base, torch.device("cpu"))
-    by_torch = audit_module.Exact(base, torch.device("cpu"), products=True)
-    want = sorted(zip(*[v.tolist() for v in by_faiss.range(base[:20], 0.9)]))
-    got = sorted(zip(*[v.tolist() for v in by_torch.range(base[:20], 0.9)]))
+    index = faiss.IndexFlatIP(D)
+    index.add(base)
+    lims, scores, found = index.range_search(base[:20], float(np.nextafter(np.float32(0.9), np.float32(0))))
+    want = sorted((q, int(f), float(s)) for q in range(20) for f, s in zip(found[lims[q]:lims[q + 1]],
+                                                                          scores[lims[q]:lims[q + 1]]) if s >= 0.9)
+    got = sorted(zip(*[v.tolist() for v in audit_module.Exact(base, torch.device("cpu")).range(base[:20], 0.9)]))
     assert [g[:2] for g in got] == [w[:2] for w in want] and len(want) > 20 + 10  # self-pairs, rows 3/10-14
     np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], atol=1e-6)
 

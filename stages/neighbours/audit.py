@@ -5,11 +5,10 @@ another is a duplicate), plain CLIP image features normalised. Across caches,
 an exact index is built over each `against` cache and the audited caches are
 streamed through it in blocks, so the larger side is never in memory whole;
 within a cache, its rows are searched against its own index (pairs inside one
-clip are not duplicates and are left out). Search is exact: faiss's
-`range_search` on a CPU; on a GPU, which faiss cannot range-search (and the
-default faiss-cpu does not drive), one float32 matrix product per block of
-queries with torch, every score compared with the threshold, so no pair is cut
-off by a k.
+clip are not duplicates and are left out). Search is exact: one float32
+matrix product per block of queries (torch, on the CPU or a GPU), every score
+compared with the threshold, so no pair is cut off by a k (see `Exact` for why
+not faiss).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -30,7 +28,7 @@ from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.vocabulary import AUTO, NEAR_DUPLICATE
 
 THRESHOLD = NEAR_DUPLICATE
-SCORES_PER_BLOCK = 1 << 27  # a GPU block of queries x indexed rows: 512 MB of float32 scores
+SCORES_PER_BLOCK = 1 << 26  # queries x indexed rows scored at once: 256 MB of float32 scores
 
 
 @dataclass
@@ -83,39 +81,31 @@ def _common_key(paths: list[Path], clip_key: str | None) -> tuple[str, list[dict
 
 
 class Exact:
-    """Every indexed row at or above a cosine threshold of a query: faiss on the CPU, torch on a GPU."""
+    """Every indexed row at or above a cosine threshold of a query, by float32 matrix products (torch).
 
-    def __init__(self, vectors: np.ndarray, device: torch.device, *, products: bool | None = None) -> None:
-        """`products`: search by torch matrix products (default: off the CPU) rather than faiss."""
+    Not faiss's `range_search`: the OpenBLAS inside the faiss-cpu wheel takes
+    these Xeons for a generic old core and multiplies at ~23 GFLOP/s where torch
+    reaches ~120 (measured, benchmarks/audit_scale.py: a whole audit 6.7x
+    slower), and faiss has no range search on GPUs.
+    """
+
+    def __init__(self, vectors: np.ndarray, device: torch.device) -> None:
         self.rows, self.device = len(vectors), device
-        self.products = device.type != "cpu" if products is None else products
-        if not self.products:
-            self.index = faiss.IndexFlatIP(vectors.shape[1] if vectors.ndim == 2 else 1)
-            if self.rows:
-                self.index.add(vectors)
-        else:
-            self.matrix = torch.from_numpy(vectors).to(device)
+        self.matrix = torch.from_numpy(vectors).to(device)
 
     def range(self, x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query row, indexed row, score) of every pair with score >= threshold."""
-        if not self.products:
-            radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # faiss keeps scores > radius
-            lims, scores, found = self.index.range_search(x, radius)
-            query = np.repeat(np.arange(len(x)), np.diff(lims).astype(np.int64))
-        else:
-            query, found, scores = self._products(x, threshold)
-        keep = scores >= threshold
-        return query[keep].astype(np.int64), found[keep].astype(np.int64), scores[keep].astype(np.float32)
-
-    def _products(self, x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         queries = torch.from_numpy(x).to(self.device)
-        step = max(1, SCORES_PER_BLOCK // max(1, self.rows))
+        step = max(1, SCORES_PER_BLOCK // max(1, self.rows))  # bounds the (queries, rows) score matrix
         parts = []
         for a in range(0, len(queries), step):
             scores = queries[a:a + step] @ self.matrix.T  # float32 (TF32 is off unless a run lets it in)
             q, f = (scores >= threshold).nonzero(as_tuple=True)
             parts.append((q + a, f, scores[q, f]))
-        return tuple(torch.cat(p).cpu().numpy() for p in zip(*parts))
+        if not parts:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+        q, f, s = (torch.cat(p).cpu().numpy() for p in zip(*parts))
+        return q.astype(np.int64), f.astype(np.int64), s.astype(np.float32)
 
 
 def _index(cache: Path, key: str, device: torch.device) -> tuple[Exact, Rows]:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
-from expclip import cli_neighbours, cli_predict
+from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
@@ -34,6 +34,7 @@ app.add_typer(head_app, name="head")
 app.command()(cli_neighbours.search)
 app.command()(cli_neighbours.audit)
 app.command()(cli_predict.predict)
+app.command()(cli_run.run)
 
 
 @app.command()

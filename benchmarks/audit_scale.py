@@ -15,11 +15,10 @@ before the timed call. rows/s = train rows / wall seconds of the audit call.
 Goal: 1 M x 50 k within a few minutes on one GPU; on a CPU, streamed in blocks
 of --block-rows, the peak RSS stays below both caches' features as float32
 (the bound printed; "baseline" is the child's RSS after imports, before audit).
-Measured (cold reads): one H100 (16-core Xeon host, torch 2.11, at 0923a7d):
-cuda 1 M x 50 k 9.6 s, 104,077 rows/s, peak RSS 1.58 GiB (bound 3.00 GiB ok), GPU 1.36 GiB; cpu on
-that host 100 k x 50 k 2,219 rows/s (est. 7.5 min for 1 M). 2-core Xeon VM (torch 2.14.1, at f1fcb85):
-cpu 100 k x 50 k 301 rows/s (est. 55 min), peak RSS 1.17 GiB; faiss-cpu's bundled OpenBLAS 0.3.15 takes
-these Xeons for Prescott (SSE3 kernels): with OPENBLAS_CORETYPE=SkylakeX set, 200 k x 50 k ran 2,029 rows/s.
+Measured (cold reads; tables in benchmarks/RESULTS.md): one H100, 1 M x 50 k in 10.7 s (93,319 rows/s),
+peak RSS 1.58 GiB (bound 3.00 GiB ok), GPU 0.86 GiB, 100/100 planted pairs. On CPUs the audit multiplies
+with torch: faiss-cpu's bundled OpenBLAS 0.3.15 takes these Xeons for Prescott (SSE3 kernels) and reached
+23 GFLOP/s where torch reaches ~120 (faiss's range search gave 301 rows/s at 100 k x 50 k on the 2-core VM).
 Building the 1 M-row cache takes ~27 s and a 4.9 GiB peak: write_arrays holds more copies of the 1.4 GiB
 array (PartialFolder.write_shard's `astype` copies even at the same dtype).
 Run: python benchmarks/audit_scale.py [--rows 1000000] [--against 50000] [--planted 100]

@@ -19,8 +19,10 @@ from expclip.stages.extract.encoders.clip import ClipEncoder, identity, load_cli
 from expclip.stages.extract.loading import DecodeError, load_image
 from expclip.stages.shared.clip_identity import LOCAL_DIR
 from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.precision import recorded_name
+from expclip.stages.shared.vocabulary import PRECISIONS
 
-_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16"}  # as caches record them -> option names
+_PRECISIONS = {recorded_name(p): p for p in PRECISIONS}  # as caches record them -> option names
 
 
 def cache_encoder(cache: Path, key: str, device: str) -> ClipEncoder:

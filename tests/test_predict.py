@@ -23,6 +23,7 @@ from expclip.predict.api import class_prompts
 from expclip.predict.faces import Detector
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, save_head
+from yunet_format import write_yunet_like
 
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 runner = CliRunner()
@@ -169,6 +170,31 @@ def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):
     assert bad.exit_code == 2 and "--detector yunet needs --detector-model FILE.onnx" in bad.output
     with pytest.raises(ExpclipError, match="name at least two classes"):
         ZeroShotFER(tiny_clip, classes=["happy"], device="cpu")
+
+
+def test_yunet_detector_runs_a_model_in_yunets_format(tmp_path, tiny_clip):
+    """`--detector yunet` through OpenCV's FaceDetectorYN on a stand-in model (tests/yunet_format.py) whose faces
+    are white squares on its 32-pixel grid: both found, largest first, cropped with the margin; unreadable and
+    non-YuNet models end in one line naming the file."""
+    model = write_yunet_like(tmp_path / "yunet.onnx")
+    pixels = np.zeros((250, 330, 3), np.uint8)  # not a multiple of 32: FaceDetectorYN pads
+    pixels[64:96, 32:64] = 255
+    pixels[160:192, 224:256] = 250
+    Image.fromarray(pixels).save(tmp_path / "squares.png")
+    args = ["--clip-model", tiny_clip, "--detector", "yunet", "--device", "cpu"]
+    result = runner.invoke(app, ["predict", str(tmp_path / "squares.png"), *args, "--detector-model", str(model),
+                                 "--json", str(tmp_path / "y.json")])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "y.json").read_text())
+    assert [r["box"] for r in records] == [[32, 64, 32, 32], [224, 160, 32, 32]]
+    api = ZeroShotFER(tiny_clip, detector="yunet", detector_model=model, device="cpu")
+    picture = Image.open(tmp_path / "squares.png")
+    expected_crop = np.asarray(margin_crop(picture, [32, 64, 32, 32]))
+    assert np.array_equal(np.asarray(api.faces(picture)[0][1]), expected_crop)
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    bad = runner.invoke(app, ["predict", str(PHOTO), *args, "--detector-model", str(tmp_path / "bad.onnx")])
+    assert bad.exit_code == 2 and "bad.onnx: OpenCV cannot read it as an ONNX model" in " ".join(bad.output.split())
+    assert "Traceback" not in bad.output
 
 
 def test_the_readme_api_example_runs(tmp_path, tiny_clip, head, monkeypatch):

@@ -54,7 +54,11 @@ class Detector:
                 raise ExpclipError(f"OpenCV {cv2.__version__} has no Haar cascades; install opencv-python-headless<5")
             self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
         else:
-            self.yunet = cv2.FaceDetectorYN.create(str(model), "", (320, 320))
+            self.model = Path(model)
+            try:
+                self.yunet = cv2.FaceDetectorYN.create(str(model), "", (320, 320))
+            except cv2.error as e:
+                raise ExpclipError(f"--detector-model {model}: OpenCV cannot read it as an ONNX model ({_reason(e)})") from None
 
     def detect(self, picture: Image.Image) -> list[Box]:
         width, height = picture.size
@@ -69,9 +73,18 @@ class Detector:
             boxes = [Box(int(x), int(y), int(w), int(h)) for x, y, w, h in found]
         else:
             self.yunet.setInputSize((width, height))
-            _, found = self.yunet.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            try:
+                _, found = self.yunet.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            except cv2.error as e:  # an ONNX file without YuNet's twelve outputs
+                raise ExpclipError(f"--detector-model {self.model}: not a YuNet face detector ({_reason(e)})") from None
             boxes = [Box(int(f[0]), int(f[1]), int(f[2]), int(f[3]), float(f[-1])) for f in (found if found is not None else [])]
         return sorted(boxes, key=lambda b: -b.w * b.h)
+
+
+def _reason(error: Exception) -> str:
+    """OpenCV's own line of a cv2.error (its message is several lines of C++ context)."""
+    lines = [line.strip() for line in str(error).splitlines() if "error:" in line]
+    return lines[-1].split("error:", 1)[1].strip() if lines else str(error).strip()
 
 
 def crop(picture: Image.Image, box: Box, margin: float = MARGIN) -> Image.Image:

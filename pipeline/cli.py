@@ -295,9 +295,9 @@ def ablate(
 def demo(
     workdir: Annotated[Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and results.")] = Path("expclip-demo"),
 ) -> None:
-    """The whole pipeline offline on synthetic faces and tiny random encoders (about a minute)."""
+    """The whole pipeline offline on synthetic faces and tiny encoders pre-trained on drawn faces (under a minute)."""
     from expclip import report
-    from expclip.demo.run import REAL_RUN, run_demo
+    from expclip.demo.run import REAL_RUN, SYNTHETIC, run_demo
 
     with user_errors():
         writable(workdir, "--workdir", folder=True)
@@ -305,7 +305,7 @@ def demo(
         report.write_json(run.records, workdir / "results.json")
     for table in report.tables(run.records):
         out.print(table)
-    out.print("[bold yellow]The tiny encoders have random weights: these numbers are near chance by design.[/]")
+    out.print(SYNTHETIC, style="bold yellow", highlight=False, markup=False)
     for name, path in {**run.files, "results": workdir / "results.json"}.items():
         out.print(f"  {name:18} {path}", highlight=False)
     out.print(REAL_RUN, highlight=False, markup=False)

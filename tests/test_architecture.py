@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it installs as (pyproject.toml, [tool.setuptools.package-dir]).
 FOLDERS = {"base": "expclip.base", "cache": "expclip.cache", "stages": "expclip.stages", "pipeline": "expclip"}
 MODEL_LIBRARIES = ("open_clip", "transformers")
-MAY_IMPORT_MODEL_LIBRARIES = ("expclip.stages.extract.encoders", "expclip.demo.checkpoints")
+MAY_IMPORT_MODEL_LIBRARIES = ("expclip.stages.extract.encoders", "expclip.demo.checkpoints", "expclip.demo.pretrain")
 MAX_LINES = 400
 
 

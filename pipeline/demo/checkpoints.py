@@ -39,6 +39,7 @@ from expclip.stages.shared.clip_identity import LOCAL_DIR
 
 # Not 100 (OpenAI's value): tests prove logit_scale is read from the model, not assumed.
 TINY_LOGIT_SCALE = 50.0
+CLIP_WEIGHTS = "open_clip_model.safetensors"  # a name open_clip's local-dir loader looks for
 
 
 def tiny_clip_cfg(image_size: int) -> dict:
@@ -79,7 +80,7 @@ def save_tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32, model_c
         },
     }
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2), "utf-8")
-    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    save_file(model.state_dict(), str(folder / CLIP_WEIGHTS))
     return LOCAL_DIR + str(folder.resolve())
 
 
@@ -93,7 +94,8 @@ def _tiny_bpe(specials: list[str], single: str, pair: str, added: str) -> Tokeni
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    tokenizer.train_from_iterator(_sentences(), trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False)  # no blank lines
+    tokenizer.train_from_iterator(_sentences(), trainer=trainer)
     # A T5TokenizerFast / GPT2TokenizerFast over this model does not survive save_pretrained; a template does.
     tokenizer.post_processor = processors.TemplateProcessing(
         single=single, pair=pair, special_tokens=[(added, tokenizer.token_to_id(added))]
@@ -123,7 +125,8 @@ def _tiny_bert_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(_sentences(), trainer=trainers.WordPieceTrainer(vocab_size=300, special_tokens=_BERT_SPECIALS))
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=_BERT_SPECIALS, show_progress=False)
+    tokenizer.train_from_iterator(_sentences(), trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")],

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.neighbours import audit
 from expclip.stages.neighbours.vectors import BLOCK_ROWS
+from machine import describe  # benchmarks/, beside this script
 from pagecache import evict  # benchmarks/, beside this script
 
 D, KEY = 768, "ViT-L-14@openai"
@@ -77,20 +77,6 @@ class Run:
     @property
     def exact(self) -> bool:
         return self.found == self.planted_found == self.planted
-
-
-def machine() -> str:
-    """CPU model, cores, GPU, torch and faiss versions, and the commit (git describe --always --dirty)."""
-    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")]
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown commit"
-    return (f"{models[0] if models else 'unknown CPU'}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, "
-            f"faiss {faiss.__version__}, {commit}")
 
 
 def random_f16(rng: np.random.Generator, rows: int) -> np.ndarray:
@@ -195,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[Run]:
     if not 0 <= args.planted <= min(args.rows, args.against):
         parser.error("--planted must be at most --rows and --against")
     console = Console(width=220)
-    console.print(f"[bold]expclip audit at scale[/bold] on {machine()}")
+    console.print(f"[bold]expclip audit at scale[/bold] on {describe()} | faiss {faiss.__version__}")
     folder = Path(tempfile.mkdtemp(prefix="expclip-audit-", dir=args.workdir))
     try:
         started = time.perf_counter()

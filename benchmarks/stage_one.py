@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -69,6 +67,7 @@ from expclip.stages.extract.plan import Plan  # noqa: E402
 from expclip.stages.shared.precision import resolve_precision, torch_dtype  # noqa: E402
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order  # noqa: E402
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM  # noqa: E402
+from machine import describe  # noqa: E402  benchmarks/, beside this script
 
 IMAGE_SIZE = 224  # both models' input; the tiny ones are built for it too, so transforms cost the same
 CLASSES = class_order()[:7]
@@ -84,24 +83,6 @@ REAL_TEACHER = {
 TARGET_CLIP, TARGET_BOTH, TARGET_MFU = 2000, 425, 0.70
 ANCHOR_CLIP, ANCHOR_TEACHER = 2251, 380
 SPLIT = ("waiting for data", "encoding", "writing shards")  # the keys of `extract`'s summary["seconds"]
-
-
-def machine() -> str:
-    """CPU, GPU, torch and commit: what a result must be read against."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (no git checkout)"
-    return f"{cpu} ({os.cpu_count()} cores) | {gpu} | torch {torch.__version__} | commit {commit}"
-
-
-def _cpuinfo() -> list[str]:
-    path = Path("/proc/cpuinfo")
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def _sync(device: torch.device) -> None:
@@ -381,7 +362,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args.warm_up = WARM_UP_BATCHES * args.batch_size
     dtype = torch_dtype(resolve_precision("auto", device))
     console, log = Console(width=200), Console(stderr=True)
-    console.print(machine())
+    console.print(describe())
     log.print(f"measuring the {str(dtype).removeprefix('torch.')} matmul rate on {device} …")
     peak = matmul_flops(device, dtype)
     with tempfile.TemporaryDirectory() as tmp:

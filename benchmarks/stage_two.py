@@ -44,6 +44,7 @@ from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.shared import protocol
 from expclip.stages.fit_head import FitConfig, fit_head
+from machine import cpu_model  # benchmarks/, beside this script
 
 N_TRAIN, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
 CLIP_KEY, TEACHER_KEY = "ViT-L-14@openai", "Salesforce_blip2-flan-t5-xxl"
@@ -287,14 +288,6 @@ def main() -> None:
                 else "(the goal is for GPUs; on a CPU the 16 heads' GEMMs take 16x)"
             console.print(f"grid trained together on {where}, {precision}, {args.grid_epochs} epoch(s): one configuration "
                           f"{one:.2f} s, 16 (lr x weight decay) {grid:.2f} s = {grid / one:.1f}x one {verdict}")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def eval_caches(tmp: Path, rng: np.random.Generator, console: Console) -> list[Path]:

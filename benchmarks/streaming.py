@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -45,6 +44,7 @@ from rich.table import Table
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.fit_head import FitConfig, fit_head
+from machine import describe  # benchmarks/, beside this script
 from pagecache import evict  # benchmarks/, beside this script
 
 D, DT, BATCH = 768, 4096, 512  # ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL, the official batch
@@ -54,23 +54,6 @@ GEN_ROWS = 16_384  # rows generated (as float32) at a time
 RSS_GOAL, RATIO_GOAL = 2.5e9, 1.3  # bytes; in-memory rows/s over streamed rows/s
 TARGET_ROWS = 10_000_000
 ROW_BYTES = (D + DT) * 2  # float16 on disk
-
-
-def machine() -> str:
-    """CPU model (lscpu), core count, torch version and the commit (git describe --always --dirty)."""
-    model = "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown commit"
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {commit}"
 
 
 def random_f16(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
@@ -204,7 +187,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads in the children (0 = torch's default)")
     args = parser.parse_args()
     console = Console(width=220)
-    console.print(f"[bold]streamed fit-head benchmark[/bold] on {machine()}")
+    console.print(f"[bold]streamed fit-head benchmark[/bold] on {describe()} ({torch.get_num_threads()} threads)")
     total = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="expclip-streaming-", dir=args.workdir))
     try:

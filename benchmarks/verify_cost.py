@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -37,17 +36,11 @@ from expclip.cache.reader import CacheReader
 from expclip.cache.verify import verify_cache
 from expclip.cache.writer import write_arrays
 from expclip.stages.fit_head.data import InMemory, select
+from machine import cpu_model  # benchmarks/, beside this script
 from pagecache import evict  # benchmarks/, beside this script
 
 N, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
 IMAGE, TEACHER = fmt.image_path("ViT-L-14@openai"), fmt.teacher_path("Salesforce_blip2-flan-t5-xxl", "paper")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def write_checked(path: Path) -> None:

@@ -11,18 +11,20 @@ from expclip.cache.reader import CacheReader
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _script(name: str):
-    """Import benchmarks/NAME.py (registered, so its dataclasses and pickled worker functions resolve)."""
+def _script(name: str, monkeypatch):
+    """Import benchmarks/NAME.py (registered, so its dataclasses and pickled worker functions resolve) as
+    `python benchmarks/NAME.py` would: with its folder on the path, for the modules it imports from beside it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_stage_one_smoke(tmp_path, capsys):
+def test_stage_one_smoke(tmp_path, capsys, monkeypatch):
     """The tiny path runs the real `extract` with injected encoders and prints every row of the table."""
     faces = 128
-    rows = _script("stage_one").main(["--tiny", "--faces", str(faces), "--batch-size", "32", "--workdir", str(tmp_path)])
+    rows = _script("stage_one", monkeypatch).main(["--tiny", "--faces", str(faces), "--batch-size", "32", "--workdir", str(tmp_path)])
 
     printed = capsys.readouterr().out
     assert "expclip extract (stage one)" in printed and "torch " in printed
@@ -48,8 +50,7 @@ def test_stage_one_smoke(tmp_path, capsys):
 
 def test_audit_scale_smoke(tmp_path, capsys, monkeypatch):
     """2,000 planted-into rows against 300 on the CPU, in a child process: every planted pair found, nothing else."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports pagecache from beside it
-    (run,) = _script("audit_scale").main(["--rows", "2000", "--against", "300", "--planted", "20", "--devices", "cpu",
+    (run,) = _script("audit_scale", monkeypatch).main(["--rows", "2000", "--against", "300", "--planted", "20", "--devices", "cpu",
                                           "--block-rows", "512", "--workdir", str(tmp_path)])
 
     printed = capsys.readouterr().out

@@ -4,7 +4,6 @@ Each test computes the same thing on the CPU (the reference the rest of the
 suite checks against independent computations) and on CUDA, and compares.
 """
 
-import dataclasses
 import json
 
 import numpy as np

@@ -6,6 +6,7 @@ against the row it must come from, independently of how it was read.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def numbered(tmp_path_factory) -> "Path":
+def numbered(tmp_path_factory) -> Path:
     """N rows whose features name their row; chunks of 16 rows so that blocks are small here."""
     path = tmp_path_factory.mktemp("stream") / "numbered.h5"
     rng = np.random.default_rng(0)
@@ -104,7 +105,7 @@ def test_fit_head_streams_when_the_selection_exceeds_max_memory(numbered, tmp_pa
     needed = data.select([numbered]).in_memory_bytes()
     small = FitConfig(epochs=2, batch_size=64, device="cpu", max_memory=str(needed - 1))
     a = fit_head([numbered], tmp_path / "a", small)
-    b = fit_head([numbered], tmp_path / "b", small)
+    fit_head([numbered], tmp_path / "b", small)
     assert a["mode"] == "streaming" and a["steps_per_epoch"] == (N - len(BAD)) // 64
     assert torch.equal(load_head(tmp_path / "a").module.weight, load_head(tmp_path / "b").module.weight)
     stored = json.loads((tmp_path / "a.json").read_text())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 

@@ -20,9 +20,10 @@ from expclip import ZeroShotFER
 from expclip.cli import app
 from expclip.base.errors import ExpclipError
 from expclip.predict.api import class_prompts
-from expclip.predict.faces import Detector
+from expclip.predict.faces import Box, Detector
+from expclip.predict.tracks import iou, link
 from expclip.stages.shared import protocol
-from expclip.stages.shared.heads import build_head, save_head
+from expclip.stages.shared.heads import build_head, load_head, save_head
 from yunet_format import write_yunet_like
 
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -78,7 +79,6 @@ def test_api_scores_equal_an_independent_computation(tiny_clip, head):
     classes = ["happy", "Sadness", "boredom"]  # a synonym, a protocol name, and a free word
     fer = ZeroShotFER(tiny_clip, head=head, classes=classes, prompt_set="ensemble_five", device="cpu")
     [face] = fer.predict([PHOTO])
-    from expclip.stages.shared.heads import load_head
     w = load_head(head).linear_weight().double()
     want = expected(tiny_clip, w, [margin_crop(Image.open(PHOTO).convert("RGB"), face["box"])], classes,
                     "ensemble_five", 20.0)[0]
@@ -96,14 +96,26 @@ def test_class_prompts_use_the_sets_prompts_or_its_templates():
     assert made == [p.replace("happiness", "boredom") for p in five["Happiness"] if "happiness" in p]
 
 
-def write_video(path: Path, frames: int) -> Path:
-    """An MJPG .avi of the photo, shrunk, `frames` frames long."""
-    picture = np.asarray(Image.open(PHOTO).convert("RGB").resize((256, 300)))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (256, 300))
-    for _ in range(frames):
-        writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+def write_video(path: Path, frames: int | list[Image.Image]) -> Path:
+    """An MJPG .avi of these frames, or of the photo shrunk, `frames` frames long."""
+    if isinstance(frames, int):
+        frames = [Image.open(PHOTO).convert("RGB").resize((256, 300))] * frames
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, frames[0].size)
+    for frame in frames:
+        writer.write(cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+def decode(video: Path) -> list[Image.Image]:
+    decoded, pictures = cv2.VideoCapture(str(video)), []
+    while True:
+        ok, bgr = decoded.read()
+        if not ok:
+            break
+        pictures.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    decoded.release()
+    return pictures
 
 
 def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, head):
@@ -124,20 +136,16 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     [photo] = [r for r in records if r["file"] == str(PHOTO)]
     assert photo["frame"] is None and abs(photo["box"][0] - 155) <= 3
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0] == "kind,file,frame,face,x,y,w,h,top,p_happy,p_sad,p_angry" and len(lines) == 1 + len(records)
+    assert lines[0] == "kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry" and len(lines) == 1 + len(records)
+    [track] = [r for r in records if r["kind"] == "track"]  # one person: one track, the same faces as the clip's
+    assert track["frames"] == whole["frames"] and len(track["boxes"]) == 16 and track["track"] == 0
+    assert track["probabilities"] == whole["probabilities"]
     assert {p.name for p in (tmp_path / "ann").iterdir()} == {"grace_hopper.png", "talk.timeline.png"}
     with Image.open(tmp_path / "ann" / "grace_hopper.png") as boxed:
         assert boxed.size == Image.open(PHOTO).size
 
-    from expclip.stages.shared.heads import load_head
     w = load_head(head).linear_weight().double()
-    decoded, pictures = cv2.VideoCapture(str(video)), []
-    while True:
-        ok, bgr = decoded.read()
-        if not ok:
-            break
-        pictures.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    decoded.release()
+    pictures = decode(video)
     sampled = [pictures[i] for i in protocol.frame_indices(len(pictures))]
     crops = [margin_crop(p, Detector("haar").detect(p)[0].as_list()) for p in sampled]  # largest face of each
     want = expected(tiny_clip, w, crops, ["happy", "sad", "angry"], "ensemble_ten", 20.0, clip=True)[0]
@@ -149,6 +157,56 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     records = json.loads((tmp_path / "f.json").read_text())
     assert [r["frame"] for r in records if r["kind"] == "face"] == [0, 1, 2, 3, 4]
     assert [r["frames"] for r in records if r["kind"] == "clip"] == [[0] * 16]  # <= 16 frames: frame 0 sixteen times
+
+
+def test_tracks_follow_each_face_by_overlap():
+    """Hand-made boxes: two faces whose sizes swap, one missing for a frame, one that jumps, and a frame
+    with two candidates for one track (the better overlap wins, the other starts a track)."""
+    a = [Box(10, 10, 40, 40), Box(12, 10, 44, 44), Box(14, 12, 30, 30), Box(100, 100, 40, 40)]  # jumps in frame 3
+    b = [Box(200, 10, 30, 30), Box(200, 12, 50, 50), None, Box(204, 12, 50, 50)]  # absent in frame 2
+    frames = [[(box, k) for box in boxes if box is not None] for k, boxes in enumerate(zip(a, b))]
+    frames[1].append((Box(20, 14, 40, 40), "rival"))  # overlaps a's track less than a's own box does
+    tracks = link(frames)
+    assert [(t.positions, t.crops) for t in tracks] == [([0, 1, 2], [0, 1, 2]), ([0, 1, 3], [0, 1, 3]),
+                                                         ([1], ["rival"]), ([3], [3])]
+    assert tracks[0].boxes == a[:3] and tracks[3].boxes == [a[3]]
+    assert iou(Box(0, 0, 10, 10), Box(5, 0, 10, 10)) == pytest.approx(50 / 150) and iou(a[0], b[0]) == 0.0
+
+
+def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip, head):
+    """Two faces whose sizes swap halfway (the largest face of each frame changes person): one track each,
+    scored by the paper's rule over that person's faces alone (computed here from open_clip directly)."""
+    photo = Image.open(PHOTO).convert("RGB")
+    frames = []
+    for i in range(40):
+        big, small = photo.resize((256, 300)), photo.resize((205, 240))
+        left, right = (big, small) if i < 20 else (small, big)
+        canvas = Image.new("RGB", (560, 320), (128, 128, 128))
+        canvas.paste(left, (10 + 6 * (i % 2), 10))
+        canvas.paste(right, (290 + 6 * (i % 2), 10))
+        frames.append(canvas)
+    video = write_video(tmp_path / "two.avi", frames)
+    result = runner.invoke(app, ["predict", str(video), "--head", str(head), "--every", "20", "--device", "cpu",
+                                 "--json", str(tmp_path / "t.json"), "--csv", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    assert "track 0" in result.output and "track 1" in result.output
+    records = json.loads((tmp_path / "t.json").read_text())
+    tracks = [r for r in records if r["kind"] == "track"]
+    sampled = protocol.frame_indices(40)
+    assert [t["track"] for t in tracks] == [0, 1] and all(t["frames"] == sampled for t in tracks)
+    assert all(x < 280 for x, _, _, _ in tracks[0]["boxes"]) and all(x > 280 for x, _, _, _ in tracks[1]["boxes"])
+    w = load_head(head).linear_weight().double()
+    decoded = decode(video)
+    for track, on_the_left in zip(tracks, (True, False)):
+        crops = []
+        for i in sampled:
+            [box] = [b for b in Detector("haar").detect(decoded[i]) if (b.x < 280) == on_the_left]
+            crops.append(margin_crop(decoded[i], box.as_list()))
+        want = expected(tiny_clip, w, crops, protocol.class_order()[:7], "ensemble_ten", 20.0, clip=True)[0]
+        got = torch.tensor([track["probabilities"][c] for c in protocol.class_order()[:7]])
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    rows = [line.split(",") for line in (tmp_path / "t.csv").read_text().splitlines()]
+    assert [(r[0], r[4]) for r in rows if r[0] == "track"] == [("track", "0"), ("track", "1")]
 
 
 def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):

@@ -6,7 +6,8 @@ uses: a face's score for a class is the mean of the cosines between the face
 and the class's prompts, both mapped by the head (plain CLIP space without
 one); probabilities are the softmax of those scores times the logit scale
 (the head's, else CLIP's). A clip is the mean of its frames' mapped features,
-normalised (the paper's video rule), over the largest face of each frame.
+normalised (the paper's video rule), over the largest face of each frame, or
+over each face track (`predict_tracks`: one verdict per person).
 
 Classes: names of the protocol's classes (or their synonyms: "happy", "angry",
 ...) take the chosen prompt set's prompts for that class; any other name gets
@@ -25,6 +26,7 @@ from PIL import Image
 from expclip.base.errors import ExpclipError
 from expclip.predict.faces import Box, Detector, crop
 from expclip.predict.media import picture
+from expclip.predict.tracks import link
 from expclip.stages.evaluate import Space, class_targets, head_space
 from expclip.stages.extract.encoders.clip import load_clip
 from expclip.stages.shared import protocol
@@ -95,20 +97,39 @@ class ZeroShotFER:
         found = []
         for n, image in enumerate(images):
             image = picture(Path(image)) if isinstance(image, (str, Path)) else image
-            boxes = self.faces(image)
-            if not boxes:
-                continue
-            for face, (box, p) in enumerate(zip((b for b, _ in boxes), self.probabilities([c for _, c in boxes]))):
-                found.append({"image": n, "face": face, "box": box.as_list(), **self.verdict(p)})
+            found += [{"image": n, **face} for face in self.face_verdicts(self.faces(image))]
         return found
 
     def predict_clip(self, frames: Sequence[Image.Image]) -> dict | None:
         """The paper's video rule over the largest face of each frame; None when no frame shows a face."""
-        crops = [boxes[0][1] for boxes in map(self.faces, frames) if boxes]
+        return self.clip_verdict([self.faces(frame) for frame in frames])
+
+    def predict_tracks(self, frames: Sequence[Image.Image]) -> list[dict]:
+        """The paper's video rule per face track, longest first: track, positions (in `frames`), boxes, verdict."""
+        return self.track_verdicts([self.faces(frame) for frame in frames])
+
+    def face_verdicts(self, faces: list[tuple[Box, Image.Image]]) -> list[dict]:
+        """One dict per detected face of a picture: face, box, probabilities, top."""
+        if not faces:
+            return []
+        p = self.probabilities([c for _, c in faces])
+        return [{"face": k, "box": box.as_list(), **self.verdict(p[k])} for k, (box, _) in enumerate(faces)]
+
+    def clip_verdict(self, faces_per_frame: Sequence[list[tuple[Box, Image.Image]]]) -> dict | None:
+        """`predict_clip` on faces already detected in each frame."""
+        crops = [faces[0][1] for faces in faces_per_frame if faces]
         if not crops:
             return None
-        p = self.probabilities(self.encode_images(crops).unsqueeze(0))[0]
-        return {"frames_with_a_face": len(crops), **self.verdict(p)}
+        return {"frames_with_a_face": len(crops), **self.verdict(self.clip_probabilities(crops))}
+
+    def track_verdicts(self, faces_per_frame: Sequence[list[tuple[Box, Image.Image]]]) -> list[dict]:
+        """`predict_tracks` on faces already detected in each frame."""
+        return [{"track": k, "positions": t.positions, "boxes": [b.as_list() for b in t.boxes],
+                 **self.verdict(self.clip_probabilities(t.crops))} for k, t in enumerate(link(faces_per_frame))]
+
+    def clip_probabilities(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        """(C,) probabilities of one clip's face crops: the mean of their mapped features, normalised."""
+        return self.probabilities(self.encode_images(crops).unsqueeze(0))[0]
 
     def verdict(self, p: torch.Tensor) -> dict:
         """{probabilities: {class: p}, top: class} of one probability vector."""

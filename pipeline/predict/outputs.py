@@ -1,6 +1,6 @@
 """predict's records as a rich table, CSV, and annotated pictures / video timelines (`--annotate DIR`).
 
-CSV: one row per record, columns `kind, file, frame, face, x, y, w, h, top`, then
+CSV: one row per record, columns `kind, file, frame, face, track, x, y, w, h, top`, then
 `p_<class>` per class (empty cells where a field does not apply). Annotations:
 each picture with its faces boxed and labelled `top p`, as DIR/<file stem>.png;
 each clip as DIR/<file stem>.timeline.png: per-frame probabilities of the
@@ -20,7 +20,7 @@ from rich.table import Table
 from expclip.cache.atomic import write_atomically
 from expclip.predict.media import picture
 
-FIELDS = ["kind", "file", "frame", "face", "x", "y", "w", "h", "top"]
+FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
 
 
 def table(records: list[dict]) -> Table:
@@ -28,10 +28,12 @@ def table(records: list[dict]) -> Table:
     for name in ("file", "frame", "face", "box", "top", "p(top)"):
         found.add_column(name, justify="right" if name in ("frame", "face", "p(top)") else "left")
     for r in records:
-        where = "whole clip" if r["kind"] == "clip" else ("" if r["frame"] is None else str(r["frame"]))
-        box = "" if r["kind"] == "clip" else " ".join(map(str, r["box"]))
-        found.add_row(Path(r["file"]).name, where, "" if r["kind"] == "clip" else str(r["face"]), box, r["top"],
-                      f"{r['probabilities'][r['top']]:.3f}")
+        if r["kind"] == "face":
+            where, face, box = "" if r["frame"] is None else str(r["frame"]), str(r["face"]), " ".join(map(str, r["box"]))
+        else:
+            where = "whole clip" if r["kind"] == "clip" else f"track {r['track']}"
+            face = box = ""
+        found.add_row(Path(r["file"]).name, where, face, box, r["top"], f"{r['probabilities'][r['top']]:.3f}")
     return found
 
 
@@ -41,7 +43,7 @@ def csv_text(records: list[dict], classes: list[str]) -> str:
     writer.writerow(FIELDS + [f"p_{c}" for c in classes])
     for r in records:
         box = r.get("box") or [None] * 4
-        values = [r["kind"], r["file"], r.get("frame"), r.get("face"), *box, r["top"]]
+        values = [r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r["top"]]
         writer.writerow(["" if v is None else v for v in values] + [r["probabilities"][c] for c in classes])
     return buffer.getvalue()
 
@@ -65,7 +67,7 @@ def annotate(records: list[dict], classes: list[str], folder: Path) -> list[Path
         target = folder / f"{Path(file).stem}.png"
         write_atomically(target, lambda tmp: image.save(tmp, format="PNG"))
         written.append(target)
-    for file in sorted({r["file"] for r in records if r["kind"] == "clip" or r["frame"] is not None}):
+    for file in sorted({r["file"] for r in records if r["kind"] != "face" or r["frame"] is not None}):
         largest = sorted((r for r in records if r["file"] == file and r["kind"] == "face" and r["face"] == 0),
                          key=lambda r: r["frame"])
         if largest:

@@ -6,7 +6,11 @@ Records (the JSON `expclip predict --json` writes, a list):
 - a clip (video file or frame folder): `{"kind": "clip", "file", "frames": [the 16
   sampled frame indices], "frames_with_a_face", "probabilities", "top"}` — the
   paper's rule over the largest face of each sampled frame (absent when no
-  sampled frame shows a face).
+  sampled frame shows a face);
+- a face track of a clip (one per person; see `tracks`): `{"kind": "track",
+  "file", "track" (0 = seen in most sampled frames), "frames": [the sampled
+  frame indices it is seen in], "boxes": [[x, y, w, h] in each], "probabilities",
+  "top"}` — the paper's rule over that face alone.
 """
 
 from __future__ import annotations
@@ -30,13 +34,12 @@ def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: int = 1, fra
     return records
 
 
-def _faces(model: ZeroShotFER, path: Path, image, frame: int | None) -> list[dict]:
-    return [{"kind": "face", "file": str(path), "frame": frame, **{k: v for k, v in r.items() if k != "image"}}
-            for r in model.predict([image])]
+def _faces(model: ZeroShotFER, path: Path, faces: list, frame: int | None) -> list[dict]:
+    return [{"kind": "face", "file": str(path), "frame": frame, **r} for r in model.face_verdicts(faces)]
 
 
 def _picture(model: ZeroShotFER, path: Path) -> list[dict]:
-    return _faces(model, path, picture(path), None)
+    return _faces(model, path, model.faces(picture(path)), None)
 
 
 def _clip(model: ZeroShotFER, clip: Clip, every: int) -> list[dict]:
@@ -45,13 +48,19 @@ def _clip(model: ZeroShotFER, clip: Clip, every: int) -> list[dict]:
         return []
     sampled = protocol.frame_indices(count)
     wanted = sorted(set(range(0, count, every)) | set(sampled))
-    records, chosen = [], []
+    records, detected = [], {}
     for i, image in clip.read(wanted):
+        faces = model.faces(image)  # once per frame, for its own record and for the clip's
         if i % every == 0:
-            records += _faces(model, clip.path, image, i)
+            records += _faces(model, clip.path, faces, i)
         if i in sampled:
-            chosen += [image] * sampled.count(i)  # a short clip repeats frame 0, as the protocol does
-    whole = model.predict_clip(chosen)
+            detected[i] = faces
+    read = [i for i in sampled if i in detected]  # a short clip repeats frame 0, as the protocol does
+    whole = model.clip_verdict([detected[i] for i in read])
     if whole is not None:
         records.append({"kind": "clip", "file": str(clip.path), "frames": sampled, **whole})
+    for track in model.track_verdicts([detected[i] for i in read]):
+        positions = track.pop("positions")
+        records.append({"kind": "track", "file": str(clip.path), "track": track.pop("track"),
+                        "frames": [read[p] for p in positions], **track})
     return records

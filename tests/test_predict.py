@@ -167,7 +167,7 @@ def test_tracks_follow_each_face_by_overlap():
     frames = [[(box, k) for box in boxes if box is not None] for k, boxes in enumerate(zip(a, b))]
     frames[1].append((Box(20, 14, 40, 40), "rival"))  # overlaps a's track less than a's own box does
     tracks = link(frames)
-    assert [(t.positions, t.crops) for t in tracks] == [([0, 1, 2], [0, 1, 2]), ([0, 1, 3], [0, 1, 3]),
+    assert [(t.positions, t.faces) for t in tracks] == [([0, 1, 2], [0, 1, 2]), ([0, 1, 3], [0, 1, 3]),
                                                          ([1], ["rival"]), ([3], [3])]
     assert tracks[0].boxes == a[:3] and tracks[3].boxes == [a[3]]
     assert iou(Box(0, 0, 10, 10), Box(5, 0, 10, 10)) == pytest.approx(50 / 150) and iou(a[0], b[0]) == 0.0

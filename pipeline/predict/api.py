@@ -92,44 +92,50 @@ class ZeroShotFER:
         """The detector's faces in a picture, largest first, with their crops."""
         return [(box, crop(image, box)) for box in self.detector.detect(image)]
 
+    def detect(self, image: Image.Image, most: int | None = None) -> tuple[list[Box], torch.Tensor]:
+        """The picture's faces (the `most` largest; all by default) and their CLIP features (n, d), encoded once
+        for every verdict below."""
+        faces = self.faces(image)[:most]
+        return [box for box, _ in faces], self.encode_images([c for _, c in faces])
+
     def predict(self, images: Sequence[Image.Image | str | Path]) -> list[dict]:
         """One dict per face: image (its position in `images`), face, box [x, y, w, h], probabilities, top."""
         found = []
         for n, image in enumerate(images):
             image = picture(Path(image)) if isinstance(image, (str, Path)) else image
-            found += [{"image": n, **face} for face in self.face_verdicts(self.faces(image))]
+            found += [{"image": n, **face} for face in self.face_verdicts(*self.detect(image))]
         return found
 
     def predict_clip(self, frames: Sequence[Image.Image]) -> dict | None:
         """The paper's video rule over the largest face of each frame; None when no frame shows a face."""
-        return self.clip_verdict([self.faces(frame) for frame in frames])
+        return self.clip_verdict([self.detect(frame, most=1) for frame in frames])
 
     def predict_tracks(self, frames: Sequence[Image.Image]) -> list[dict]:
         """The paper's video rule per face track, longest first: track, positions (in `frames`), boxes, verdict."""
-        return self.track_verdicts([self.faces(frame) for frame in frames])
+        return self.track_verdicts([self.detect(frame) for frame in frames])
 
-    def face_verdicts(self, faces: list[tuple[Box, Image.Image]]) -> list[dict]:
-        """One dict per detected face of a picture: face, box, probabilities, top."""
-        if not faces:
-            return []
-        p = self.probabilities([c for _, c in faces])
-        return [{"face": k, "box": box.as_list(), **self.verdict(p[k])} for k, (box, _) in enumerate(faces)]
+    def face_verdicts(self, boxes: list[Box], features: torch.Tensor) -> list[dict]:
+        """One dict per face of a picture (`detect`'s output): face, box, probabilities, top."""
+        p = self.probabilities(features) if boxes else []
+        return [{"face": k, "box": box.as_list(), **self.verdict(p[k])} for k, box in enumerate(boxes)]
 
-    def clip_verdict(self, faces_per_frame: Sequence[list[tuple[Box, Image.Image]]]) -> dict | None:
-        """`predict_clip` on faces already detected in each frame."""
-        crops = [faces[0][1] for faces in faces_per_frame if faces]
-        if not crops:
+    def clip_verdict(self, frames: Sequence[tuple[list[Box], torch.Tensor]]) -> dict | None:
+        """`predict_clip` on frames already through `detect`."""
+        largest = [features[0] for boxes, features in frames if boxes]
+        if not largest:
             return None
-        return {"frames_with_a_face": len(crops), **self.verdict(self.clip_probabilities(crops))}
+        return {"frames_with_a_face": len(largest), **self.verdict(self.clip_probabilities(torch.stack(largest)))}
 
-    def track_verdicts(self, faces_per_frame: Sequence[list[tuple[Box, Image.Image]]]) -> list[dict]:
-        """`predict_tracks` on faces already detected in each frame."""
+    def track_verdicts(self, frames: Sequence[tuple[list[Box], torch.Tensor]]) -> list[dict]:
+        """`predict_tracks` on frames already through `detect`."""
+        tracks = link([list(zip(boxes, features)) for boxes, features in frames])
         return [{"track": k, "positions": t.positions, "boxes": [b.as_list() for b in t.boxes],
-                 **self.verdict(self.clip_probabilities(t.crops))} for k, t in enumerate(link(faces_per_frame))]
+                 **self.verdict(self.clip_probabilities(torch.stack(t.faces)))} for k, t in enumerate(tracks)]
 
-    def clip_probabilities(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        """(C,) probabilities of one clip's face crops: the mean of their mapped features, normalised."""
-        return self.probabilities(self.encode_images(crops).unsqueeze(0))[0]
+    def clip_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(C,) probabilities of one clip from its faces' CLIP features (T, d): the paper's mean of the mapped
+        features, normalised."""
+        return self.probabilities(features.unsqueeze(0))[0]
 
     def verdict(self, p: torch.Tensor) -> dict:
         """{probabilities: {class: p}, top: class} of one probability vector."""

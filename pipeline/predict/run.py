@@ -34,12 +34,12 @@ def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: int = 1, fra
     return records
 
 
-def _faces(model: ZeroShotFER, path: Path, faces: list, frame: int | None) -> list[dict]:
-    return [{"kind": "face", "file": str(path), "frame": frame, **r} for r in model.face_verdicts(faces)]
+def _faces(model: ZeroShotFER, path: Path, seen: tuple, frame: int | None) -> list[dict]:
+    return [{"kind": "face", "file": str(path), "frame": frame, **r} for r in model.face_verdicts(*seen)]
 
 
 def _picture(model: ZeroShotFER, path: Path) -> list[dict]:
-    return _faces(model, path, model.faces(picture(path)), None)
+    return _faces(model, path, model.detect(picture(path)), None)
 
 
 def _clip(model: ZeroShotFER, clip: Clip, every: int) -> list[dict]:
@@ -50,11 +50,11 @@ def _clip(model: ZeroShotFER, clip: Clip, every: int) -> list[dict]:
     wanted = sorted(set(range(0, count, every)) | set(sampled))
     records, detected = [], {}
     for i, image in clip.read(wanted):
-        faces = model.faces(image)  # once per frame, for its own record and for the clip's
+        seen = model.detect(image)  # faces found and encoded once, for the frame's records and the clip's
         if i % every == 0:
-            records += _faces(model, clip.path, faces, i)
+            records += _faces(model, clip.path, seen, i)
         if i in sampled:
-            detected[i] = faces
+            detected[i] = seen
     read = [i for i in sampled if i in detected]  # a short clip repeats frame 0, as the protocol does
     whole = model.clip_verdict([detected[i] for i in read])
     if whole is not None:

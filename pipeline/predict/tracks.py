@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from PIL import Image
+from typing import Any
 
 from expclip.predict.faces import Box
 
@@ -22,16 +21,17 @@ TRACK_IOU = 0.3
 
 @dataclass
 class Track:
-    """One face over frames: positions in the frame sequence given to `link`, its box and crop in each."""
+    """One face over frames: positions in the frame sequence given to `link`, its box in each, and what the
+    caller gave with each box (its crop, or its CLIP features)."""
 
     positions: list[int] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
-    crops: list[Image.Image] = field(default_factory=list)
+    faces: list[Any] = field(default_factory=list)
 
-    def add(self, position: int, box: Box, crop: Image.Image) -> None:
+    def add(self, position: int, box: Box, face: Any) -> None:
         self.positions.append(position)
         self.boxes.append(box)
-        self.crops.append(crop)
+        self.faces.append(face)
 
 
 def iou(a: Box, b: Box) -> float:
@@ -42,8 +42,8 @@ def iou(a: Box, b: Box) -> float:
     return inter / (a.w * a.h + b.w * b.h - inter) if inter else 0.0
 
 
-def link(faces_per_frame: Sequence[Sequence[tuple[Box, Image.Image]]], min_iou: float = TRACK_IOU) -> list[Track]:
-    """Tracks over the frames' (box, crop) faces, longest first (ties: the one that began first)."""
+def link(faces_per_frame: Sequence[Sequence[tuple[Box, Any]]], min_iou: float = TRACK_IOU) -> list[Track]:
+    """Tracks over the frames' (box, face) pairs, longest first (ties: the one that began first)."""
     tracks: list[Track] = []
     for position, faces in enumerate(faces_per_frame):
         pairs = sorted(((iou(t.boxes[-1], box), k, j) for k, t in enumerate(tracks) for j, (box, _) in enumerate(faces)),
@@ -56,8 +56,8 @@ def link(faces_per_frame: Sequence[Sequence[tuple[Box, Image.Image]]], min_iou: 
                 tracks[k].add(position, *faces[j])
                 joined_tracks.add(k)
                 joined_faces.add(j)
-        for j, (box, crop) in enumerate(faces):
+        for j, (box, face) in enumerate(faces):
             if j not in joined_faces:
                 tracks.append(Track())
-                tracks[-1].add(position, box, crop)
+                tracks[-1].add(position, box, face)
     return sorted(tracks, key=lambda t: (-len(t.positions), t.positions[0]))

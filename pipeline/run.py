@@ -127,7 +127,8 @@ def run_preset(preset: Preset, data_root: Path, out: Path, *, extract_overrides:
     fcfg = _replace(preset.fit, {**(fit_overrides or {}), "device": device}, "fit")
     planned = survey(preset, data_root)
     require_complete(planned, data_root)
-    steps = [_extract(p, out / "caches" / p.cache_name, xcfg, say) for p in planned]
+    with clip_encoder.kept_loaded():  # one CLIP for all the caches, loaded once
+        steps = [_extract(p, out / "caches" / p.cache_name, xcfg, say) for p in planned]
     fitted = _fit(out / "caches" / planned[0].cache_name, out / "heads" / preset.name, fcfg, xcfg, say)
     records = _evaluate(preset, planned[1:], out / "caches", Path(fitted["head"]), device)
     means = fold_means(records)

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.extract.encoders.clip import load_clip
+from expclip.stages.extract.encoders.clip import kept_loaded, load_clip
 from expclip.stages.extract.encoders.provenance import sha256_file
 from expclip.stages.extract.encoders.teacher import instruction_key, load_teacher
 from expclip.demo.checkpoints import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
@@ -112,6 +112,23 @@ def test_teacher_drops_decoder_and_records_provenance(teacher, tiny_blip2):
     assert teacher.attrs["model"] == str(tiny_blip2)
     assert teacher.attrs["pooling"] == "mean" and teacher.attrs["instruction"] == DEFAULT_INSTRUCTION
     assert set(json.loads(teacher.attrs["versions"])) == {"torch", "open_clip", "transformers", "expclip"}
+
+
+def test_kept_loaded_loads_one_clip_once_until_the_block_ends(tmp_path):
+    """Inside `kept_loaded` the same arguments give the same encoder; other weights bytes (same folder) or
+    another transform load anew; after the block, a load is fresh again."""
+    name = save_tiny_clip(tmp_path / "clip")
+    args = dict(device=torch.device("cpu"), precision="fp32", transform="model")
+    with kept_loaded():
+        first = load_clip(name, None, **args)
+        with kept_loaded():  # nested: the same keeper
+            assert load_clip(name, None, **args) is first
+        assert load_clip(name, None, **{**args, "transform": "exp-clip-official"}) is not first
+        save_tiny_clip(tmp_path / "clip", seed=1)  # the folder's weights rewritten
+        changed = load_clip(name, None, **args)
+        assert changed is not first and changed.attrs["pretrained_sha256"] != first.attrs["pretrained_sha256"]
+    assert load_clip(name, None, **args) is not changed
+    assert load_clip(name, None, **args) is not load_clip(name, None, **args)
 
 
 def test_instruction_key():

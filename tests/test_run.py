@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import open_clip
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -168,11 +169,16 @@ def test_check_lists_where_every_dataset_is_expected(data_root):
     assert "expected under" in result.output
 
 
-def test_the_whole_run_on_synthetic_data_then_a_second_run_reuses_everything(tmp_path, data_root, tiny_224):
+def test_the_whole_run_on_synthetic_data_then_a_second_run_reuses_everything(tmp_path, data_root, tiny_224,
+                                                                            monkeypatch):
     out = tmp_path / "out"
     command = ["run", "paper-vit-b-16", "--data-root", str(data_root), "--out", str(out), *tiny_224]
+    built = []
+    create = open_clip.create_model_and_transforms
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda *a, **k: built.append(a[0]) or create(*a, **k))
     first = runner.invoke(app, command)
     assert first.exit_code == 0, first.output
+    assert len(built) == 1  # one CLIP for the 17 caches, loaded once
     result = json.loads((out / "results" / "paper-vit-b-16.json").read_text("utf-8"))
     assert [s["dataset"] + str(s["fold"] or "") for s in result["extract"]] == [
         "CAER-S", "RAFDB", "AffectNet7", "AffectNet8", "FERPlus", *(f"DFEW{k}" for k in range(1, 6)), "FERV39k",

@@ -23,6 +23,7 @@ from expclip.demo.pretrain import Schedule, drawn_faces, save_pretrained_clip, s
 from expclip.stages.shared.clip_identity import LOCAL_DIR
 from expclip.stages.evaluate import evaluate
 from expclip.stages.extract import ExtractConfig, extract
+from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared.heads import load_head
 
@@ -71,12 +72,13 @@ def run_demo(workdir: Path, *, train_per_class: int = 40, eval_per_class: int = 
     clip_model = LOCAL_DIR + str(files["clip"].resolve())
 
     common = dict(clip_model=clip_model, device="cpu", num_workers=0, batch_size=32)
-    extract(sources.resolve(files["train_faces"], dataset="demo-train"), files["train_cache"],
-            ExtractConfig(teacher=str(files["teacher"]), **common))
-    extract(sources.resolve(files["eval_faces"], dataset="demo-images"), files["eval_images_cache"],
-            ExtractConfig(teacher=None, **common))
-    extract(sources.resolve(files["eval_clips"] / "annotations.txt", dataset="demo-clips"), files["eval_clips_cache"],
-            ExtractConfig(teacher=None, **common))
+    with clip_encoder.kept_loaded():  # the three caches share one CLIP, loaded once
+        extract(sources.resolve(files["train_faces"], dataset="demo-train"), files["train_cache"],
+                ExtractConfig(teacher=str(files["teacher"]), **common))
+        extract(sources.resolve(files["eval_faces"], dataset="demo-images"), files["eval_images_cache"],
+                ExtractConfig(teacher=None, **common))
+        extract(sources.resolve(files["eval_clips"] / "annotations.txt", dataset="demo-clips"), files["eval_clips_cache"],
+                ExtractConfig(teacher=None, **common))
 
     # Keys named, not guessed: a workdir of an older demo (random encoders in other folders) holds their groups too.
     fit_head([files["train_cache"]], files["head"],

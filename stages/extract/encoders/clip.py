@@ -8,7 +8,8 @@ official loss multiplies by it and it is not 100 for every checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,11 +134,38 @@ def identity(name: str, pretrained: str | None, transform: str, precision: str) 
     return encoder_key(parts, transform == OFFICIAL_TRANSFORM), config
 
 
+# Encoders `load_clip` keeps while a `kept_loaded` block runs, by their loading arguments; None outside.
+_kept: dict[tuple, ClipEncoder] | None = None
+
+
+@contextmanager
+def kept_loaded() -> Iterator[None]:
+    """Within the block, `load_clip` returns the encoder it loaded before for the same arguments: a run that
+    extracts many datasets with one CLIP (`expclip run`: 17 caches) loads it once, not once per cache (seconds
+    each for a ViT-L/14). The encoders are let go when the block ends."""
+    global _kept
+    outer, _kept = _kept, {} if _kept is None else _kept
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
 def load_clip(
     name: str, pretrained: str | None, *, device: torch.device, precision: str, transform: str
 ) -> ClipEncoder:
     """Load a frozen open_clip model (`name` or `local-dir:PATH`) in eval mode on `device`."""
     key, config = identity(name, pretrained, transform, precision)
+    same = (key, *sorted(config.items()), str(device), precision)  # the weights' sha256 included
+    if _kept is not None and same in _kept:
+        return _kept[same]
+    encoder = _load(key, config, name, device, precision)
+    if _kept is not None:
+        _kept[same] = encoder
+    return encoder
+
+
+def _load(key: str, config: dict, name: str, device: torch.device, precision: str) -> ClipEncoder:
     model_ref, weights = config["model"], config["pretrained"]
     local = model_ref.startswith(LOCAL_DIR)
     try:

@@ -23,7 +23,7 @@ MARGIN = 10.0
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple:
-    """(workdir, printed output) of one `expclip demo` (~40 s on two cores), shared by the tests below."""
+    """(workdir, printed output) of one `expclip demo` (~25 s on two cores), shared by the tests below."""
     workdir = tmp_path_factory.mktemp("demo") / "demo"
     result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir)])
     assert result.exit_code == 0, result.output

@@ -128,6 +128,8 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
                                  "--json", str(tmp_path / "p.json"), "--csv", str(tmp_path / "p.csv"),
                                  "--annotate", str(tmp_path / "ann"), "--device", "cpu", "--classes", "happy,sad,angry"])
     assert result.exit_code == 0, result.output  # no --clip-model: the head's recorded CLIP
+    work = len(set(range(0, 40, 10)) | set(protocol.frame_indices(40))) + 1  # the video's frames read, the photo
+    assert f"{work}/{work}" in result.output and "frames/s" in result.output  # the bar moves per frame
     records = json.loads((tmp_path / "p.json").read_text())
     faces = [r for r in records if r["kind"] == "face" and r["file"] == str(video)]
     assert [r["frame"] for r in faces] == [0, 10, 20, 30] and all(r["face"] == 0 for r in faces)

@@ -15,6 +15,7 @@ Records (the JSON `expclip predict --json` writes, a list):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from expclip.predict.api import ZeroShotFER
@@ -24,14 +25,27 @@ from expclip.stages.shared.progress import progress
 
 
 def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: int = 1, frame_folders: bool = False) -> list[dict]:
+    """Every record of every input; the progress bar counts pictures and video frames, so a long video moves it."""
+    found = [(item, _frames(item.count(), every) if isinstance(item, Clip) else None)
+             for item in inputs(paths, frame_folders=frame_folders)]
     records: list[dict] = []
-    found = list(inputs(paths, frame_folders=frame_folders))
-    with progress("inputs") as bar:
-        task = bar.add_task("predict", total=len(found))
-        for item in found:
-            records += _clip(model, item, every) if isinstance(item, Clip) else _picture(model, item)
-            bar.advance(task)
+    with progress("frames") as bar:
+        task = bar.add_task("predict", total=sum(1 if plan is None else len(plan[1]) for _, plan in found))
+        for item, plan in found:
+            if plan is None:
+                records += _picture(model, item)
+                bar.advance(task)
+            else:
+                records += _clip(model, item, *plan, every, lambda n: bar.advance(task, n))
     return records
+
+
+def _frames(count: int, every: int) -> tuple[list[int], list[int]]:
+    """A clip's 16 sampled frames (the paper's rule) and every frame to read: those and each `every`-th."""
+    if count == 0:
+        return [], []
+    sampled = protocol.frame_indices(count)
+    return sampled, sorted(set(range(0, count, every)) | set(sampled))
 
 
 def _faces(model: ZeroShotFER, path: Path, seen: tuple, frame: int | None) -> list[dict]:
@@ -42,19 +56,18 @@ def _picture(model: ZeroShotFER, path: Path) -> list[dict]:
     return _faces(model, path, model.detect(picture(path)), None)
 
 
-def _clip(model: ZeroShotFER, clip: Clip, every: int) -> list[dict]:
-    count = clip.count()
-    if count == 0:
-        return []
-    sampled = protocol.frame_indices(count)
-    wanted = sorted(set(range(0, count, every)) | set(sampled))
-    records, detected = [], {}
+def _clip(model: ZeroShotFER, clip: Clip, sampled: list[int], wanted: list[int], every: int,
+          advance: Callable[[int], None]) -> list[dict]:
+    records, detected, read_frames = [], {}, 0
     for i, image in clip.read(wanted):
         seen = model.detect(image)  # faces found and encoded once, for the frame's records and the clip's
         if i % every == 0:
             records += _faces(model, clip.path, seen, i)
         if i in sampled:
             detected[i] = seen
+        read_frames += 1
+        advance(1)
+    advance(len(wanted) - read_frames)  # frames a video's header promised but its stream lacked
     read = [i for i in sampled if i in detected]  # a short clip repeats frame 0, as the protocol does
     whole = model.clip_verdict([detected[i] for i in read])
     if whole is not None:

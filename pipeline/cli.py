@@ -273,15 +273,15 @@ def ablate(
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
+        parsed, names = grid_runs.parse_grid(grid), read_label_map(label_map) if label_map else None  # before any file
         writable(out_dir, "--out-dir", folder=True)
         for sub in ("runs", "heads"):  # finished runs are reused: their folders must take new ones too
             if (out_dir / sub).is_dir():
                 writable(out_dir / sub, "--out-dir", folder=True)
         runs = grid_runs.run_grid(
-            train, eval_caches, grid_runs.parse_grid(grid), out_dir, base=FitConfig(device=device),
+            train, eval_caches, parsed, out_dir, base=FitConfig(device=device),
             prompt_sets=None if not prompt_set or "all" in prompt_set else prompt_set, ensemble=ensemble,
-            select={"clip_key": clip_key, "teacher_key": teacher_key, "instruction": instruction},
-            label_map=read_label_map(label_map) if label_map else None,
+            select={"clip_key": clip_key, "teacher_key": teacher_key, "instruction": instruction}, label_map=names,
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))

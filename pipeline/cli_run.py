@@ -10,7 +10,6 @@ from expclip import presets
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import help_of, options
-from expclip.outputs import writable
 from expclip.stages.extract.config import ExtractConfig
 
 XO = options(ExtractConfig)
@@ -40,7 +39,6 @@ def run(
             out.print(layout_table(chosen.name, data_root, planned))
             require_complete(planned, data_root)
             return
-        writable(out_dir, "--out", folder=True)
         given = {"clip_model": clip_model, "clip_pretrained": clip_pretrained, "teacher": teacher,
                  "batch_size": batch_size, "num_workers": num_workers}
         result = run_preset(chosen, data_root, out_dir, extract_overrides={k: v for k, v in given.items() if v is not None},

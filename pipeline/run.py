@@ -28,6 +28,7 @@ from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.atomic import ensure_folder
 from expclip.cache.reader import CacheReader
+from expclip.outputs import writable
 from expclip.presets import Dataset, Preset, paper_numbers
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
@@ -127,6 +128,7 @@ def run_preset(preset: Preset, data_root: Path, out: Path, *, extract_overrides:
     fcfg = _replace(preset.fit, {**(fit_overrides or {}), "device": device}, "fit")
     planned = survey(preset, data_root)
     require_complete(planned, data_root)
+    writable(out, "--out", folder=True)  # after every check of the arguments and the data: a mistake leaves nothing
     with clip_encoder.kept_loaded():  # one CLIP for all the caches, loaded once
         steps = [_extract(p, out / "caches" / p.cache_name, xcfg, say) for p in planned]
     fitted = _fit(out / "caches" / planned[0].cache_name, out / "heads" / preset.name, fcfg, xcfg, say)

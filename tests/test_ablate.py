@@ -129,8 +129,9 @@ def test_ablate_cli_writes_table_csv_and_json(caches, tmp_path):
     header = (out / "ablation.csv").read_text().splitlines()[0]
     assert header == "epochs,batch_size,run,dataset,prompt_set,uar,war,n,reused"
     assert "2 runs (2 reused)" in runner.invoke(app, args).output
-    bad = runner.invoke(app, [*args[:4], "--grid", "speed=1"])
+    bad = runner.invoke(app, [*args[:4], "--grid", "speed=1", "--out-dir", str(tmp_path / "never")])
     assert bad.exit_code == 2 and "unknown name 'speed'" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "never").exists()  # arguments checked before any folder is made
 
 
 def test_ablate_label_map_reaches_evaluate(caches, tmp_path):

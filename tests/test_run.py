@@ -80,11 +80,14 @@ def test_overrides_are_checked_before_any_work_and_a_model_the_paper_lacks_has_n
     preset = presets.load("paper-vit-b-32")
     with pytest.raises(ExpclipError, match="fit override.s. learning_rate: not settings; valid: lr, momentum"):
         run.run_preset(preset, tmp_path, tmp_path / "out", fit_overrides={"learning_rate": 0.1})
-    result = runner.invoke(app, ["run", "paper-vit-b-32", "--data-root", str(tmp_path), "--fit", "lr=1e-3,1e-2"])
+    command = ["run", "paper-vit-b-32", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, [*command, "--fit", "lr=1e-3,1e-2"])
     assert result.exit_code == 2 and "--fit: give one value for lr" in result.output
-    result = runner.invoke(app, ["run", "paper-vit-b-32", "--data-root", str(tmp_path), "--fit", "lr"])
+    result = runner.invoke(app, [*command, "--fit", "lr"])
     assert result.exit_code == 2 and "--fit: 'lr' is not NAME=V1,V2" in result.output
-    assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, [*command, "--fit", "learning_rate=0.1"])
+    assert result.exit_code == 2 and "--fit: unknown name 'learning_rate'; choose from lr" in result.output
+    assert not (tmp_path / "out").exists()  # a mistake in the arguments leaves no folder behind
     mine = tmp_path / "h14.json"
     mine.write_text(json.dumps({"extends": "_paper", "extract": {"clip_model": "ViT-H-14"}}))
     means = [{"dataset": "RAFDB", "method": "exp-clip", "prompt_set": "a_photo_of_a_face", "uar": 50.0, "war": 60.0}]

@@ -143,6 +143,8 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     assert track["frames"] == whole["frames"] and len(track["boxes"]) == 16 and track["track"] == 0
     assert track["probabilities"] == whole["probabilities"]
     assert {p.name for p in (tmp_path / "ann").iterdir()} == {"grace_hopper.png", "talk.timeline.png"}
+    with Image.open(tmp_path / "ann" / "talk.timeline.png") as timeline:
+        assert timeline.size == (800, 300)  # one track, one panel
     with Image.open(tmp_path / "ann" / "grace_hopper.png") as boxed:
         assert boxed.size == Image.open(PHOTO).size
 
@@ -189,7 +191,8 @@ def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip
         frames.append(canvas)
     video = write_video(tmp_path / "two.avi", frames)
     result = runner.invoke(app, ["predict", str(video), "--head", str(head), "--every", "20", "--device", "cpu",
-                                 "--json", str(tmp_path / "t.json"), "--csv", str(tmp_path / "t.csv")])
+                                 "--json", str(tmp_path / "t.json"), "--csv", str(tmp_path / "t.csv"),
+                                 "--annotate", str(tmp_path / "ann")])
     assert result.exit_code == 0, result.output
     assert "track 0" in result.output and "track 1" in result.output
     records = json.loads((tmp_path / "t.json").read_text())
@@ -209,6 +212,12 @@ def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
     rows = [line.split(",") for line in (tmp_path / "t.csv").read_text().splitlines()]
     assert [(r[0], r[4]) for r in rows if r[0] == "track"] == [("track", "0"), ("track", "1")]
+    faces = [r for r in records if r["kind"] == "face"]  # frames 0 and 20: each face carries its person's track
+    assert [r["frame"] for r in faces] == [0, 0, 20, 20] and [r["face"] for r in faces] == [0, 1, 0, 1]
+    assert all(r["track"] == (0 if r["box"][0] < 280 else 1) for r in faces)
+    assert [faces[0]["track"], faces[2]["track"]] == [0, 1]  # the largest face changed person at frame 20
+    with Image.open(tmp_path / "ann" / "two.timeline.png") as timeline:
+        assert timeline.size == (800, round(100 * (0.8 + 2.2 * 2)))  # one panel per track
 
 
 def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):

@@ -16,7 +16,7 @@ the set's templates (its prompts for Happiness, with the word replaced).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +126,18 @@ class ZeroShotFER:
             return None
         return {"frames_with_a_face": len(largest), **self.verdict(self.clip_probabilities(torch.stack(largest)))}
 
-    def track_verdicts(self, frames: Sequence[tuple[list[Box], torch.Tensor]]) -> list[dict]:
-        """`predict_tracks` on frames already through `detect`."""
-        tracks = link([list(zip(boxes, features)) for boxes, features in frames])
-        return [{"track": k, "positions": t.positions, "boxes": [b.as_list() for b in t.boxes],
-                 **self.verdict(self.clip_probabilities(torch.stack(t.faces)))} for k, t in enumerate(tracks)]
+    def track_verdicts(self, frames: Sequence[tuple[list[Box], torch.Tensor]],
+                       scored: Collection[int] | None = None) -> list[dict]:
+        """`predict_tracks` on frames already through `detect`: faces linked across all `frames`; each track's
+        verdict from its faces at the `scored` positions (all by default; a track seen at none of them has no
+        probabilities). Per track: positions, faces (the face's index in each frame), boxes."""
+        found = []
+        for k, t in enumerate(link([[(box, j) for j, box in enumerate(boxes)] for boxes, _ in frames])):
+            chosen = [frames[p][1][j] for p, j in zip(t.positions, t.faces) if scored is None or p in scored]
+            verdict = self.verdict(self.clip_probabilities(torch.stack(chosen))) if chosen else {}
+            found.append({"track": k, "positions": t.positions, "faces": t.faces,
+                          "boxes": [b.as_list() for b in t.boxes], **verdict})
+        return found
 
     def clip_probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """(C,) probabilities of one clip from its faces' CLIP features (T, d): the paper's mean of the mapped

@@ -3,8 +3,8 @@
 CSV: one row per record, columns `kind, file, frame, face, track, x, y, w, h, top`, then
 `p_<class>` per class (empty cells where a field does not apply). Annotations:
 each picture with its faces boxed and labelled `top p`, as DIR/<file stem>.png;
-each clip as DIR/<file stem>.timeline.png: per-frame probabilities of the
-largest face, one line per class.
+each clip as DIR/<file stem>.timeline.png: per-frame probabilities of each face
+track (the TIMELINE_TRACKS seen most), one panel per track, one line per class.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from expclip.cache.atomic import write_atomically
 from expclip.predict.media import picture
 
 FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
+TIMELINE_TRACKS = 4
 
 
 def table(records: list[dict]) -> Table:
@@ -68,23 +69,23 @@ def annotate(records: list[dict], classes: list[str], folder: Path) -> list[Path
         write_atomically(target, lambda tmp: image.save(tmp, format="PNG"))
         written.append(target)
     for file in sorted({r["file"] for r in records if r["kind"] != "face" or r["frame"] is not None}):
-        largest = sorted((r for r in records if r["file"] == file and r["kind"] == "face" and r["face"] == 0),
-                         key=lambda r: r["frame"])
-        if largest:
-            written.append(_timeline(file, largest, classes, folder / f"{Path(file).stem}.timeline.png"))
+        faces = [r for r in records if r["file"] == file and r["kind"] == "face"]
+        by_track = {t: sorted((r for r in faces if r["track"] == t), key=lambda r: r["frame"])
+                    for t in sorted({r["track"] for r in faces})[:TIMELINE_TRACKS]}  # track 0 = seen most
+        if by_track:
+            written.append(_timeline(file, by_track, classes, folder / f"{Path(file).stem}.timeline.png"))
     return written
 
 
-def _timeline(file: str, frames: list[dict], classes: list[str], target: Path) -> Path:
-    fig = Figure(figsize=(8, 3), layout="constrained")
-    ax = fig.subplots()
-    x = [r["frame"] for r in frames]
-    for c in classes:
-        ax.plot(x, [r["probabilities"][c] for r in frames], label=c, marker="." if len(x) < 50 else None)
-    ax.set(xlabel="frame", ylabel="probability (largest face)", title=Path(file).name, ylim=(0, 1))
-    ax.legend(fontsize=7, ncols=min(len(classes), 4), loc="upper right")
+def _timeline(file: str, by_track: dict[int, list[dict]], classes: list[str], target: Path) -> Path:
+    fig = Figure(figsize=(8, 0.8 + 2.2 * len(by_track)), layout="constrained")
+    axes = fig.subplots(len(by_track), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (track, frames) in zip(axes, by_track.items()):
+        x = [r["frame"] for r in frames]
+        for c in classes:
+            ax.plot(x, [r["probabilities"][c] for r in frames], label=c, marker="." if len(x) < 50 else None)
+        ax.set(ylabel="probability", title=f"{Path(file).name}: track {track}", ylim=(0, 1))
+    axes[-1].set_xlabel("frame")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncols=min(len(classes), 8), loc="outside lower center")
     write_atomically(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return target
-
-
-

@@ -2,15 +2,18 @@
 
 Records (the JSON `expclip predict --json` writes, a list):
 - a face: `{"kind": "face", "file", "frame" (null for a picture), "face" (0 = largest),
-  "box": [x, y, w, h], "probabilities": {class: p}, "top"}`;
+  "box": [x, y, w, h], "probabilities": {class: p}, "top"}`, and in a clip
+  `"track"`: the person it belongs to (see `tracks`);
 - a clip (video file or frame folder): `{"kind": "clip", "file", "frames": [the 16
   sampled frame indices], "frames_with_a_face", "probabilities", "top"}` — the
   paper's rule over the largest face of each sampled frame (absent when no
   sampled frame shows a face);
-- a face track of a clip (one per person; see `tracks`): `{"kind": "track",
-  "file", "track" (0 = seen in most sampled frames), "frames": [the sampled
+- a face track of a clip (one per person seen in a sampled frame): `{"kind":
+  "track", "file", "track" (0 = seen in most frames), "frames": [the sampled
   frame indices it is seen in], "boxes": [[x, y, w, h] in each], "probabilities",
-  "top"}` — the paper's rule over that face alone.
+  "top"}` — the paper's rule over that face alone. Tracks are linked over every
+  frame read (each `every`-th and the sampled ones), so a denser `--every`
+  follows faces more surely.
 """
 
 from __future__ import annotations
@@ -58,22 +61,26 @@ def _picture(model: ZeroShotFER, path: Path) -> list[dict]:
 
 def _clip(model: ZeroShotFER, clip: Clip, sampled: list[int], wanted: list[int], every: int,
           advance: Callable[[int], None]) -> list[dict]:
-    records, detected, read_frames = [], {}, 0
+    read: list[int] = []  # the frame indices read, in order
+    seen: list[tuple] = []  # and `detect`'s faces in each: found and encoded once for every record below
     for i, image in clip.read(wanted):
-        seen = model.detect(image)  # faces found and encoded once, for the frame's records and the clip's
-        if i % every == 0:
-            records += _faces(model, clip.path, seen, i)
-        if i in sampled:
-            detected[i] = seen
-        read_frames += 1
+        read.append(i)
+        seen.append(model.detect(image))
         advance(1)
-    advance(len(wanted) - read_frames)  # frames a video's header promised but its stream lacked
-    read = [i for i in sampled if i in detected]  # a short clip repeats frame 0, as the protocol does
-    whole = model.clip_verdict([detected[i] for i in read])
-    if whole is not None:
+    advance(len(wanted) - len(read))  # frames a video's header promised but its stream lacked
+    in_sample = {p for p, i in enumerate(read) if i in frozenset(sampled)}
+    tracks = model.track_verdicts(seen, scored=in_sample)  # linked over every frame read
+    track_of = {(p, j): t["track"] for t in tracks for p, j in zip(t["positions"], t["faces"])}
+    records = [{**r, "track": track_of[p, r["face"]]}
+               for p, i in enumerate(read) if i % every == 0 for r in _faces(model, clip.path, seen[p], i)]
+    position = {i: p for p, i in enumerate(read)}
+    whole = model.clip_verdict([seen[position[i]] for i in sampled if i in position])  # a short clip repeats
+    if whole is not None:  # frame 0, as the protocol does
         records.append({"kind": "clip", "file": str(clip.path), "frames": sampled, **whole})
-    for track in model.track_verdicts([detected[i] for i in read]):
-        positions = track.pop("positions")
-        records.append({"kind": "track", "file": str(clip.path), "track": track.pop("track"),
-                        "frames": [read[p] for p in positions], **track})
+    for t in tracks:
+        here = [k for k, p in enumerate(t["positions"]) if p in in_sample]
+        if here:
+            records.append({"kind": "track", "file": str(clip.path), "track": t["track"],
+                            "frames": [read[t["positions"][k]] for k in here], "boxes": [t["boxes"][k] for k in here],
+                            "probabilities": t["probabilities"], "top": t["top"]})
     return records

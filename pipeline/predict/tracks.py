@@ -1,11 +1,11 @@
-"""Faces followed across a clip's sampled frames, so that the paper's video rule gives one verdict per person.
+"""Faces followed across a clip's frames, so that the paper's video rule gives one verdict per person.
 
 Over the largest face of each frame alone, a clip with two people mixes them
 whenever their sizes swap. Here each frame's faces join the tracks whose latest
 box they overlap most (intersection over union at least TRACK_IOU, pairs taken
 best first, a track at most once per frame); a face that overlaps none starts a
-track. A face that moves by more than about half its size between two sampled
-frames therefore starts a new track.
+track. A face that moves by more than about half its size between two frames
+read therefore starts a new track (`predict --every` sets how far apart they are).
 """
 
 from __future__ import annotations

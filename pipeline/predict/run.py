@@ -68,12 +68,12 @@ def _clip(model: ZeroShotFER, clip: Clip, sampled: list[int], wanted: list[int],
         seen.append(model.detect(image))
         advance(1)
     advance(len(wanted) - len(read))  # frames a video's header promised but its stream lacked
-    in_sample = {p for p, i in enumerate(read) if i in frozenset(sampled)}
+    position = {i: p for p, i in enumerate(read)}
+    in_sample = {position[i] for i in sampled if i in position}
     tracks = model.track_verdicts(seen, scored=in_sample)  # linked over every frame read
     track_of = {(p, j): t["track"] for t in tracks for p, j in zip(t["positions"], t["faces"])}
     records = [{**r, "track": track_of[p, r["face"]]}
                for p, i in enumerate(read) if i % every == 0 for r in _faces(model, clip.path, seen[p], i)]
-    position = {i: p for p, i in enumerate(read)}
     whole = model.clip_verdict([seen[position[i]] for i in sampled if i in position])  # a short clip repeats
     if whole is not None:  # frame 0, as the protocol does
         records.append({"kind": "clip", "file": str(clip.path), "frames": sampled, **whole})

@@ -8,6 +8,7 @@ import typer
 from expclip.console import err, out, user_errors
 from expclip.options import choice
 from expclip.outputs import writable
+from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, PREDICT_PROMPT_SET
 
 
@@ -44,7 +45,7 @@ def predict(
         recorded = loaded.clip if loaded is not None else {}
         model = ZeroShotFER(
             clip_model or recorded.get("model") or PREDICT_CLIP,
-            clip_pretrained if clip_model or clip_pretrained else _pretrained(recorded),
+            clip_pretrained if clip_model or clip_pretrained else recorded_pretrained(recorded),
             head=loaded, classes=classes.split(",") if classes else None, prompt_set=prompt_set,
             detector=detector, detector_model=detector_model, device=device,
             transform=recorded.get("transform") or "model",
@@ -61,9 +62,3 @@ def predict(
             for written in outputs.annotate(records, model.classes, annotate_dir):
                 err.print(f"wrote {written}", highlight=False)
 
-
-def _pretrained(clip: dict) -> str | None:
-    """The weights a head's CLIP provenance names: none for a local-dir folder (it brings its own)."""
-    if not clip or str(clip.get("model", "")).startswith("local-dir:"):
-        return None
-    return clip.get("pretrained") or None

@@ -17,7 +17,7 @@ from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.stages.extract.encoders.clip import ClipEncoder, identity, load_clip
 from expclip.stages.extract.loading import DecodeError, load_image
-from expclip.stages.shared.clip_identity import LOCAL_DIR
+from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.precision import recorded_name
 from expclip.stages.shared.vocabulary import PRECISIONS
@@ -30,7 +30,7 @@ def cache_encoder(cache: Path, key: str, device: str) -> ClipEncoder:
     with CacheReader(cache) as reader:
         attrs = reader.image_attrs(key)
     model = str(attrs.get("model", ""))
-    pretrained = None if model.startswith(LOCAL_DIR) else str(attrs.get("pretrained", "")) or None
+    pretrained = recorded_pretrained(attrs)
     precision = _PRECISIONS.get(str(attrs.get("precision", "float32")), "fp32")
     transform = str(attrs.get("transform", ""))
     if not model or not transform:

@@ -20,3 +20,11 @@ def model_name(model: str) -> str:
 def clip_identity(attrs: dict) -> tuple[str, str]:
     """(model name, weights) of an image group's or a head's recorded CLIP provenance."""
     return model_name(str(attrs.get("model", ""))), str(attrs.get("pretrained_sha256") or attrs.get("pretrained", ""))
+
+
+def recorded_pretrained(attrs: dict) -> str | None:
+    """The `pretrained` argument that reloads a recorded CLIP: none for a `local-dir:` folder (it brings its own
+    weights), else the recorded tag or weights file."""
+    if str(attrs.get("model", "")).startswith(LOCAL_DIR):
+        return None
+    return str(attrs.get("pretrained") or "") or None

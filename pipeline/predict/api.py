@@ -52,8 +52,8 @@ class ZeroShotFER:
             raise ExpclipError(f"--head was trained on CLIP {self.head.describe_encoder()}, not on {clip_model} "
                                f"{self.encoder.attrs.get('pretrained', '')}; load the CLIP it was trained on")
         self.space: Space = head_space(self.head, self.device) if self.head is not None else Space(self.device)
-        self.scale = float(self.head.meta.get("logit_scale") or self.encoder.attrs["logit_scale"]) if self.head \
-            else float(self.encoder.attrs["logit_scale"])
+        recorded = self.head.meta.get("logit_scale") if self.head is not None else None
+        self.scale = float(recorded or self.encoder.attrs["logit_scale"])  # the head's, else CLIP's
         self.detector = Detector(detector, detector_model)
         self.set_classes(classes or BASIC, prompt_set)
 

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from expclip.console import err, out, user_errors
+from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
 from expclip.outputs import writable
 from expclip.stages.shared.clip_identity import recorded_pretrained
@@ -46,14 +46,20 @@ def predict(
         model = ZeroShotFER(
             clip_model or recorded.get("model") or PREDICT_CLIP,
             clip_pretrained if clip_model or clip_pretrained else recorded_pretrained(recorded),
-            head=loaded, classes=classes.split(",") if classes else None, prompt_set=prompt_set,
+            head=loaded, classes=classes, prompt_set=prompt_set,
             detector=detector, detector_model=detector_model, device=device,
             transform=recorded.get("transform") or "model",
         )
-        records = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
-        if not records:
+        records, inputs = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
+        failed = [r for r in records if r["kind"] == "failed"]
+        if len(failed) == len(records):
             err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
         out.print(outputs.table(records))
+        for r in failed:
+            err.print(f"[yellow]skipped[/] {escape(r['file'])}: {escape(r['reason'])}", highlight=False)
+        if failed:
+            err.print(f"[yellow]{len(failed)} of {inputs} inputs skipped[/] (unreadable; their records say why)",
+                      highlight=False)
         if json_out:
             write_json(records, json_out)
         if csv_out:

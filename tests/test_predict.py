@@ -1,6 +1,7 @@
 """predict and the Python API: the bundled detector on a real photo, scores against an independent computation,
 videos and frame folders by the paper's 16-frame rule, outputs, and the README's example."""
 
+import csv
 import json
 import re
 import shutil
@@ -138,7 +139,7 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     [photo] = [r for r in records if r["file"] == str(PHOTO)]
     assert photo["frame"] is None and abs(photo["box"][0] - 155) <= 3
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0] == "kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry" and len(lines) == 1 + len(records)
+    assert lines[0] == "kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry,reason" and len(lines) == 1 + len(records)
     [track] = [r for r in records if r["kind"] == "track"]  # one person: one track, the same faces as the clip's
     assert track["frames"] == whole["frames"] and len(track["boxes"]) == 16 and track["track"] == 0
     assert track["probabilities"] == whole["probabilities"]
@@ -279,3 +280,50 @@ def test_the_readme_api_example_runs(tmp_path, tiny_clip, head, monkeypatch):
     printed = []
     exec(compile(code, "README.md", "exec"), {"print": lambda *a: printed.append(a)})
     assert printed and printed[0][0] == [155, 105, 222, 222]
+
+
+def test_unreadable_files_in_a_folder_are_skipped_and_recorded_and_the_rest_kept(tmp_path, tiny_clip):
+    """Real broken bytes beside good pictures: a truncated JPEG, a 0-byte .mp4, an .avi whose frames are zeros. The good
+    pictures' records equal those of a run without the broken files; every input broken is one line, exit 2."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(PHOTO, folder / "a.jpg")
+    Image.open(PHOTO).crop((120, 70, 410, 360)).save(folder / "c.png")
+    data = PHOTO.read_bytes()
+    (folder / "b.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "d.mp4").write_bytes(b"")
+    video = write_video(tmp_path / "whole.avi", 3).read_bytes()
+    frames_at = video.index(b"movi") + 4  # the header (3 frames) kept, every frame's bytes zeroed
+    (folder / "e.avi").write_bytes(video[:frames_at] + bytes(len(video) - frames_at))
+    args = ["--clip-model", tiny_clip, "--device", "cpu", "--classes", "happy,sad"]
+    result = runner.invoke(app, ["predict", str(folder), *args, "--json", str(tmp_path / "p.json"),
+                                 "--csv", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "p.json").read_text())
+    failed = {Path(r["file"]).name: r["reason"] for r in records if r["kind"] == "failed"}
+    assert set(failed) == {"b.jpg", "d.mp4", "e.avi"}
+    assert failed["b.jpg"].startswith("cannot be read as an image (truncated or corrupt image")
+    assert failed["d.mp4"] == "cannot be opened as a video"
+    assert failed["e.avi"] == "no frame could be decoded"
+    said = " ".join(result.output.split())
+    assert f"skipped {folder / 'd.mp4'}: cannot be opened as a video" in said and "3 of 5 inputs skipped" in said
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [(r["kind"], Path(r["file"]).name, r["reason"]) for r in rows if r["kind"] == "failed"] == \
+        [("failed", name, failed[name]) for name in ("b.jpg", "d.mp4", "e.avi")]
+    assert all(r["reason"] == "" and r["p_happy"] for r in rows if r["kind"] == "face")
+    for name in ("b.jpg", "d.mp4", "e.avi"):
+        (folder / name).unlink()
+    clean = runner.invoke(app, ["predict", str(folder), *args, "--json", str(tmp_path / "clean.json")])
+    assert clean.exit_code == 0, clean.output
+    assert [r for r in records if r["kind"] != "failed"] == json.loads((tmp_path / "clean.json").read_text())
+    assert any(Path(r["file"]).name == "c.png" for r in records)  # the good files did give faces
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(data[:300])
+    (bad / "y.mp4").write_bytes(b"")
+    result = runner.invoke(app, ["predict", str(bad), *args, "--json", str(tmp_path / "bad.json")])
+    assert result.exit_code == 2 and not (tmp_path / "bad.json").exists()
+    line = " ".join(result.output.split())
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert f"error: none of the 2 inputs could be read ({bad / 'x.jpg'}: cannot be read as an image (" in line

@@ -11,12 +11,15 @@ over each face track (`predict_tracks`: one verdict per person).
 
 Classes: names of the protocol's classes (or their synonyms: "happy", "angry",
 ...) take the chosen prompt set's prompts for that class; any other name gets
-the set's templates (its prompts for Happiness, with the word replaced).
+the set's templates (its prompts for Happiness, with the word replaced). A str
+is one comma-separated list, as `--classes` takes it. Two names of one class
+("happy" twice, "angry" and "Anger") are refused: they would share its
+probability between them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from PIL import Image
 
 from expclip.base.errors import ExpclipError
 from expclip.predict.faces import Box, Detector, crop
-from expclip.predict.media import picture
+from expclip.predict.media import Unreadable, picture
 from expclip.predict.tracks import link
 from expclip.stages.evaluate import Space, class_targets, head_space
 from expclip.stages.extract.encoders.clip import load_clip
@@ -42,9 +45,11 @@ class ZeroShotFER:
     """Load once; then `predict` pictures, `scores`/`probabilities` of face crops, `encode_images`."""
 
     def __init__(self, clip_model: str = PREDICT_CLIP, clip_pretrained: str | None = None, *,
-                 head: str | Path | Head | None = None, classes: Sequence[str] | None = None,
+                 head: str | Path | Head | None = None, classes: str | Sequence[str] | None = None,
                  prompt_set: str = PREDICT_PROMPT_SET, detector: str = DETECTORS[0], detector_model: Path | None = None,
                  device: str = AUTO, transform: str = MODEL_TRANSFORM) -> None:
+        names = class_names(BASIC if classes is None else classes)  # refused before any model is loaded
+        named_prompt_set(prompt_set)
         self.device = resolve_device(device)
         self.head = load_head(Path(head)) if isinstance(head, (str, Path)) else head
         self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform)
@@ -55,22 +60,17 @@ class ZeroShotFER:
         recorded = self.head.meta.get("logit_scale") if self.head is not None else None
         self.scale = float(recorded or self.encoder.attrs["logit_scale"])  # the head's, else CLIP's
         self.detector = Detector(detector, detector_model)
-        self.set_classes(classes or BASIC, prompt_set)
+        self.set_classes(names, prompt_set)
 
-    def set_classes(self, classes: Sequence[str], prompt_set: str = PREDICT_PROMPT_SET) -> None:
+    def set_classes(self, classes: str | Sequence[str], prompt_set: str = PREDICT_PROMPT_SET) -> None:
         """Score these classes from now on (prompts encoded once, here)."""
-        sets = protocol.prompt_sets()
-        if prompt_set not in sets:
-            raise ExpclipError(f"--prompt-set {prompt_set!r}: choose one of {', '.join(sets)}")
-        names = [c.strip() for c in classes if c.strip()]
-        if len(names) < 2:
-            raise ExpclipError(f"--classes: name at least two classes (got {', '.join(names) or 'none'})")
-        prompts, index = [], []
+        names, chosen = class_names(classes), named_prompt_set(prompt_set)
+        texts, index = [], []
         for k, name in enumerate(names):
-            for text in class_prompts(name, sets[prompt_set]):
-                prompts.append(text)
+            for text in class_prompts(name, chosen):
+                texts.append(text)
                 index.append(k)
-        features = self.encoder.encode_texts(prompts).double().numpy()
+        features = self.encoder.encode_texts(texts).double().numpy()
         self.classes, self.prompt_set = names, prompt_set
         self.targets = class_targets(self.space, features, np.array(index), len(names), "logits")
 
@@ -98,11 +98,24 @@ class ZeroShotFER:
         faces = self.faces(image)[:most]
         return [box for box, _ in faces], self.encode_images([c for _, c in faces])
 
-    def predict(self, images: Sequence[Image.Image | str | Path]) -> list[dict]:
-        """One dict per face: image (its position in `images`), face, box [x, y, w, h], probabilities, top."""
+    def predict(self, images: Iterable[Image.Image | str | Path] | Image.Image | str | Path, *,
+                on_error: str = "raise") -> list[dict]:
+        """One dict per face: image (its position in `images`), face, box [x, y, w, h], probabilities, top.
+
+        `images`: PIL images or paths of picture files (one alone stands for a list of it). A file that cannot be
+        read is an ExpclipError naming it; with `on_error="record"` it gives `{image, error}` instead and the
+        others are still scored (as `expclip predict` skips such files)."""
+        if on_error not in ("raise", "record"):
+            raise ExpclipError(f"on_error={on_error!r}: choose 'raise' or 'record'")
         found = []
-        for n, image in enumerate(images):
-            image = picture(Path(image)) if isinstance(image, (str, Path)) else image
+        for n, image in enumerate(_pictures(images)):
+            try:
+                image = picture(Path(image)) if isinstance(image, (str, Path)) else image
+            except Unreadable as e:
+                if on_error == "raise":
+                    raise
+                found.append({"image": n, "error": str(e)})
+                continue
             found += [{"image": n, **face} for face in self.face_verdicts(*self.detect(image))]
         return found
 
@@ -147,6 +160,56 @@ class ZeroShotFER:
     def verdict(self, p: torch.Tensor) -> dict:
         """{probabilities: {class: p}, top: class} of one probability vector."""
         return {"probabilities": {c: float(v) for c, v in zip(self.classes, p)}, "top": self.classes[int(p.argmax())]}
+
+
+def class_names(classes: str | Sequence[str]) -> list[str]:
+    """The classes asked for, the one rule for `--classes` and the API: a str is one comma-separated list; blank
+    names are dropped; at least two, and no class named twice (a synonym or another case counts as the same)."""
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    elif not isinstance(classes, Sequence) or not all(isinstance(c, str) for c in classes):
+        raise ExpclipError(f"--classes: give a list of class names (str) or one comma-separated str, "
+                           f"not {type(classes).__name__}")
+    names = [c.strip() for c in classes if c.strip()]
+    if len(names) < 2:
+        raise ExpclipError(f"--classes: name at least two classes (got {', '.join(names) or 'none'})")
+    first: dict[str, str] = {}
+    twice = []
+    for name in names:
+        meaning = protocol.canonical_class(name) or " ".join(name.lower().split())  # as class_prompts reads it
+        if meaning not in first:
+            first[meaning] = name
+        elif first[meaning] == name:
+            twice.append(f"{name!r} is named twice")
+        else:
+            twice.append(f"{first[meaning]!r} and {name!r} are both {meaning}")
+    if twice:
+        raise ExpclipError(f"--classes: {'; '.join(twice)}; name each class once")
+    return names
+
+
+def named_prompt_set(prompt_set: str) -> dict[str, list[str]]:
+    """A prompt set by name (canonical class -> prompts), or one line naming the choices."""
+    sets = protocol.prompt_sets()
+    if prompt_set not in sets:
+        raise ExpclipError(f"--prompt-set {prompt_set!r}: choose one of {', '.join(sets)}")
+    return sets[prompt_set]
+
+
+def _pictures(images: object) -> list[Image.Image | str | Path]:
+    """`predict`'s input as a list, each entry a picture or a path, or one line saying what it got instead."""
+    wanted = "give PIL images or paths of picture files"
+    if isinstance(images, (Image.Image, str, Path)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        raise ExpclipError(f"images: got a numpy array; {wanted} (Image.fromarray makes one of an array)")
+    if not isinstance(images, Iterable):
+        raise ExpclipError(f"images: got {type(images).__name__}; {wanted}")
+    found = list(images)
+    for n, image in enumerate(found):
+        if not isinstance(image, (Image.Image, str, Path)):
+            raise ExpclipError(f"images[{n}]: got {type(image).__name__}; {wanted}")
+    return found
 
 
 def class_prompts(name: str, prompt_set: dict[str, list[str]]) -> list[str]:

@@ -23,6 +23,14 @@ from expclip.stages.extract.sources import IMAGE_SUFFIXES
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
+class Unreadable(ExpclipError):
+    """One input that cannot be decoded: `predict` skips and records it (`reason`) and keeps the others."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
 @dataclass
 class Clip:
     """A video file or a frame folder: its frame count and a way to read frame i."""
@@ -38,7 +46,7 @@ class Clip:
         capture = cv2.VideoCapture(str(self.path))
         try:
             if not capture.isOpened():
-                raise ExpclipError(f"{self.path}: cannot be opened as a video")
+                raise Unreadable(self.path, "cannot be opened as a video")
             return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         finally:
             capture.release()
@@ -70,7 +78,7 @@ def picture(path: Path) -> Image.Image:
     try:
         return load_image(path)
     except (DecodeError, OSError) as e:
-        raise ExpclipError(f"{path}: cannot be read as an image ({e})") from None
+        raise Unreadable(path, f"cannot be read as an image ({e})") from None
 
 
 def inputs(paths: list[Path], *, frame_folders: bool = False) -> Iterator[Path | Clip]:

@@ -1,7 +1,8 @@
 """predict's records as a rich table, CSV, and annotated pictures / video timelines (`--annotate DIR`).
 
 CSV: one row per record, columns `kind, file, frame, face, track, x, y, w, h, top`, then
-`p_<class>` per class (empty cells where a field does not apply). Annotations:
+`p_<class>` per class, then `reason` (why a `failed` input was skipped); empty cells
+where a field does not apply. Annotations:
 each picture with its faces boxed and labelled `top p`, as DIR/<file stem>.png;
 each clip as DIR/<file stem>.timeline.png: per-frame probabilities of each face
 track (the TIMELINE_TRACKS seen most), one panel per track, one line per class.
@@ -18,6 +19,7 @@ from PIL import ImageDraw
 from rich.table import Table
 
 from expclip.cache.atomic import write_atomically
+from expclip.console import escape
 from expclip.predict.media import picture
 
 FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
@@ -29,6 +31,9 @@ def table(records: list[dict]) -> Table:
     for name in ("file", "frame", "face", "box", "top", "p(top)"):
         found.add_column(name, justify="right" if name in ("frame", "face", "p(top)") else "left")
     for r in records:
+        if r["kind"] == "failed":
+            found.add_row(escape(Path(r["file"]).name), "skipped", "", escape(r["reason"]), "", "")
+            continue
         if r["kind"] == "face":
             where, face, box = "" if r["frame"] is None else str(r["frame"]), str(r["face"]), " ".join(map(str, r["box"]))
         else:
@@ -41,11 +46,12 @@ def table(records: list[dict]) -> Table:
 def csv_text(records: list[dict], classes: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FIELDS + [f"p_{c}" for c in classes])
+    writer.writerow(FIELDS + [f"p_{c}" for c in classes] + ["reason"])
     for r in records:
         box = r.get("box") or [None] * 4
-        values = [r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r["top"]]
-        writer.writerow(["" if v is None else v for v in values] + [r["probabilities"][c] for c in classes])
+        values = [r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r.get("top")]
+        p = [r["probabilities"][c] for c in classes] if "probabilities" in r else [None] * len(classes)
+        writer.writerow(["" if v is None else v for v in [*values, *p, r.get("reason")]])
     return buffer.getvalue()
 
 

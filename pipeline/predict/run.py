@@ -13,7 +13,11 @@ Records (the JSON `expclip predict --json` writes, a list):
   frame indices it is seen in], "boxes": [[x, y, w, h] in each], "probabilities",
   "top"}` — the paper's rule over that face alone. Tracks are linked over every
   frame read (each `every`-th and the sampled ones), so a denser `--every`
-  follows faces more surely.
+  follows faces more surely;
+- an input that cannot be read (a truncated picture, a video that does not open or
+  has no decodable frame, a frame folder with a broken frame): `{"kind":
+  "failed", "file", "reason"}`. It is skipped, as extract skips such files, and
+  the others keep their records; only when every input fails is it an error.
 """
 
 from __future__ import annotations
@@ -21,31 +25,46 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from expclip.base.errors import ExpclipError
 from expclip.predict.api import ZeroShotFER
-from expclip.predict.media import Clip, inputs, picture
+from expclip.predict.media import Clip, Unreadable, inputs, picture
 from expclip.stages.shared import protocol
 from expclip.stages.shared.progress import progress
 
 
-def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: int = 1, frame_folders: bool = False) -> list[dict]:
-    """Every record of every input; the progress bar counts pictures and video frames, so a long video moves it."""
-    found = [(item, _frames(item.count(), every) if isinstance(item, Clip) else None)
-             for item in inputs(paths, frame_folders=frame_folders)]
+def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: int = 1,
+                   frame_folders: bool = False) -> tuple[list[dict], int]:
+    """Every record of every input, and how many inputs there were; the progress bar counts pictures and video
+    frames, so a long video moves it. Every input unreadable: one ExpclipError (the reason, or the first of them)."""
+    found: list[tuple[Path | Clip, tuple[list[int], list[int]] | None, Unreadable | None]] = []
+    for item in inputs(paths, frame_folders=frame_folders):
+        try:
+            found.append((item, _frames(item.count(), every) if isinstance(item, Clip) else None, None))
+        except Unreadable as e:
+            found.append((item, None, e))
     records: list[dict] = []
     with progress("frames") as bar:
-        task = bar.add_task("predict", total=sum(1 if plan is None else len(plan[1]) for _, plan in found))
-        for item, plan in found:
-            if plan is None:
-                records += _picture(model, item)
-                bar.advance(task)
-            else:
-                records += _clip(model, item, *plan, every, lambda n: bar.advance(task, n))
-    return records
+        task = bar.add_task("predict", total=sum(1 if plan is None else len(plan[1]) for _, plan, _ in found))
+        for item, plan, failed in found:
+            end = bar.tasks[task].completed + (1 if plan is None else len(plan[1]))
+            try:
+                if failed is not None:
+                    raise failed
+                records += (_picture(model, item) if plan is None
+                            else _clip(model, item, *plan, every, lambda n: bar.advance(task, n)))
+            except Unreadable as e:
+                records.append({"kind": "failed", "file": str(e.path), "reason": e.reason})
+            bar.update(task, completed=end)
+    failures = [r for r in records if r["kind"] == "failed"]
+    if found and len(failures) == len(found):
+        first = f"{failures[0]['file']}: {failures[0]['reason']}"
+        raise ExpclipError(first if len(found) == 1 else f"none of the {len(found)} inputs could be read ({first}, ...)")
+    return records, len(found)
 
 
 def _frames(count: int, every: int) -> tuple[list[int], list[int]]:
     """A clip's 16 sampled frames (the paper's rule) and every frame to read: those and each `every`-th."""
-    if count == 0:
+    if count < 1:  # a header without a count; reading finds no frame, and the clip is recorded as failed
         return [], []
     sampled = protocol.frame_indices(count)
     return sampled, sorted(set(range(0, count, every)) | set(sampled))
@@ -68,6 +87,8 @@ def _clip(model: ZeroShotFER, clip: Clip, sampled: list[int], wanted: list[int],
         seen.append(model.detect(image))
         advance(1)
     advance(len(wanted) - len(read))  # frames a video's header promised but its stream lacked
+    if not read:
+        raise Unreadable(clip.path, "no frame could be decoded")
     position = {i: p for p, i in enumerate(read)}
     in_sample = {position[i] for i in sampled if i in position}
     tracks = model.track_verdicts(seen, scored=in_sample)  # linked over every frame read

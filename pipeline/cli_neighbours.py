@@ -1,15 +1,18 @@
 """`expclip search` and `expclip audit`: thin commands over stages.neighbours (registered by expclip.cli)."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from expclip.base.errors import ExpclipError
-from expclip.console import err, out, user_errors
+from expclip.console import err, escape, out, user_errors
 from expclip.outputs import writable
 from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
 from expclip.options import choice
+
+if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked for
+    from expclip.sheets import Locator
 
 
 def search(
@@ -23,7 +26,7 @@ def search(
     device: Annotated[choice(DEVICES), typer.Option(help="Where the query encoder runs (auto = CUDA when there is one).")] = DEVICES[0],
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the hits as JSON.")] = None,
     sheet: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the hits (PNG; with several queries, one per query: NAME-1.png, ...).")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the cache's images are now, if not where extract read them.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the cache's images are now (for --sheet, which reads only under it), if not where extract read them.")] = None,
 ) -> None:
     """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
     from expclip import neighbour_report as report
@@ -39,6 +42,7 @@ def search(
         for flag, path in (("--json", json_out), ("--sheet", sheet)):
             if path is not None:
                 writable(path, flag, create=False)
+        where = _locators([cache], image_root)[str(cache)] if sheet else None  # no image root: refused now
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
             key = evaluation_key(reader, loaded, clip_key)
@@ -52,12 +56,13 @@ def search(
             out.print(report.hits_table(name, hits))
         if json_out:
             report.write_json(found, json_out)
-        if sheet:
+        if where is not None:
             from expclip.sheets import hits_sheet
 
             for n, (name, hits) in enumerate(zip(names, found["hits"], strict=True), start=1):
                 target = sheet if len(names) == 1 else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
-                err.print(f"wrote {hits_sheet(cache, name, hits, target, image_root)}", highlight=False)
+                err.print(f"wrote {escape(str(hits_sheet(where, name, hits, target)))}", highlight=False)
+            _note_unshown([where])
 
 
 def audit(
@@ -71,7 +76,7 @@ def audit(
     fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")] = False,
     device: Annotated[choice(DEVICES), typer.Option(help="Where the products run (auto = CUDA when there is one; faiss on the CPU).")] = DEVICES[0],
     sheet: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the caches' images are now (for --sheet), if moved.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the caches' images are now (for --sheet, which reads only under it), if moved.")] = None,
 ) -> None:
     """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
     from expclip import neighbour_report as report
@@ -81,6 +86,7 @@ def audit(
         for flag, path in (("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)):
             if path is not None:
                 writable(path, flag, create=False)
+        where = _locators([*caches, *(against or [])], image_root) if sheet else {}  # no image root: refused now
         found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
                           device=device)
         out.print(report.audit_table(found))
@@ -91,9 +97,24 @@ def audit(
         if sheet and found["pairs"]:
             from expclip.sheets import pairs_sheet
 
-            err.print(f"wrote {pairs_sheet(found['pairs'], sheet, image_root=image_root)}", highlight=False)
+            err.print(f"wrote {escape(str(pairs_sheet(found['pairs'], sheet, where)))}", highlight=False)
+            _note_unshown(list(where.values()))
     leaks = sum(c["pairs"] for c in found["counts"] if not c["within"])
     if leaks:
         err.print(f"[yellow]{leaks} near-duplicate pair(s) across caches at cosine >= {threshold}[/]", highlight=False)
     if fail_on_leak and leaks:
         raise typer.Exit(1)
+
+
+def _locators(caches: list[Path], image_root: Path | None) -> dict[str, "Locator"]:
+    """Each cache (named as the results name it) -> where its images are for a sheet, found before any work."""
+    from expclip.sheets import Locator
+
+    return {str(c): Locator(c, image_root) for c in caches}
+
+
+def _note_unshown(locators: list["Locator"]) -> None:
+    from expclip.sheets import unshown
+
+    for line in filter(None, map(unshown, locators)):
+        err.print(f"[yellow]note:[/] {escape(line)}", highlight=False)

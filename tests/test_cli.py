@@ -47,7 +47,7 @@ def test_fixed_value_options_list_their_choices_and_refuse_others(command, optio
 def test_extract_passes_the_config_defaults(monkeypatch, tmp_path):
     """Every ExtractConfig field the command sets has the dataclass's default when no option is given."""
     seen = {}
-    monkeypatch.setattr("expclip.stages.extract.sources.resolve", lambda *a, **k: Source(None, [], "x", Path(".")))
+    monkeypatch.setattr("expclip.stages.extract.sources.resolve", lambda *a, **k: Source(None, [], "x", Path("."), Path(".")))
 
     def fake_extract(source, out, cfg):
         seen["cfg"] = cfg

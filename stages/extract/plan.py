@@ -86,8 +86,8 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sol
     sets = {**protocol.prompt_sets(), **(load_prompt_file(cfg.prompts) if cfg.prompts else {})}
     texts = [_text_group(clip_key, clip_config, name, prompt_set) for name, prompt_set in sets.items()]
 
-    job = Extraction(out, source.items, {"dataset": source.dataset, "source": str(source.origin)},
-                     shard_size=cfg.shard_size, sole_writer=sole_writer)
+    recorded = {"dataset": source.dataset, "source": str(source.origin), "source_root": str(source.root.resolve())}
+    job = Extraction(out, source.items, recorded, shard_size=cfg.shard_size, sole_writer=sole_writer)
     image_path = fmt.image_path(clip_key)
     shards = {}
     implied = {teacher[0]: teacher_encoder.IMPLIED} if teacher else {}

@@ -35,6 +35,7 @@ class Source:
     paths: list[Path]  # image file, or clip folder (frames = its image files, sorted)
     dataset: str
     origin: Path  # the SOURCE as given
+    root: Path  # the folder relative item ids start from: the folder itself, a list's folder or --root
     ignored: int = 0  # non-image files skipped while listing a folder
 
 
@@ -93,7 +94,7 @@ def _folder(folder: Path, name: str) -> Source:
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[r.parts[0]] if len(r.parts) > 1 else -1 for r in rel], dtype=np.int64)
     items = Items(ids=[r.as_posix() for r in rel], labels=labels, class_names=classes)
-    return Source(items, images, name, folder, ignored=len(files) - len(images))
+    return Source(items, images, name, folder, folder, ignored=len(files) - len(images))
 
 
 def _hidden(rel: Path) -> bool:
@@ -114,7 +115,7 @@ def _list_file(path: Path, root: Path, name: str) -> Source:
     labels, class_names = _list_labels(path, rows)
     paths = [Path(p) if Path(p).is_absolute() else root / p for _, p, _ in rows]
     ids = [_relative(p, root) for p in paths]
-    return Source(Items(ids=ids, labels=labels, class_names=class_names), paths, name, path)
+    return Source(Items(ids=ids, labels=labels, class_names=class_names), paths, name, path, root)
 
 
 def _is_header(fields: list[str]) -> bool:
@@ -189,4 +190,4 @@ def _clip_list(
         frame_index=np.array([protocol.frame_indices(c, frames) for c in counts], dtype=np.int32),
         num_frames=np.array(counts, dtype=np.int32),
     )
-    return Source(items, paths, name, path)
+    return Source(items, paths, name, path, base)

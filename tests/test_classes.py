@@ -105,3 +105,19 @@ def test_predict_raises_on_an_unreadable_file_or_records_it_and_keeps_the_others
     assert found[0]["image"] == 0 and found[0]["error"].startswith(f"{tmp_path / 'cut.jpg'}: cannot be read as an image")
     assert found[1] == {**fer.predict([PHOTO])[0], "image": 1}  # the good picture scored as alone
     assert found[2] == {"image": 2, "error": f"{missing}: cannot be read as an image (missing file)"}
+
+
+def test_a_frame_folder_with_a_broken_frame_is_one_failed_clip_and_the_others_are_kept(fer, tmp_path):
+    from expclip.predict.run import predict_inputs
+
+    for name in ("good", "broken"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            shutil.copy(PHOTO, tmp_path / name / f"{i}.jpg")
+    (tmp_path / "broken" / "1.jpg").write_bytes(PHOTO.read_bytes()[:2000])
+    records, inputs = predict_inputs(fer, [tmp_path / "broken", tmp_path / "good"], frame_folders=True)
+    [failed] = [r for r in records if r["kind"] == "failed"]
+    assert inputs == 2 and failed["file"] == str(tmp_path / "broken")
+    assert failed["reason"].startswith("frame 1.jpg cannot be read as an image (truncated or corrupt image")
+    assert records[1:] == predict_inputs(fer, [tmp_path / "good"], frame_folders=True)[0]
+    assert [r["frame"] for r in records if r["kind"] == "face"] == [0, 1, 2]

@@ -55,7 +55,11 @@ class Clip:
         """(frame index, picture) for each wanted index that can be decoded, in order."""
         if self.frames is not None:
             for i in wanted:
-                yield i, picture(self.frames[i])
+                try:
+                    image = picture(self.frames[i])
+                except Unreadable as e:  # the clip is the input that fails, as a video with a broken stream
+                    raise Unreadable(self.path, f"frame {self.frames[i].name} {e.reason}") from None
+                yield i, image
             return
         import cv2
 

@@ -7,7 +7,7 @@ import typer
 
 from expclip.base.errors import ExpclipError
 from expclip.console import err, out, user_errors
-from expclip.outputs import writable
+from expclip.outputs import distinct, head_paths, writable
 from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
 from expclip.options import choice
 
@@ -36,15 +36,20 @@ def search(
     with user_errors():
         if not text and not image:
             raise ExpclipError("search: give a query with --text or --image")
-        for flag, path in (("--json", json_out), ("--sheet", sheet)):
+        names = [*(f"text {t!r}" for t in text or []), *(f"image {p}" for p in image or [])]
+        sheets = [] if sheet is None else [sheet] if len(names) == 1 else [
+            sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}") for n in range(1, len(names) + 1)]
+        read = {"CACHE": [cache], "--image": image or [], "--head": head_paths(head)}
+        written = [("--json", json_out), *(("--sheet", s) for s in sheets)]
+        distinct(written)
+        for flag, path in written:
             if path is not None:
-                writable(path, flag, create=False)
+                writable(path, flag, create=False, inputs=read)
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
             key = evaluation_key(reader, loaded, clip_key)
         queries = encode_queries(cache_encoder(cache, key, device), list(text or []), list(image or []))
         found = run_search(cache, queries, head=loaded, k=k, exact=exact, clip_key=key)
-        names = [*(f"text {t!r}" for t in text or []), *(f"image {p}" for p in image or [])]
         found["queries"] = names
         err.print(f"index {found['index']['spec']} of {found['index']['rows']:,} items "
                   f"({'built now' if found['index_built'] else 'reused'})", highlight=False)
@@ -55,8 +60,7 @@ def search(
         if sheet:
             from expclip.sheets import hits_sheet
 
-            for n, (name, hits) in enumerate(zip(names, found["hits"], strict=True), start=1):
-                target = sheet if len(names) == 1 else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
+            for target, name, hits in zip(sheets, names, found["hits"], strict=True):
                 err.print(f"wrote {hits_sheet(cache, name, hits, target, image_root)}", highlight=False)
 
 
@@ -78,9 +82,11 @@ def audit(
     from expclip.stages.neighbours import audit as run_audit
 
     with user_errors():
-        for flag, path in (("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)):
+        written = [("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)]
+        distinct(written)
+        for flag, path in written:
             if path is not None:
-                writable(path, flag, create=False)
+                writable(path, flag, create=False, inputs={"CACHES": caches, "--against": against or []})
         found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
                           device=device)
         out.print(report.audit_table(found))

@@ -10,12 +10,13 @@ An output never replaces an input (`inputs`: what the command reads, by the
 option or argument that names it). Two paths are one file when they resolve
 to the same path or share device and inode (a symbolic or hard link). A file
 output is refused when it is an input. A folder output is refused when a
-file already in it that the command would write (`writes`: glob patterns
-relative to the folder; by default anything in it) is an input: the exact
-rule, so a folder of inputs can still take outputs under other names. Folders
-given as inputs count as themselves; a command whose outputs could land on
-the files inside one lists those files. `distinct` refuses two outputs of
-one command that are one file.
+file already in it that the command would write (`writes`: glob patterns,
+relative to the folder, of the names it writes; by default anything in it)
+is an input. So a folder that holds inputs can still take outputs under other
+names (`predict photos/ --annotate photos/` writes `x.jpg.png` beside
+`x.jpg`). Folders given as inputs count as themselves; a command whose outputs
+could land on the files inside one lists those files (predict expands its
+folders). `distinct` refuses two outputs of one command that are one file.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _spare_inputs(path: Path, option: str, folder: bool, inputs: Inputs, writes: Iterable[str]) -> None:
+    """The module's rule for one output; each input is looked at once (stat), however many the command reads."""
     given = [(name, Path(p)) for name, paths in inputs.items() for p in paths if p is not None]
     by_path = {os.path.realpath(p): (name, p) for name, p in given}
     by_inode = {i: (name, p) for name, p in given if (i := _identity(p)) is not None}

@@ -238,3 +238,16 @@ def test_predict_annotates_a_folder_in_place_without_losing_a_picture(data, tmp_
     for made, picture in zip(wrote, ("a/001.jpg", "b/001.jpg", "x.jpg", "x.png"), strict=True):
         with Image.open(made) as boxed, Image.open(folder / picture) as original:
             assert boxed.format == "PNG" and boxed.size == original.size
+
+
+def test_extract_into_a_picture_of_its_own_source_leaves_it(data, tmp_path, tiny_clip):
+    """A folder SOURCE is not expanded before work; its pictures are kept by the cache check instead: an existing
+    --out must be an expclip cache, and a picture is not even HDF5."""
+    faces = tmp_path / "faces"
+    shutil.copytree(data["faces"], faces)
+    victim = sorted(faces.rglob("*.png"))[0]
+    before = _sha(victim)
+    result = runner.invoke(app, ["extract", str(faces), "--out", str(victim), "--clip-model", tiny_clip, "--no-teacher",
+                                 "--num-workers", "0", "--device", "cpu"])
+    assert _one_error(result).startswith(f"error: {victim}: not a readable HDF5 file")
+    assert _sha(victim) == before and sorted(p.name for p in victim.parent.iterdir()) == ["0.png", "1.png"]

@@ -23,7 +23,7 @@ from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.demo.synthetic import write_faces
-from expclip.outputs import distinct, writable
+from expclip.outputs import distinct
 from expclip.predict.outputs import annotation_names
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head import train as fit_train

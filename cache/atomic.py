@@ -48,6 +48,23 @@ def host_name() -> str:
     return socket.gethostname() or "localhost"
 
 
+def followed(path: Path) -> Path:
+    """The file a path names once its symbolic links are followed (the path itself when it is no link).
+
+    Writers replace the target, not the link: a temporary written beside the
+    link and renamed over it would turn the link into a file and leave the
+    target stale. Only the last component is followed (a linked folder already
+    holds what is written through it), so a plain path stays as it was given.
+    """
+    path = Path(path)
+    for _ in range(40):  # the kernel's own limit on nested links (ELOOP)
+        if not path.is_symlink():
+            return path
+        target = Path(os.readlink(path))
+        path = target if target.is_absolute() else path.parent / target
+    raise ExpclipError(f"{path}: too many levels of symbolic links")
+
+
 def temporary_name(path: Path) -> Path:
     """The temporary file this process uses for `path`."""
     return path.with_name(f"{path.name}{TMP}{host_name()}-{os.getpid()}")
@@ -255,9 +272,12 @@ def _publish(path: Path, write: Callable[[Path], None], place: Callable[[Path, P
              needed: int | None = None) -> bool:
     """`write(tmp)`, fsync, then `place(tmp, path)`; False when `place` found the name taken.
 
-    A full or read-only disk raises one ExpclipError (`needed`, when known, is
-    reported); the temporary file is removed in every case.
+    A symbolic link is followed: the temporary lies beside its target, which
+    it replaces (`followed`). A full or read-only disk raises one
+    ExpclipError (`needed`, when known, is reported); the temporary file is
+    removed in every case.
     """
+    path = followed(path)
     tmp = temporary_name(path)
     ignored: list[BaseException] = []
     try:
@@ -277,7 +297,8 @@ def write_atomically(path: Path, write: Callable[[Path], None], *, needed: int |
     """Call `write(tmp)` for a temporary name beside `path`, fsync it, rename it over `path`.
 
     A reader never sees half a file. Use it for files that any writer would
-    write identically (a shard, a merged cache): the last rename wins.
+    write identically (a shard, a merged cache): the last rename wins. A
+    symbolic link stays a link: its target is replaced.
     """
     path = Path(path)
     _publish(path, write, os.replace, needed)

@@ -63,6 +63,19 @@ class DamagedCache(ExpclipError):
         return f"{self.path}: {self.what}: {self.reason}"
 
 
+class NotACache(ExpclipError):
+    """A readable HDF5 file that carries none of the attributes expclip writes: someone else's file.
+
+    Never called damaged, never read, extended or replaced: advice to delete
+    it would destroy a user's data.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: not an expclip cache ({reason}); expclip leaves it untouched: "
+                         "give an expclip cache, or another file name to create one")
+
+
 def damaged(path, what: str, why: BaseException | str) -> DamagedCache:
     """The one error for a damaged cache: which file, which part, why, and what to do."""
     return DamagedCache(path, what, why if isinstance(why, str) else one_line(why))

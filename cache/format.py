@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from expclip.cache.atomic import followed
+
 FORMAT = "expclip-cache"
 FORMAT_VERSION = 1
 ROOTS = ("image", "teacher", "text")
@@ -90,9 +92,16 @@ def text_path(key: str, prompt_set: str) -> str:
     return f"text/{key}/{prompt_set}"
 
 
+def beside(cache: Path, suffix: str) -> Path:
+    """`CACHE<suffix>`, a file or folder that belongs to a cache, beside the file the cache path names:
+    a symbolic link and its target are one cache, with one lock, partial folder and index folder."""
+    real = followed(cache)
+    return real.with_name(real.name + suffix)
+
+
 def partial_dir(cache: Path) -> Path:
     """Folder of a run in progress: manifest plus shard files (see 'Resuming')."""
-    return cache.with_name(cache.name + ".partial")
+    return beside(cache, ".partial")
 
 
 def digest(arrays: Iterable[np.ndarray]) -> str:

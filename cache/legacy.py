@@ -18,13 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from expclip.cache.checksums import damaged
+from expclip.cache.checksums import NotACache, damaged
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 STRUCTURE = "the file's HDF5 structure"
 _SURVIVED: set[tuple[str, int, int]] = set()  # files this process has seen read whole without harm
 CHILD = [sys.executable, "-m", "expclip.cache.legacy"]
 BASE_TIMEOUT_S, MIN_RATE = 60.0, 20e6  # generous: a healthy read goes at hundreds of MB/s
+FOREIGN = 3  # the child's exit status for a healthy HDF5 file that expclip did not write
 
 
 def _identity(path: Path) -> tuple[str, int, int]:
@@ -53,6 +54,8 @@ def check_in_child(path: Path) -> None:
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name
         raise damaged(path, STRUCTURE, f"HDF5 crashed reading it ({name})")
+    if done.returncode == FOREIGN:
+        raise NotACache(path, done.stdout.strip())
     if done.returncode != 0:
         lines = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.strip()]
         raise damaged(path, STRUCTURE, lines[0] if lines else f"the check exited with status {done.returncode}")
@@ -60,7 +63,8 @@ def check_in_child(path: Path) -> None:
 
 
 def _main(path: str) -> int:
-    """The child: verify every checksum the file has; print the first problem; 0 when intact."""
+    """The child: verify every checksum the file has; print the first problem; 0 when intact
+    (FOREIGN, with the reason printed, for a file expclip did not write)."""
     from expclip.cache import legacy  # this module as the parent's code knows it (not __main__)
     from expclip.cache.verify import verify_cache
     from expclip.base.errors import ExpclipError
@@ -68,6 +72,9 @@ def _main(path: str) -> int:
     legacy._SURVIVED.add(_identity(Path(path)))  # the child is the one that takes the risk
     try:
         found = verify_cache(Path(path))
+    except NotACache as e:
+        print(e.reason)
+        return FOREIGN
     except ExpclipError as e:
         print(e)
         return 1

@@ -24,12 +24,13 @@ from pathlib import Path
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.atomic import ensure_folder, host_name, process_alive
+from expclip.cache.format import beside
 
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def lock_path(cache: Path) -> Path:
-    return cache.with_name(cache.name + ".lock")
+    return beside(cache, ".lock")
 
 
 class CacheLock:

@@ -24,8 +24,8 @@ import h5py
 import numpy as np
 
 from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, attr_text, damaged, is_numeric,
-                                     metadata_digest, ranges_digest, stored_digest, values_digest)
+from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, NotACache, attr_text, damaged,
+                                     is_numeric, metadata_digest, ranges_digest, stored_digest, values_digest)
 from expclip.base.errors import ExpclipError
 from expclip.cache.legacy import check_in_child
 
@@ -71,8 +71,7 @@ def _open(path: Path) -> h5py.File:
     try:
         with guarded(path, "the file's metadata"):
             check_strings(f, path)  # before HDF5 parses any string
-            if attr_value(f.attrs.get("format")) != fmt.FORMAT:
-                raise ExpclipError(f"{path}: not an expclip cache (file attribute format != {fmt.FORMAT!r})")
+            check_marker(f, path)
             if int(f.attrs.get("format_version", -1)) > fmt.FORMAT_VERSION:
                 raise ExpclipError(f"{path}: format_version {f.attrs['format_version']} is newer than this expclip reads")
             if not bool(f.attrs.get("complete", False)):
@@ -81,6 +80,21 @@ def _open(path: Path) -> h5py.File:
         f.close()
         raise
     return f
+
+
+EXPCLIP_ATTRS = ("format_version", "complete", METADATA, STRINGS)  # besides `format`, which other files may use
+
+
+def check_marker(f: h5py.File, path: Path) -> None:
+    """Refuse a file without the `format` marker: NotACache when expclip wrote none of its attributes
+    (someone else's HDF5 file), DamagedCache when it did (the marker itself was damaged)."""
+    found = attr_value(f.attrs.get("format"))
+    if found == fmt.FORMAT:
+        return
+    marker = f"no format attribute {fmt.FORMAT!r}" if found is None else f"format attribute {found!r}, not {fmt.FORMAT!r}"
+    if not any(name in f.attrs for name in EXPCLIP_ATTRS):
+        raise NotACache(path, f"{marker}, no format_version")
+    raise damaged(path, "the file's format marker", marker)
 
 
 def check_strings(f: h5py.File, path: Path) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
-from expclip.cache.atomic import DiskFull, remove_dead_temporaries, require_space
+from expclip.cache.atomic import DiskFull, followed, remove_dead_temporaries, require_space
 from expclip.cache.compare import check_same
 from expclip.cache.lock import CacheLock
 from expclip.cache.merge import merge
@@ -46,8 +46,8 @@ class Extraction:
         """`sole_writer`: the caller holds the cache's exclusive lock (expclip.cache.lock), so every
         temporary file there is a dead run's; otherwise only those of dead processes on this host are."""
         self.cache, self.items, self.file_attrs = Path(cache), items, file_attrs
-        root = fmt.partial_dir(self.cache)
-        remove_dead_temporaries(self.cache.parent, glob.escape(self.cache.name), any_host=sole_writer)
+        root, real = fmt.partial_dir(self.cache), followed(self.cache)  # a link's temporaries lie beside its target
+        remove_dead_temporaries(real.parent, glob.escape(real.name), any_host=sole_writer)
         remove_dead_temporaries(root, recursive=True, any_host=sole_writer)
         self.existing = self._existing_groups()
         self.partial = PartialFolder(root, items, shard_size)
@@ -170,7 +170,7 @@ class Extraction:
         moved = f"{self.cache.name} and {self.partial.root.name}" if self.cache.exists() else self.partial.root.name
         hint = (f"; the finished shards in {self.partial.root} are kept: free space (or move {moved} "
                 "to a bigger disk) and re-run to merge them")
-        require_space(self.cache, needed, hint)
+        require_space(followed(self.cache), needed, hint)
         try:
             failures = merge(self.cache, self.items, self.file_attrs, self.partial, self._new_groups())
         except DiskFull as e:  # the disk filled while merging (another process?); the old cache is untouched

@@ -10,7 +10,7 @@ from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
-from expclip.outputs import writable
+from expclip.outputs import distinct, head_paths, writable
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract import sources
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
@@ -69,7 +69,7 @@ def extract(
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
-        writable(cache, "--out")
+        writable(cache, "--out", inputs={"SOURCE": [source], "--prompts": [prompts]})
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset)
         cfg = X(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
@@ -152,11 +152,14 @@ def evaluate(
 
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for flag, path in (("--json", json_out), ("--csv", csv_out)):
+        read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(label_map)}
+        written = [("--json", json_out), ("--csv", csv_out)]
+        distinct(written)
+        for flag, path in written:
             if path is not None:
-                writable(path, flag, create=False)
+                writable(path, flag, create=False, inputs=read)
         if out_dir is not None:
-            writable(out_dir, "--out-dir", folder=True)
+            writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # report.png_name
         sets = None if not prompt_set or "all" in prompt_set else prompt_set
         records = run_evaluate(
             load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
@@ -207,8 +210,10 @@ def fit_head(
 
     files = head_files(head_out)
     with user_errors():
+        read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
+                "--init-from": head_paths(init_from)}
         for written in files:
-            writable(written, "--out")  # before training, not after
+            writable(written, "--out", inputs=read)  # before training, not after
         try:
             steps = tuple(int(m) for m in milestones.split(",") if m.strip())
         except ValueError:
@@ -248,7 +253,7 @@ def head_export(
     from expclip.stages.shared.heads import export_official, load_head
 
     with user_errors():
-        writable(target, "--out")
+        writable(target, "--out", inputs={"HEAD": head_paths(head)})
         export_official(load_head(head), target)
     out.print(f"wrote {target}")
 
@@ -274,7 +279,8 @@ def ablate(
 
     with user_errors():
         parsed, names = grid_runs.parse_grid(grid), read_label_map(label_map) if label_map else None  # before any file
-        writable(out_dir, "--out-dir", folder=True)
+        writable(out_dir, "--out-dir", folder=True, writes=grid_runs.WRITES,
+                 inputs={"TRAIN": train, "--eval": eval_caches, "--label-map": _file(label_map)})
         for sub in ("runs", "heads"):  # finished runs are reused: their folders must take new ones too
             if (out_dir / sub).is_dir():
                 writable(out_dir / sub, "--out-dir", folder=True)
@@ -289,6 +295,11 @@ def ablate(
         report.write_rows_csv(rows, out_dir / "ablation.csv")
     reused = sum(r["reused"] for r in runs)
     out.print(f"{len(runs)} runs ({reused} reused); table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}")
+
+
+def _file(name: str | None) -> list[Path]:
+    """A name-or-file option's file, when it names one (an input that an output must not replace)."""
+    return [Path(name)] if name and Path(name).is_file() else []
 
 
 @app.command()

@@ -7,7 +7,7 @@ import typer
 
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
-from expclip.outputs import writable
+from expclip.outputs import distinct, head_paths, writable
 from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
 from expclip.options import choice
 
@@ -39,16 +39,21 @@ def search(
     with user_errors():
         if not text and not image:
             raise ExpclipError("search: give a query with --text or --image")
-        for flag, path in (("--json", json_out), ("--sheet", sheet)):
+        names = [*(f"text {t!r}" for t in text or []), *(f"image {p}" for p in image or [])]
+        sheets = [] if sheet is None else [sheet] if len(names) == 1 else [
+            sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}") for n in range(1, len(names) + 1)]
+        read = {"CACHE": [cache], "--image": image or [], "--head": head_paths(head)}
+        written = [("--json", json_out), *(("--sheet", s) for s in sheets)]
+        distinct(written)
+        for flag, path in written:
             if path is not None:
-                writable(path, flag, create=False)
+                writable(path, flag, create=False, inputs=read)
         where = _locators([cache], image_root)[str(cache)] if sheet else None  # no image root: refused now
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
             key = evaluation_key(reader, loaded, clip_key)
         queries = encode_queries(cache_encoder(cache, key, device), list(text or []), list(image or []))
         found = run_search(cache, queries, head=loaded, k=k, exact=exact, clip_key=key)
-        names = [*(f"text {t!r}" for t in text or []), *(f"image {p}" for p in image or [])]
         found["queries"] = names
         err.print(f"index {found['index']['spec']} of {found['index']['rows']:,} items "
                   f"({'built now' if found['index_built'] else 'reused'})", highlight=False)
@@ -59,8 +64,7 @@ def search(
         if where is not None:
             from expclip.sheets import hits_sheet
 
-            for n, (name, hits) in enumerate(zip(names, found["hits"], strict=True), start=1):
-                target = sheet if len(names) == 1 else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
+            for target, name, hits in zip(sheets, names, found["hits"], strict=True):
                 err.print(f"wrote {escape(str(hits_sheet(where, name, hits, target)))}", highlight=False)
             _note_unshown([where])
 
@@ -83,9 +87,11 @@ def audit(
     from expclip.stages.neighbours import audit as run_audit
 
     with user_errors():
-        for flag, path in (("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)):
+        written = [("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)]
+        distinct(written)
+        for flag, path in written:
             if path is not None:
-                writable(path, flag, create=False)
+                writable(path, flag, create=False, inputs={"CACHES": caches, "--against": against or []})
         where = _locators([*caches, *(against or [])], image_root) if sheet else {}  # no image root: refused now
         found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
                           device=device)

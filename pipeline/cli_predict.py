@@ -1,5 +1,6 @@
 """`expclip predict`: a thin command over expclip.predict (registered by expclip.cli)."""
 
+import glob
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -7,7 +8,7 @@ import typer
 
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
-from expclip.outputs import writable
+from expclip.outputs import distinct, head_paths, writable
 from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, PREDICT_PROMPT_SET
 
@@ -36,11 +37,16 @@ def predict(
     from expclip.stages.shared.heads import load_head
 
     with user_errors():
-        for flag, path in (("--json", json_out), ("--csv", csv_out)):
+        read = {"INPUT": _files(paths, frame_folders), "--head": head_paths(head), "--detector-model": [detector_model]}
+        files = [("--json", json_out), ("--csv", csv_out)]
+        distinct(files)
+        for flag, path in files:
             if path is not None:
-                writable(path, flag, create=False)
+                writable(path, flag, create=False, inputs=read)
         if annotate_dir is not None:
-            writable(annotate_dir, "--annotate", folder=True)
+            names = outputs.annotation_names(paths, frame_folders=frame_folders)
+            writable(annotate_dir, "--annotate", folder=True, inputs=read,
+                     writes=[glob.escape(str(name)) for name in names.values()])
         loaded = load_head(head) if head is not None else None
         recorded = loaded.clip if loaded is not None else {}
         model = ZeroShotFER(
@@ -65,6 +71,16 @@ def predict(
         if csv_out:
             outputs.write_csv(records, model.classes, csv_out)
         if annotate_dir:
-            for written in outputs.annotate(records, model.classes, annotate_dir):
+            for written in outputs.annotate(records, model.classes, annotate_dir, names):
                 err.print(f"wrote {written}", highlight=False)
+
+
+def _files(paths: list[Path], frame_folders: bool) -> list[Path]:
+    """Every file predict reads from its INPUT arguments (an output must not replace one)."""
+    from expclip.predict.media import Clip, inputs
+
+    found: list[Path] = []
+    for item in inputs(paths, frame_folders=frame_folders):
+        found += [item.path, *(item.frames or [])] if isinstance(item, Clip) else [item]
+    return found
 

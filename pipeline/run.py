@@ -46,6 +46,7 @@ from expclip.stages.shared.precision import resolve_precision
 from expclip.stages.shared.vocabulary import AUTO
 
 Say = Callable[[str], None]
+WRITES = ("caches/*", "caches/*.partial/**/*", "heads/*", "results/*")  # in OUT (expclip.outputs: never an input)
 Config = TypeVar("Config", ExtractConfig, FitConfig)
 
 
@@ -128,7 +129,8 @@ def run_preset(preset: Preset, data_root: Path, out: Path, *, extract_overrides:
     fcfg = _replace(preset.fit, {**(fit_overrides or {}), "device": device}, "fit")
     planned = survey(preset, data_root)
     require_complete(planned, data_root)
-    writable(out, "--out", folder=True)  # after every check of the arguments and the data: a mistake leaves nothing
+    writable(out, "--out", folder=True, inputs={"--data-root": [p.path for p in planned]},  # after every check of
+             writes=WRITES)  # the arguments and the data: a mistake leaves nothing
     with clip_encoder.kept_loaded():  # one CLIP for all the caches, loaded once
         steps = [_extract(p, out / "caches" / p.cache_name, xcfg, say) for p in planned]
     fitted = _fit(out / "caches" / planned[0].cache_name, out / "heads" / preset.name, fcfg, xcfg, say)

@@ -143,10 +143,10 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     [track] = [r for r in records if r["kind"] == "track"]  # one person: one track, the same faces as the clip's
     assert track["frames"] == whole["frames"] and len(track["boxes"]) == 16 and track["track"] == 0
     assert track["probabilities"] == whole["probabilities"]
-    assert {p.name for p in (tmp_path / "ann").iterdir()} == {"grace_hopper.png", "talk.timeline.png"}
-    with Image.open(tmp_path / "ann" / "talk.timeline.png") as timeline:
+    assert {p.name for p in (tmp_path / "ann").iterdir()} == {"grace_hopper.jpg.png", "talk.avi.timeline.png"}
+    with Image.open(tmp_path / "ann" / "talk.avi.timeline.png") as timeline:
         assert timeline.size == (800, 300)  # one track, one panel
-    with Image.open(tmp_path / "ann" / "grace_hopper.png") as boxed:
+    with Image.open(tmp_path / "ann" / "grace_hopper.jpg.png") as boxed:
         assert boxed.size == Image.open(PHOTO).size
 
     w = load_head(head).linear_weight().double()
@@ -217,7 +217,7 @@ def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip
     assert [r["frame"] for r in faces] == [0, 0, 20, 20] and [r["face"] for r in faces] == [0, 1, 0, 1]
     assert all(r["track"] == (0 if r["box"][0] < 280 else 1) for r in faces)
     assert [faces[0]["track"], faces[2]["track"]] == [0, 1]  # the largest face changed person at frame 20
-    with Image.open(tmp_path / "ann" / "two.timeline.png") as timeline:
+    with Image.open(tmp_path / "ann" / "two.avi.timeline.png") as timeline:
         assert timeline.size == (800, round(100 * (0.8 + 2.2 * 2)))  # one panel per track
 
 

@@ -163,6 +163,21 @@ def test_missing_data_is_one_error_listing_every_source_before_any_encoding(tmp_
     assert "AFEW: 1 of 2 clip folders listed in" in text and "Fear/1_6_000502567" in text
 
 
+def test_an_out_folder_whose_files_would_replace_the_data_is_refused_before_any_work(tmp_path, data_root, monkeypatch):
+    def work(*args, **kwargs):
+        raise AssertionError("encoding began before the output was checked")
+
+    monkeypatch.setattr(run, "extract", work)
+    listing, out = data_root / "DFEW" / "DFEW_set_1_test.txt", tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "paper-vit-b-16.json").hardlink_to(listing)  # what the run would write is an input
+    before = listing.read_bytes()
+    result = runner.invoke(app, ["run", "paper-vit-b-16", "--data-root", str(data_root), "--out", str(out)])
+    assert result.exit_code == 2 and listing.read_bytes() == before
+    assert result.output.strip() == (f"error: --out {out}: would write {out / 'results' / 'paper-vit-b-16.json'}, the "
+                                     f"same file as the input --data-root {listing}; give another folder")
+
+
 def test_check_lists_where_every_dataset_is_expected(data_root):
     planned = run.survey(presets.load("paper-vit-l-14"), data_root)
     assert [p.label for p in planned] == SOURCES and not [p.problem for p in planned if p.problem]

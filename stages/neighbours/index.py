@@ -87,7 +87,7 @@ class Indexed:
 def index_files(cache: Path, key: str, head_id: str | None, spec: str) -> tuple[Path, Path]:
     """`CACHE.h5.faiss/KEY[@HEAD].SPEC.index` and its `.json`: one file per kind, so exact and approximate
     searches of one cache do not rebuild each other's index."""
-    folder = Path(cache).with_name(Path(cache).name + ".faiss")
+    folder = fmt.beside(Path(cache), ".faiss")
     stem = fmt.sanitize(key) + (f"@{head_id}" if head_id else "") + "." + fmt.sanitize(spec)
     return folder / f"{stem}.index", folder / f"{stem}.json"
 

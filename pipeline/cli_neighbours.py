@@ -48,7 +48,7 @@ def search(
         for flag, path in written:
             if path is not None:
                 writable(path, flag, create=False, inputs=read)
-        where = _locators([cache], image_root)[str(cache)] if sheet else None  # no image root: refused now
+        where = _locators([cache], image_root, sheets)[str(cache)] if sheet else None  # no image root: refused now
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
             key = evaluation_key(reader, loaded, clip_key)
@@ -92,7 +92,7 @@ def audit(
         for flag, path in written:
             if path is not None:
                 writable(path, flag, create=False, inputs={"CACHES": caches, "--against": against or []})
-        where = _locators([*caches, *(against or [])], image_root) if sheet else {}  # no image root: refused now
+        where = _locators([*caches, *(against or [])], image_root, [sheet]) if sheet else {}  # no image root: refused now
         found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
                           device=device)
         out.print(report.audit_table(found))
@@ -112,11 +112,18 @@ def audit(
         raise typer.Exit(1)
 
 
-def _locators(caches: list[Path], image_root: Path | None) -> dict[str, "Locator"]:
-    """Each cache (named as the results name it) -> where its images are for a sheet, found before any work."""
+def _locators(caches: list[Path], image_root: Path | None, sheets: list[Path]) -> dict[str, "Locator"]:
+    """Each cache (named as the results name it) -> where its images are for a sheet, found before any work;
+    a sheet that would be written over one of those pictures is refused."""
     from expclip.sheets import Locator
 
-    return {str(c): Locator(c, image_root) for c in caches}
+    found = {str(c): Locator(c, image_root) for c in caches}
+    for target in sheets:
+        for where in found.values():
+            if (item := where.shows(target)) is not None:
+                raise ExpclipError(f"--sheet {target}: is the picture of item {item!r} of {where.cache}; "
+                                   "writing it would destroy it: give another path")
+    return found
 
 
 def _note_unshown(locators: list["Locator"]) -> None:

@@ -54,6 +54,16 @@ class Locator:
         path = Path(item_id) if rel.is_absolute() else self.root / rel
         return path if path.is_relative_to(self.root) else None
 
+    def shows(self, path: Path) -> str | None:
+        """The id of the item whose picture `path` is (its file, or a frame in its clip folder), else None: a sheet
+        must never be written over a picture it shows."""
+        real, root = Path(os.path.realpath(path)), Path(os.path.realpath(self.root))
+        if not real.is_relative_to(root):
+            return None
+        rel = real.relative_to(root)
+        owners = (rel, rel.parent) if self.frames is not None else (rel,)
+        return next((i for c in owners for i in (c.as_posix(), str(root / c)) if i in self.position), None)
+
     def picture(self, item_id: str, slot: int | None = None) -> np.ndarray | str:
         """The item's image (a clip's frame `slot`, default its middle one) as a THUMB-pixel RGB array, or why not."""
         found = self._picture(item_id, slot)

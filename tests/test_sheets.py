@@ -120,3 +120,34 @@ def test_caches_without_a_recorded_root_use_an_absolute_source_or_need_image_roo
     result = runner.invoke(app, ["audit", str(old), "--threshold", "0.99", "--sheet", str(tmp_path / "p.png")])
     assert result.exit_code == 0, result.output
     assert f"note: {old}: 1 tile(s) without a picture (1 not found)" in " ".join(result.output.split())
+
+
+def test_a_sheet_is_never_written_over_a_picture_it_shows(tmp_path):
+    """A sheet named like one of the cache's pictures (directly, through a link, or a frame of a clip folder) is
+    refused before any work, the picture's bytes untouched; another name in the same folder is fine."""
+    write_faces(tmp_path / "faces", ["happy"], 2, size=40)
+    picture = tmp_path / "faces" / "happy" / "1.png"
+    before = picture.read_bytes()
+    cache = write_cache(tmp_path / "c.h5", ["happy/0.png", "happy/1.png"], {"source_root": str(tmp_path / "faces")},
+                        np.ones((2, 8), np.float32))
+    (tmp_path / "link.png").symlink_to(picture)
+    for target in (picture, tmp_path / "link.png"):
+        result = runner.invoke(app, ["audit", str(cache), "--threshold", "0.99", "--sheet", str(target),
+                                     "--json", str(tmp_path / "a.json")])
+        assert result.exit_code == 2
+        assert " ".join(result.output.split()) == (f"error: --sheet {target}: is the picture of item 'happy/1.png' "
+                                                   f"of {cache}; writing it would destroy it: give another path")
+        assert picture.read_bytes() == before and not (tmp_path / "a.json").exists()
+    beside = tmp_path / "faces" / "happy" / "sheet.png"
+    result = runner.invoke(app, ["audit", str(cache), "--threshold", "0.99", "--sheet", str(beside)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(beside).format == "PNG" and picture.read_bytes() == before
+
+    (tmp_path / "clips" / "c1").mkdir(parents=True)
+    clips = fmt.Items(ids=["c1"], labels=np.zeros(1, np.int64), class_names=["a"],
+                      frame_index=np.zeros((1, 16), np.int32), num_frames=np.ones(1, np.int32))
+    clip_cache = tmp_path / "clips.h5"
+    write_arrays(clip_cache, clips, file_attrs={"source_root": str(tmp_path / "clips")},
+                 aligned={fmt.image_path("m@t"): (np.ones((16, 8), np.float32), {"model": "m"})})
+    assert Locator(clip_cache).shows(tmp_path / "clips" / "c1" / "00001.jpg") == "c1"
+    assert Locator(clip_cache).shows(tmp_path / "clips" / "other.png") is None

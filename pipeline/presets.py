@@ -140,7 +140,8 @@ def _preset(name: str, data: dict, where: Any) -> Preset:
                            f"({', '.join(protocol.prompt_sets())}) and report.prompt_set among prompt_sets")
     if not _folder().joinpath(str(data["report"].get("paper_results"))).is_file():
         raise ExpclipError(f"{where}: report.paper_results names no packaged file in {_folder()}")
-    return Preset(name, str(data["description"]), extract, fit, int(data["frames"]), training, evaluation, sets,
+    frames = protocol.check_frames(data["frames"], f"{where}: frames")
+    return Preset(name, str(data["description"]), extract, fit, frames, training, evaluation, sets,
                   dict(data["report"]), data)
 
 

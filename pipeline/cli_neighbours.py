@@ -57,7 +57,7 @@ def search(
 
             for n, (name, hits) in enumerate(zip(names, found["hits"], strict=True), start=1):
                 target = sheet if len(names) == 1 else sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}")
-                err.print(f"wrote {hits_sheet(cache, name, hits, target, image_root)}", highlight=False)
+                err.print(f"wrote {hits_sheet(cache, name, hits, target, image_root)}", highlight=False, markup=False)
 
 
 def audit(
@@ -91,7 +91,7 @@ def audit(
         if sheet and found["pairs"]:
             from expclip.sheets import pairs_sheet
 
-            err.print(f"wrote {pairs_sheet(found['pairs'], sheet, image_root=image_root)}", highlight=False)
+            err.print(f"wrote {pairs_sheet(found['pairs'], sheet, image_root=image_root)}", highlight=False, markup=False)
     leaks = sum(c["pairs"] for c in found["counts"] if not c["within"])
     if leaks:
         err.print(f"[yellow]{leaks} near-duplicate pair(s) across caches at cosine >= {threshold}[/]", highlight=False)

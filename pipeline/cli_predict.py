@@ -51,8 +51,9 @@ def predict(
             transform=recorded.get("transform") or "model",
         )
         records = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
-        if not records:
-            err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
+        if not records:  # with --detector none every picture or frame read is a face
+            hint = "no video frame could be read" if detector == "none" else "pre-cropped faces: --detector none"
+            err.print(f"[yellow]no faces found[/] ({hint})", highlight=False)
         out.print(outputs.table(records))
         if json_out:
             write_json(records, json_out)
@@ -60,5 +61,5 @@ def predict(
             outputs.write_csv(records, model.classes, csv_out)
         if annotate_dir:
             for written in outputs.annotate(records, model.classes, annotate_dir):
-                err.print(f"wrote {written}", highlight=False)
+                err.print(f"wrote {written}", highlight=False, markup=False)
 

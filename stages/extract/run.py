@@ -36,7 +36,8 @@ WAITING, ENCODING, WRITING = "waiting for data", "encoding", "writing shards"  #
 def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEncoder],
                   shards: dict[str, list[Range]], cfg: ExtractConfig, halt: StopRequest,
                   shown: bool = True) -> tuple[int, dict[str, float]]:
-    """Encode the shards each group (path -> encoder) misses; returns the rows decoded and where the time went.
+    """Encode the shards each group (path -> encoder) misses; returns the items encoded (those that could not
+    be decoded are recorded as failures, not counted) and where the time went.
 
     `halt` is checked before and after every batch's decoding and between its
     encoder passes (Ctrl-C: the shards written so far stay; the workers cut the
@@ -56,6 +57,7 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
         pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
     )
     batches = iter(loader)
+    encoded = 0
     with progress("clips" if clips else "faces", shown) as bar, ShardWriter(job) as writer:
         task = bar.add_task("extract", total=sum(b - a for a, b in todo))
         lap = _stopwatch(clock)
@@ -77,8 +79,9 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
                 rows = torch.cat(parts[path])
                 job.describe(path, encoders[path].attrs, tuple(rows.shape[1:]), cfg.store_dtype)
                 writer.submit(path, start, stop, rows, failed)
+            encoded += stop - start - len(failed)
             lap(WRITING)
-    return sum(b - a for a, b in todo), clock
+    return encoded, clock
 
 
 def _inputs(encoders: dict[str, ImageEncoder], shared: bool) -> tuple[list[Callable], dict[str, int]]:

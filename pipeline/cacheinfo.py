@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from expclip.cache.checksums import UNCHECKED_ROOT_ATTRS
@@ -23,11 +24,11 @@ def info_tables(path: Path) -> list[Table]:
     """One table of file facts and one row per feature group with its provenance."""
     with CacheReader(path) as r:
         items, attrs = r.items(), r.attrs
-        facts = Table(title=f"{path}", show_header=False)
+        facts = Table(title=escape(str(path)), show_header=False)
         for k, v in sorted(attrs.items()):
             if k not in _CHECKSUM_ATTRS:
-                facts.add_row(k, str(v))
-        verify = f"`expclip cache verify {path}`"
+                facts.add_row(escape(k), escape(str(v)))
+        verify = f"`expclip cache verify {escape(str(path))}`"
         if r.checked:
             checksums = f"Fletcher-32 per chunk, checked on every read; items, metadata, strings checked on open; {verify} checks each group's sha256"
         else:
@@ -37,11 +38,11 @@ def info_tables(path: Path) -> list[Table]:
         facts.add_row("versions", ", ".join(sorted({v for v in versions if v})) or "-")
         labelled = int((items.labels >= 0).sum())
         facts.add_row("items", f"{len(items)} ({labelled} labelled, {int((~items.ok).sum())} failed)")
-        facts.add_row("classes", ", ".join(items.class_names) or "-")
+        facts.add_row("classes", escape(", ".join(items.class_names)) or "-")
         if items.frame_index is not None:
             facts.add_row("frames per clip", str(items.frame_index.shape[1]))
         if partial_dir(Path(path)).exists():
-            facts.add_row("unfinished run", f"{partial_dir(Path(path))} (re-run the same extract to finish it)")
+            facts.add_row("unfinished run", f"{escape(str(partial_dir(Path(path))))} (re-run the same extract to finish it)")
         groups = Table(title="feature groups")
         for col in ("group", "shape", "dtype", "provenance"):
             groups.add_column(col, overflow="fold")
@@ -52,5 +53,5 @@ def info_tables(path: Path) -> list[Table]:
                 prov = f"{len(a['prompts'])} prompts, {len(set(a['class_index']))} classes"
             else:
                 prov = "; ".join(f"{k}={_short(v)}" for k, v in sorted(a.items()) if k not in _SKIP)
-            groups.add_row(p, "×".join(map(str, shape)), dtype, prov)
+            groups.add_row(escape(p), "×".join(map(str, shape)), dtype, escape(prov))
         return [facts, groups]

@@ -51,7 +51,7 @@ def extract(
     source_type: Annotated[choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
     root: Annotated[Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")] = None,
     strip_prefix: Annotated[Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
-    frames: Annotated[int, typer.Option(min=1, help="Frames sampled per clip.")] = protocol.DEFAULT_FRAMES,
+    frames: Annotated[int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
     batch_size: XO.batch_size = X.batch_size,
     num_workers: XO.num_workers = X.num_workers,
@@ -66,7 +66,7 @@ def extract(
     Several processes: `torchrun --nproc_per_node N -m expclip extract ...` (or `accelerate launch`);
     job arrays: `--part K/N` per task, then once without --part to merge (docs/scale.md).
     """
-    from expclip.stages.extract import extract as run_extract
+    from expclip.stages.extract import counts, extract as run_extract
 
     with user_errors():
         writable(cache, "--out", inputs={"SOURCE": [source], "--prompts": [prompts]})
@@ -83,17 +83,16 @@ def extract(
     if summary["part"] is not None:
         k, n = summary["part"]
         out.print(f"part {k}/{n} of {summary['cache']}: {summary['encoded_rows']} items encoded; "
-                  "when every part has finished, run the same command without --part to merge")
+                  "when every part has finished, run the same command without --part to merge", markup=False)
         return
     if summary["encoded_rows"] == 0 and not summary["loaded"] and not summary["merged"]:
-        out.print(f"{summary['cache']}: already complete, nothing to encode")
+        out.print(f"{summary['cache']}: already complete, nothing to encode", markup=False)
         return
     for item_id, reason in summary["failures"].items():
         err.print(f"[yellow]skipped[/] {escape(item_id)}: {escape(reason)}", highlight=False)
     if summary["ignored_files"]:
-        err.print(f"[yellow]ignored[/] {summary['ignored_files']} non-image files in {source}")
-    resumed = "; merged the shards of an earlier run" if summary["merged"] and not summary["encoded_rows"] else ""
-    out.print(f"wrote {summary['cache']} ({summary['rows']} items, {summary['encoded_rows']} encoded, {len(summary['failures'])} failed{resumed})")
+        err.print(f"[yellow]ignored[/] {summary['ignored_files']} non-image files in {escape(str(source))}")
+    out.print(f"wrote {summary['cache']} ({counts(summary)})", markup=False)
     if summary["encoded_rows"]:
         err.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()), highlight=False)
 
@@ -176,7 +175,7 @@ def evaluate(
             report.write_csv(records, csv_out)
         if out_dir:
             written = report.write_confusion_pngs(records, out_dir)
-            out.print(f"wrote {len(written)} confusion matrices to {out_dir}")
+            out.print(f"wrote {len(written)} confusion matrices to {out_dir}", markup=False)
 
 
 @app.command("fit-head")
@@ -235,11 +234,12 @@ def fit_head(
 
             exclude = near_duplicates_of(caches, exclude_near_duplicates_of, threshold, clip_key)
             err.print(f"leaving out {exclude.count()} training row(s) within cosine {threshold} of "
-                      f"{', '.join(map(str, exclude_near_duplicates_of))}", highlight=False)
+                      f"{', '.join(map(str, exclude_near_duplicates_of))}", highlight=False, markup=False)
         meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key,
                             instruction=instruction, exclude=exclude)
     last = meta["history"][-1]
-    out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)")
+    out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)",
+              markup=False)
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
 
 
@@ -255,7 +255,7 @@ def head_export(
     with user_errors():
         writable(target, "--out", inputs={"HEAD": head_paths(head)})
         export_official(load_head(head), target)
-    out.print(f"wrote {target}")
+    out.print(f"wrote {target}", markup=False)
 
 
 @app.command()
@@ -294,7 +294,8 @@ def ablate(
         report.write_json(rows, out_dir / "ablation.json")
         report.write_rows_csv(rows, out_dir / "ablation.csv")
     reused = sum(r["reused"] for r in runs)
-    out.print(f"{len(runs)} runs ({reused} reused); table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}")
+    out.print(f"{len(runs)} runs ({reused} reused); table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}",
+              markup=False)
 
 
 def _file(name: str | None) -> list[Path]:
@@ -318,5 +319,5 @@ def demo(
         out.print(table)
     out.print(SYNTHETIC, style="bold yellow", highlight=False, markup=False)
     for name, path in {**run.files, "results": workdir / "results.json"}.items():
-        out.print(f"  {name:18} {path}", highlight=False)
+        out.print(f"  {name:18} {path}", highlight=False, markup=False)
     out.print(REAL_RUN, highlight=False, markup=False)

@@ -58,8 +58,9 @@ def predict(
         )
         records, inputs = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
         failed = [r for r in records if r["kind"] == "failed"]
-        if len(failed) == len(records):
-            err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
+        if len(failed) == len(records):  # with --detector none every picture or frame read is a face
+            hint = "no video frame could be read" if detector == "none" else "pre-cropped faces: --detector none"
+            err.print(f"[yellow]no faces found[/] ({hint})", highlight=False)
         out.print(outputs.table(records))
         for r in failed:
             err.print(f"[yellow]skipped[/] {escape(r['file'])}: {escape(r['reason'])}", highlight=False)
@@ -72,7 +73,7 @@ def predict(
             outputs.write_csv(records, model.classes, csv_out)
         if annotate_dir:
             for written in outputs.annotate(records, model.classes, annotate_dir, names):
-                err.print(f"wrote {written}", highlight=False)
+                err.print(f"wrote {written}", highlight=False, markup=False)
 
 
 def _files(paths: list[Path], frame_folders: bool) -> list[Path]:

@@ -45,7 +45,7 @@ def run(
                             fit_overrides=_fit_settings(fit) if fit else None, device=device,
                             say=lambda line: err.print(escape(line), highlight=False))
     out.print(table2(result))
-    out.print(f"wrote {result['results']} ({result['seconds']:.1f} s)", highlight=False)
+    out.print(f"wrote {result['results']} ({result['seconds']:.1f} s)", highlight=False, markup=False)
 
 
 def _fit_settings(text: str) -> dict:
@@ -64,12 +64,12 @@ def _fit_settings(text: str) -> dict:
 
 def layout_table(name: str, data_root: Path, planned: list) -> Table:
     """Where each source of the preset is expected under the data root, and whether it is there."""
-    table = Table(title=f"{name}: expected under {data_root}")
+    table = Table(title=escape(f"{name}: expected under {data_root}"))
     for column in ("dataset", "kind", "path", "expected", "status"):
         table.add_column(column)
     for p in planned:
         status = "[red]" + escape(p.problem) + "[/]" if p.problem else f"[green]ok[/] ({len(p.source.items)} items)"
-        table.add_row(p.label, p.dataset.kind, escape(str(p.path.relative_to(data_root))), escape(p.dataset.layout), status)
+        table.add_row(escape(p.label), p.dataset.kind, escape(str(p.path.relative_to(data_root))), escape(p.dataset.layout), status)
     return table
 
 
@@ -79,7 +79,7 @@ def _pair(uar: float | None, war: float | None, form: str) -> str:
 
 def table2(result: dict) -> Table:
     """Table 2: per dataset, plain CLIP and Exp-CLIP measured here beside the paper, UAR / WAR (%) and the difference."""
-    table = Table(title=f"Table 2, {result['preset']} (CLIP {result['paper_column']}), prompt set "
+    table = Table(title=f"Table 2, {escape(result['preset'])} (CLIP {result['paper_column']}), prompt set "
                         f"{result['table_prompt_set']}: zero-shot UAR / WAR (%), here vs the paper")
     table.add_column("dataset")
     for method in ("CLIP", "Exp-CLIP"):
@@ -95,5 +95,5 @@ def table2(result: dict) -> Table:
         table.add_row(dataset + (f" (mean of {folds} folds)" if folds > 1 else ""), *cells)
     changed = {k: v for k, v in result["overrides"].items() if v and k != "device"}
     if changed:
-        table.caption = f"overrides {changed}: not the paper's configuration"
+        table.caption = f"overrides {escape(str(changed))}: not the paper's configuration"
     return table

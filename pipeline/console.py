@@ -14,8 +14,9 @@ from expclip.cache.atomic import NO_SPACE, NOT_WRITABLE
 
 __all__ = ["err", "escape", "out", "user_errors"]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No emoji codes: a file named `a:x:b.csv` is printed as it is named, not with an emoji for `:x:`.
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import csv
 import io
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from expclip.cache.atomic import write_atomically
@@ -23,24 +24,24 @@ __all__ = ["audit_table", "hits_table", "pairs_csv", "write_json", "write_pairs_
 
 
 def hits_table(query: str, hits: list[dict]) -> Table:
-    table = Table(title=f"nearest items to {query}")
+    table = Table(title=f"nearest items to {escape(query)}")
     for name in ("rank", "score", "item id", "label"):
         table.add_column(name, justify="right" if name in ("rank", "score") else "left")
     for h in hits:
-        table.add_row(str(h["rank"]), f"{h['score']:.4f}", h["id"], h["label"] or "")
+        table.add_row(str(h["rank"]), f"{h['score']:.4f}", escape(h["id"]), escape(h["label"] or ""))
     return table
 
 
 def audit_table(report: dict) -> Table:
     """Counts per pair of caches, then the closest pairs."""
-    table = Table(title=f"near-duplicates at cosine >= {report['threshold']} ({report['clip_key']})")
+    table = Table(title=f"near-duplicates at cosine >= {report['threshold']} ({escape(report['clip_key'])})")
     for name in ("cache", "against", "pairs", "items", "items against"):
         table.add_column(name, justify="right" if name.startswith(("pairs", "items")) else "left")
     for c in report["counts"]:
-        table.add_row(Path(c["a"]).name, "itself" if c["within"] else Path(c["b"]).name, f"{c['pairs']:,}",
+        table.add_row(escape(Path(c["a"]).name), "itself" if c["within"] else escape(Path(c["b"]).name), f"{c['pairs']:,}",
                       f"{c['items_a']:,}", f"{c['items_b']:,}")
     for p in report["pairs"][:SHOWN_PAIRS]:
-        table.add_row(f"{p['a_id']}{_frame(p['a_frame'])}", f"{p['b_id']}{_frame(p['b_frame'])}",
+        table.add_row(escape(f"{p['a_id']}{_frame(p['a_frame'])}"), escape(f"{p['b_id']}{_frame(p['b_frame'])}"),
                       f"{p['score']:.4f}", "", "", style="dim")
     return table
 

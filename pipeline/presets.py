@@ -97,10 +97,15 @@ def _merged(path: Traversable | Path, seen: tuple[str, ...] = ()) -> dict:
     part = own.pop("extends", None)
     if part is None:
         return own
+    if not isinstance(part, str) or not part or part in (".", "..") or Path(part).name != part or "\\" in part:
+        raise ExpclipError(f"{path}: \"extends\": {part!r} is not the name of a part: write the stem of a JSON file "
+                           "beside the preset or of a packaged part, e.g. \"_paper\"; paths are not followed")
     if part in seen:
         raise ExpclipError(f"{path}: \"extends\": {part!r} extends itself")
-    beside = Path(str(path)).with_name(f"{part}.json")
-    base = _merged(beside if beside.is_file() else _folder().joinpath(f"{part}.json"), (*seen, part))
+    beside, packaged = Path(str(path)).with_name(f"{part}.json"), _folder().joinpath(f"{part}.json")
+    if not beside.is_file() and not packaged.is_file():
+        raise ExpclipError(f"{path}: \"extends\": no {part}.json beside it, nor a packaged part of that name")
+    base = _merged(beside if beside.is_file() else packaged, (*seen, part))
     return {**base, **{k: {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
                        for k, v in own.items()}}
 
@@ -123,9 +128,13 @@ def _preset(name: str, data: dict, where: Any) -> Preset:
     missing = [k for k in KEYS if k not in data]
     if missing:
         raise ExpclipError(f"{where}: lacks {', '.join(missing)}")
+    for key in ("extract", "fit", "training", "report"):
+        _shaped(where, key, data[key], dict, "a JSON object")
+    for key in ("evaluation", "prompt_sets"):
+        _shaped(where, key, data[key], list, "a JSON list")
     _known(where, "report.", data["report"], REPORT_KEYS)
     extract = _config(ExtractConfig, data["extract"], where, "extract")
-    fit_values = {k: tuple(v) if k == "milestones" else v for k, v in data["fit"].items()}
+    fit_values = {k: tuple(v) if k == "milestones" and isinstance(v, list) else v for k, v in data["fit"].items()}
     fit = _config(FitConfig, fit_values, where, "fit")
     training = _dataset(data["training"], where, "training")
     evaluation = tuple(_dataset(d, where, f"evaluation[{i}]") for i, d in enumerate(data["evaluation"]))
@@ -134,14 +143,32 @@ def _preset(name: str, data: dict, where: Any) -> Preset:
         raise ExpclipError(f"{where}: evaluation sets {unknown} are not protocol datasets "
                            f"({', '.join(protocol.dataset_classes())})")
     sets = tuple(data["prompt_sets"])
-    bad = [s for s in sets if s not in protocol.prompt_sets()]
+    bad = [s for s in sets if not isinstance(s, str) or s not in protocol.prompt_sets()]
     if bad or data["report"].get("prompt_set") not in sets:
         raise ExpclipError(f"{where}: prompt_sets and report.prompt_set must be among the protocol's "
                            f"({', '.join(protocol.prompt_sets())}) and report.prompt_set among prompt_sets")
     if not _folder().joinpath(str(data["report"].get("paper_results"))).is_file():
         raise ExpclipError(f"{where}: report.paper_results names no packaged file in {_folder()}")
-    return Preset(name, str(data["description"]), extract, fit, int(data["frames"]), training, evaluation, sets,
+    frames = protocol.check_frames(data["frames"], f"{where}: frames")
+    return Preset(name, str(data["description"]), extract, fit, frames, training, evaluation, sets,
                   dict(data["report"]), data)
+
+
+def _shaped(where: Any, key: str, value: Any, kind: type, what: str) -> None:
+    if not isinstance(value, kind):
+        raise ExpclipError(f"{where}: {key} must be {what}, not {json.dumps(value)}")
+
+
+# A field's annotation (the dataclasses' own, as text) -> the JSON values it takes; a path is a string.
+_JSON_TYPES = {"str": (str,), "Path": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
+
+
+def _typed(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a config field's annotation (`int | None`, `tuple[int, ...]`; no bool for numbers)."""
+    if annotation.startswith("tuple[int"):
+        return isinstance(value, tuple) and all(_typed(v, "int") for v in value)
+    kinds = tuple(k for name in annotation.split(" | ") for k in _JSON_TYPES.get(name, (object,)))
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
 def _known(where: Any, prefix: str, data: dict, valid: tuple[str, ...]) -> None:
@@ -152,7 +179,11 @@ def _known(where: Any, prefix: str, data: dict, valid: tuple[str, ...]) -> None:
 
 
 def _config(kind: type, values: dict, where: Any, section: str) -> Any:
-    _known(where, f"{section}.", values, tuple(f.name for f in dataclasses.fields(kind)))
+    fields = {f.name: str(f.type) for f in dataclasses.fields(kind)}
+    _known(where, f"{section}.", values, tuple(fields))
+    for name, value in values.items():
+        if not _typed(value, fields[name]):
+            raise ExpclipError(f"{where}: {section}.{name} {value!r} is not of type {fields[name]}")
     config = kind(**values)
     try:
         config.check()
@@ -161,12 +192,22 @@ def _config(kind: type, values: dict, where: Any, section: str) -> Any:
     return config
 
 
-def _dataset(values: dict, where: Any, section: str) -> Dataset:
-    _known(where, f"{section}.", values, tuple(f.name for f in dataclasses.fields(Dataset)))
+def _dataset(values: Any, where: Any, section: str) -> Dataset:
+    _shaped(where, section, values, dict, "a JSON object")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Dataset)}
+    _known(where, f"{section}.", values, tuple(fields))
     try:
         found = Dataset(**values)
     except TypeError:
         raise ExpclipError(f"{where}: {section} needs name, kind, source and layout") from None
+    for name, value in values.items():
+        if not _typed(value, fields[name]):
+            raise ExpclipError(f"{where}: {section}.{name} {value!r} is not of type {fields[name]}")
+    for field in ("source", "root"):
+        value = getattr(found, field)
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ExpclipError(f"{where}: {section}.{field} {value!r} must be a path relative to the data root "
+                               "(not absolute, no '..'): --data-root says where the datasets are")
     if found.kind not in SOURCE_TYPES[1:]:
         raise ExpclipError(f"{where}: {section}.kind {found.kind!r} is not one of {', '.join(SOURCE_TYPES[1:])}")
     if (found.folds > 1) != (FOLD in found.source) or found.folds < 1:

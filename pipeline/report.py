@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from rich.markup import escape
 from rich.table import Table
 from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -44,10 +45,10 @@ def tables(records: list[dict]) -> list[Table]:
     result = []
     for prompt_set in dict.fromkeys(r["prompt_set"] for r in records):
         ensemble = next(r["ensemble"] for r in records if r["prompt_set"] == prompt_set)
-        table = Table(title=f"Zero-shot UAR / WAR (%) — prompt set {prompt_set}, {ensemble} ensemble")
+        table = Table(title=f"Zero-shot UAR / WAR (%) — prompt set {escape(prompt_set)}, {ensemble} ensemble")
         table.add_column("method")
         for cache in caches:
-            table.add_column(names[cache], justify="right")
+            table.add_column(escape(names[cache]), justify="right")
         rows = {m: [found.get((prompt_set, m, c)) for c in caches] for m, _ in METHOD_ROWS}
         for method, label in METHOD_ROWS:
             if any(rows[method]):
@@ -115,14 +116,14 @@ def grid_table(rows: list[dict]) -> Table:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     table = Table(title="Ablation: zero-shot UAR / WAR (%)")
     for name in [*params, "prompt_set", *datasets, "reused"]:
-        table.add_column(name, justify="right" if name in datasets else "left")
+        table.add_column(escape(name), justify="right" if name in datasets else "left")
     grouped: dict[tuple, dict] = {}
     for r in rows:
         grouped.setdefault((r["run"], r["prompt_set"]), {})[r["dataset"]] = r
     for (_, prompt_set), by_dataset in grouped.items():
         first = next(iter(by_dataset.values()))
         cells = [_cell(by_dataset.get(d)) for d in datasets]
-        table.add_row(*[str(first[p]) for p in params], prompt_set, *cells, "yes" if first["reused"] else "no")
+        table.add_row(*[escape(str(first[p])) for p in params], escape(prompt_set), *cells, "yes" if first["reused"] else "no")
     return table
 
 

@@ -32,7 +32,7 @@ from expclip.outputs import writable
 from expclip.presets import Dataset, Preset, paper_numbers
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
-from expclip.stages.extract import extract
+from expclip.stages.extract import counts, extract
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
@@ -182,8 +182,7 @@ def _extract(planned: Planned, cache: Path, cfg: ExtractConfig, say: Say) -> dic
     if done_before:
         say(f"{planned.label}: {cache} already complete, nothing to encode")
     else:
-        failed = f", {step['failed']} failed (recorded in the cache)" if step["failed"] else ""
-        say(f"{planned.label}: {cache} ({step['rows']} items, {step['encoded']} encoded{failed})")
+        say(f"{planned.label}: {cache} ({counts(summary)})")
     return step
 
 

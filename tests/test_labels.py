@@ -84,14 +84,14 @@ def test_txt_label_map_whitespace_and_comments(tmp_path):
     "name, text, line, fragment",
     [
         ("bad.json", '{\n "1": "Surprise",\n "2": \n}', 4, "not valid JSON"),
-        ("bad.json", '{\n "1": "Surprise",\n "2": "Smile"\n}', 3, "unknown class 'Smile'"),
-        ("bad.json", '{\n "1": "Surprise",\n "2": 3\n}', 3, "not a class name"),
+        ("bad.json", '{\n "1": "Surprise",\n "2": "Smile"\n}', 3, "the value is not a class; valid: Happiness"),
+        ("bad.json", '{\n "1": "Surprise",\n "2": 3\n}', 3, "the value is not a class name (a string)"),
         ("bad.json", '["Surprise"]', 1, "JSON object"),
-        ("bad.json", '{\n "1": "Surprise",\n "1": "Fear"\n}', 3, "appears twice"),
-        ("bad.csv", "1,Surprise\n2,Fear,extra\n", 2, "two columns"),
-        ("bad.csv", "1,Surprise\n\n3,Grumpy\n", 3, "unknown class 'Grumpy'"),
-        ("bad.txt", "1 Surprise\n1 Fear\n", 2, "appears twice"),
-        ("bad.txt", "1 Surprise\nlonely\n", 2, "two columns"),
+        ("bad.json", '{\n "1": "Surprise",\n "1": "Fear"\n}', 3, "a label appears twice (the key)"),
+        ("bad.csv", "1,Surprise\n2,Fear,extra\n", 2, "expected two columns `label,name`, both non-empty (found 3 fields)"),
+        ("bad.csv", "1,Surprise\n\n3,Grumpy\n", 3, "field 2 (name) is not a class; valid: Happiness"),
+        ("bad.txt", "1 Surprise\n1 Fear\n", 2, "field 1 (label) repeats the label of line 1"),
+        ("bad.txt", "1 Surprise\nlonely\n", 2, "(found 1 field)"),
     ],
 )
 def test_malformed_label_maps_name_file_and_line(tmp_path, name, text, line, fragment):

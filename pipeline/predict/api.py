@@ -90,6 +90,8 @@ class ZeroShotFER:
 
     def faces(self, image: Image.Image) -> list[tuple[Box, Image.Image]]:
         """The detector's faces in a picture, largest first, with their crops."""
+        if image.width < 1 or image.height < 1:  # OpenCV and the transforms fail on no pixels
+            raise ExpclipError(f"a picture of {image.width}×{image.height} pixels: no pixels to look for faces in")
         return [(box, crop(image, box)) for box in self.detector.detect(image)]
 
     def detect(self, image: Image.Image, most: int | None = None) -> tuple[list[Box], torch.Tensor]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from PIL import ImageDraw
+from rich.markup import escape
 from rich.table import Table
 
 from expclip.base.errors import ExpclipError
@@ -48,7 +49,7 @@ def table(records: list[dict]) -> Table:
         else:
             where = "whole clip" if r["kind"] == "clip" else f"track {r['track']}"
             face = box = ""
-        found.add_row(Path(r["file"]).name, where, face, box, r["top"], f"{r['probabilities'][r['top']]:.3f}")
+        found.add_row(escape(Path(r["file"]).name), where, face, box, escape(r["top"]), f"{r['probabilities'][r['top']]:.3f}")
     return found
 
 

@@ -6,12 +6,12 @@ first use, so reading the configuration (the CLI's --help) does not load torch.
 
 from expclip.stages.extract.config import ExtractConfig
 
-__all__ = ["ExtractConfig", "extract"]
+__all__ = ["ExtractConfig", "counts", "extract"]
 
 
 def __getattr__(name: str):
-    if name == "extract":
-        from expclip.stages.extract.stage import extract
+    if name in ("counts", "extract"):
+        from expclip.stages.extract import stage
 
-        return extract
+        return getattr(stage, name)
     raise AttributeError(name)

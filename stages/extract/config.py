@@ -13,6 +13,9 @@ from expclip.stages.shared.vocabulary import AUTO, DEVICES, MODEL_TRANSFORM, PRE
 
 STORE_DTYPES = ("float16", "float32")
 BATCH_SIZES = {"cuda": 256, "cpu": 64}
+# Pixels one batch holds at most, after the transforms: long clips come fewer to a batch, so memory stays
+# bounded whatever the frames per clip (the DataLoader keeps a few batches per worker in flight).
+BATCH_BYTES = 2**28
 
 
 def default_workers() -> int:
@@ -31,7 +34,7 @@ class ExtractConfig:
     teacher: str | None = setting(protocol.DEFAULT_TEACHER, "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.")
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
     transform: str = setting(MODEL_TRANSFORM, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
-    batch_size: int | None = setting(None, "Images (or clips) per encoder batch (default: 256 on CUDA, 64 on the CPU).")
+    batch_size: int | None = setting(None, "Images per encoder pass, and images or clips per decoded batch, fewer when a batch would pass 256 MiB of pixels (default: 256 on CUDA, 64 on the CPU).")
     num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, shared among the ranks on this machine, at most 8).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
     precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))

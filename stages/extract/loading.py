@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from expclip.cache.format import Items
 from expclip.stages.extract.sources import IMAGE_SUFFIXES
+from expclip.stages.shared.interrupts import StopRequest
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -54,6 +55,7 @@ MAX_PIXELS = 2**26  # below Pillow's own warning threshold (about 89.5 million)
 DRAFT_SIDE = 1024  # longest side after draft decoding: over twice any encoder input (224–448 px)
 BACKGROUND = (255, 255, 255)  # white, what a page or viewer shows under transparent pixels
 _PILLOW_LIMIT = threading.Lock()
+STOPPED = "not decoded: the run was stopped"  # never recorded: the batch loop stops before using the batch
 
 
 class DecodeError(Exception):
@@ -187,15 +189,27 @@ def clip_frames(folder: Path, frame_index: list[int]) -> list[Path]:
 
 
 class FaceDataset(Dataset):
-    """Item i → (i, one tensor per transform, reason); clips give (T, 3, H, W) tensors."""
+    """Item i → (i, one tensor per transform, reason); clips give (T, 3, H, W) tensors.
 
-    def __init__(self, paths: list[Path], items: Items, transforms: list[Transform]):
-        self.paths, self.items, self.transforms = paths, items, transforms
+    A clip's frames are decoded one at a time (only one decoded picture is held),
+    and `halt.requested()` is read before each: after Ctrl-C or SIGTERM the rest
+    of the batch is returned as STOPPED items at once, which the batch loop
+    discards when it stops.
+    """
+
+    def __init__(self, paths: list[Path], items: Items, transforms: list[Transform], halt: StopRequest | None = None):
+        self.paths, self.items, self.transforms, self.halt = paths, items, transforms, halt
         blank = Image.new("RGB", (32, 32))
         self.blanks = [t(blank) for t in transforms]  # shape and dtype of what a failed item stands in with
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one item's tensors (every frame of a clip, every transform): what a batch holds per item."""
+        frames = 1 if self.items.frame_index is None else self.items.frame_index.shape[1]
+        return frames * sum(b.numel() * b.element_size() for b in self.blanks)
 
     def _frames(self, i: int) -> list[Path]:
         if self.items.frame_index is None:
@@ -205,9 +219,14 @@ class FaceDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, list[torch.Tensor], str]:
         clip = self.items.frame_index is not None
         try:
-            images = [load_image(p) for p in self._frames(i)]
-            out = [torch.stack([t(im) for im in images]) for t in self.transforms]
-            return i, [x if clip else x[0] for x in out], ""
+            out: list[list[torch.Tensor]] = [[] for _ in self.transforms]
+            for path in self._frames(i):
+                if self.halt is not None and self.halt.requested():
+                    raise DecodeError(STOPPED)
+                image = load_image(path)
+                for frames, t in zip(out, self.transforms):
+                    frames.append(t(image))
+            return i, [torch.stack(x) if clip else x[0] for x in out], ""
         except DecodeError as e:
             t = self.items.frame_index.shape[1] if clip else None
             zeros = [torch.zeros((t, *b.shape) if clip else b.shape, dtype=b.dtype) for b in self.blanks]

@@ -49,6 +49,7 @@ def resolve(
     dataset: str | None = None,
 ) -> Source:
     """List a source; `root`/`strip_prefix` re-base list paths written on another machine."""
+    protocol.check_frames(frames)
     source = Path(source)
     if not source.exists():
         raise ExpclipError(f"{source}: no such file or folder")

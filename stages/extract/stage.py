@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from expclip.cache.lock import CacheLock
 from expclip.cache.reader import CacheReader
@@ -33,13 +34,14 @@ from expclip.stages.shared.interrupts import stop_requests
 from expclip.stages.shared.precision import resolve_precision
 from expclip.stages.shared.progress import stderr
 
-__all__ = ["ExtractConfig", "extract"]
+__all__ = ["ExtractConfig", "counts", "extract"]
 
 
 def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     """Encode what the cache at `out` lacks (this process's share of it); returns a summary.
 
-    The summary has rows encoded (by the whole job), failures, groups loaded,
+    The summary has `rows` (the source's items), `encoded_rows` (items encoded by this run's job; an item that
+    cannot be decoded is not encoded), `failures` (every item the cache holds no features for), groups loaded,
     `merged` (True when the cache file was rewritten: by this run's shards or
     by an earlier run's that only needed merging) and `rank` (only rank 0 of a
     launched job reports; the others return their own share).
@@ -56,8 +58,8 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
         try:
             sole = lock is not None and lock.supported and not lock.shared
             if lock is not None and not lock.supported:
-                stderr.print(f"[yellow]note:[/] {out.parent} does not support file locks: nothing stops another "
-                             "run on this cache at the same time", soft_wrap=True)
+                stderr.print(f"[yellow]note:[/] {escape(str(out.parent))} does not support file locks: nothing stops "
+                             "another run on this cache at the same time", soft_wrap=True)
             plan = team.leader_first(lambda: make_plan(source, Path(out), cfg, precision, sole_writer=sole))
             plan.shards, plan.texts = team.share((plan.shards, plan.texts))  # every rank splits the leader's list
             mine = plan.share(part, team.rank, team.size, team.leader)
@@ -79,6 +81,15 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     return {"cache": str(out), "rows": len(source.items), "encoded_rows": encoded, "failures": failures,
             "loaded": sorted(encoders), "merged": merged, "ignored_files": source.ignored, "seconds": clock,
             "rank": team.rank, "part": part}
+
+
+def counts(summary: dict) -> str:
+    """The summary's items in words that add up: encoded now + encoded earlier + failed = items."""
+    items, encoded, failed = summary["rows"], summary["encoded_rows"], len(summary["failures"])
+    earlier = items - encoded - failed
+    parts = [f"{encoded} encoded", *([f"{earlier} encoded earlier"] if earlier else []),
+             *([f"{failed} failed"] if failed else [])]
+    return f"{items} item{'' if items == 1 else 's'}: {', '.join(parts)}"
 
 
 def _check_space(plan: Plan, encoders: dict[str, ImageEncoder], source: Source, cfg: ExtractConfig,

@@ -6,6 +6,9 @@ Happiness, Sadness, Neutral, ... . Scoring by position would silently swap
 classes, so every class name is translated to a canonical name (synonyms via
 `protocol.canonical_class`, numeric names through a `--label-map` file) and a
 dataset is scored on the canonical classes it has, in canonical order.
+
+A label map's errors name the file, line and field, never what the file holds:
+`--label-map` may be given any file, and its first line is nobody's business.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def _read_json_map(path: Path, text: str) -> dict[str, str]:
         seen: dict = {}
         for k, v in items:
             if k in seen:
-                raise ExpclipError(f"{path}:{_line_of(text, json.dumps(k), 2)}: label {k!r} appears twice")
+                raise ExpclipError(f"{path}:{_line_of(text, json.dumps(k), 2)}: a label appears twice (the key)")
             seen[k] = v
         return seen
 
@@ -62,14 +65,15 @@ def _read_json_map(path: Path, text: str) -> dict[str, str]:
     for label, name in data.items():
         line = _line_of(text, json.dumps(label))
         if not isinstance(name, str):
-            raise ExpclipError(f"{path}:{line}: label {label!r} maps to {name!r}, not a class name")
-        found[label] = _checked(path, line, label, name)
+            raise ExpclipError(f"{path}:{line}: the value is not a class name (a string)")
+        found[label] = _checked(path, line, "the value", name)
     return found
 
 
 def _read_table_map(path: Path, text: str) -> dict[str, str]:
     """`label,name` rows (comma or whitespace separated); blank lines, `#` comments and a header skipped."""
     found: dict[str, str] = {}
+    first: dict[str, int] = {}  # label -> its line
     for line_no, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -77,22 +81,24 @@ def _read_table_map(path: Path, text: str) -> dict[str, str]:
         cells = next(csv.reader(io.StringIO(line))) if "," in line else line.split(None, 1)
         cells = [c.strip() for c in cells]
         if len(cells) != 2 or not all(cells):
-            raise ExpclipError(f"{path}:{line_no}: expected two columns `label,name`, got {line!r}")
+            raise ExpclipError(f"{path}:{line_no}: expected two columns `label,name`, both non-empty "
+                               f"(found {len(cells)} field{'s' if len(cells) != 1 else ''})")
         label, name = cells
         if not found and (label.lower(), name.lower()) == ("label", "name"):
             continue
         if label in found:
-            raise ExpclipError(f"{path}:{line_no}: label {label!r} appears twice")
-        found[label] = _checked(path, line_no, label, name)
+            raise ExpclipError(f"{path}:{line_no}: field 1 (label) repeats the label of line {first[label]}")
+        found[label], first[label] = _checked(path, line_no, "field 2 (name)", name), line_no
     if not found:
         raise ExpclipError(f"{path}: empty label map; expected `label,name` rows")
     return found
 
 
-def _checked(path: Path, line: int, label: str, name: str) -> str:
+def _checked(path: Path, line: int, field: str, name: str) -> str:
     canonical = protocol.canonical_class(name)
     if canonical is None:
-        raise ExpclipError(f"{path}:{line}: label {label!r} maps to unknown class {name!r}; valid: {_valid_names()}")
+        raise ExpclipError(f"{path}:{line}: {field} is not a class; valid: {_valid_names()} "
+                           "(case-insensitive, usual synonyms)")
     return canonical
 
 

@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, emoji=False)  # as the CLI's consoles: paths print as named (`:x:` stays text)
 
 
 class RateColumn(ProgressColumn):

@@ -10,11 +10,16 @@ import json
 from functools import lru_cache
 from importlib import resources
 
+from expclip.base.errors import ExpclipError
+
 DEFAULT_INSTRUCTION = (
     "Please play the role of a facial action describer. "
     "Objectively describe the detailed facial actions of the person in the image."
 )
 DEFAULT_FRAMES = 16
+# A clip's frames are decoded and encoded together and stored as one cache row per frame: 16 times the
+# paper's count is room for any protocol, and an unbounded count (a typo, 100000) would exhaust memory.
+MAX_FRAMES = 256
 DEFAULT_TEACHER = "Salesforce/blip2-flan-t5-xxl"  # LAVIS pretrain_flant5xxl, as used by the paper
 
 # Lower-case spellings that datasets use for the canonical class names.
@@ -62,6 +67,14 @@ def canonical_class(name: str) -> str | None:
         if key in spellings:
             return canonical
     return None
+
+
+def check_frames(frames: object, where: str = "--frames") -> int:
+    """`frames` when it is a whole number in 1..MAX_FRAMES, else a one-line error naming `where`."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
+        raise ExpclipError(f"{where} {frames!r}: sample 1 to {MAX_FRAMES} frames per clip "
+                           f"(the paper samples {DEFAULT_FRAMES})")
+    return frames
 
 
 def frame_indices(num_frames: int, frames: int = DEFAULT_FRAMES) -> list[int]:

@@ -8,6 +8,7 @@ official loss multiplies by it and it is not 100 for every checkpoint.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import open_clip
 import PIL.Image
 import torch
 from open_clip.factory import _find_checkpoint_in_dir
+from safetensors import SafetensorError
 
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared.precision import autocast, check_precision, recorded_name
@@ -174,5 +176,20 @@ def _load(key: str, config: dict, name: str, device: torch.device, precision: st
         )
         return ClipEncoder.wrap(model, model_ref, preprocess, key=key, config=config, device=device,
                                 precision=precision)
-    except (OSError, RuntimeError, ValueError) as error:
-        raise ExpclipError(f"cannot load open_clip model {name!r} with weights {weights!r}: {error}") from None
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError, SafetensorError) as error:
+        raise ExpclipError(f"cannot load open_clip model {name!r} with weights {weights!r}: {_why(error)}") from None
+
+
+def _why(error: Exception) -> str:
+    """One line for what torch, safetensors or open_clip said: a state-dict mismatch lists every tensor over
+    many lines, and torch's refusal of a pickle is a page of advice to load it unsafely, around one reason."""
+    text = str(error)
+    if isinstance(error, KeyError):
+        return f"no {text} in its configuration or weights"
+    refused = "WeightsUnpickler error:"
+    if refused in text:
+        reason = text.split(refused, 1)[1].strip().split("\n\n")[0].split(". ")[0].strip()
+        return f"torch's safe loader (weights_only) refuses the file: {reason}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return " ".join(lines[:2]) + more

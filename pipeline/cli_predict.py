@@ -58,9 +58,8 @@ def predict(
         )
         records, inputs = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
         failed = [r for r in records if r["kind"] == "failed"]
-        if len(failed) == len(records):  # with --detector none every picture or frame read is a face
-            hint = "no video frame could be read" if detector == "none" else "pre-cropped faces: --detector none"
-            err.print(f"[yellow]no faces found[/] ({hint})", highlight=False)
+        if len(failed) == len(records) and detector != "none":  # with none, every picture or frame read is a face
+            err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
         out.print(outputs.table(records))
         for r in failed:
             err.print(f"[yellow]skipped[/] {escape(r['file'])}: {escape(r['reason'])}", highlight=False)

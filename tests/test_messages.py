@@ -189,12 +189,17 @@ def test_a_label_map_error_never_prints_the_files_content(tmp_path):
 
 
 def test_no_faces_hint_fits_the_detector(tiny_clip, tmp_path):
-    """A video of no frames: with --detector none every frame read is a face, so 'use --detector none' is wrong."""
+    """A video of no frames is an unreadable input under any detector (one line naming it, never 'use --detector
+    none'); a picture where the face detector finds nothing suggests --detector none for pre-cropped faces."""
     video = tmp_path / "empty.avi"
     cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64)).release()
-    for detector, hint in (("none", "no video frame could be read"), ("haar", "pre-cropped faces: --detector none")):
+    for detector in ("none", "haar"):
         result = runner.invoke(app, ["predict", str(video), "--clip-model", tiny_clip, "--detector", detector, *TINY])
-        assert result.exit_code == 0 and f"no faces found ({hint})\n" in result.output
+        assert result.exit_code == 2 and result.output.endswith(f"error: {video}: no frame could be decoded\n")
+        assert "--detector none" not in result.output
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(tmp_path / "blank.png")
+    result = runner.invoke(app, ["predict", str(tmp_path / "blank.png"), "--clip-model", tiny_clip, *TINY])
+    assert result.exit_code == 0 and "no faces found (pre-cropped faces: --detector none)\n" in result.output
 
 
 def test_tables_show_ids_labels_files_and_classes_as_written():

@@ -1,5 +1,6 @@
 """fit-head: equals an independent autograd + torch.optim.SGD reference, is deterministic, and says what it used."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -168,6 +169,10 @@ def test_head_json_records_provenance(tmp_path):
     caches = [make_cache(tmp_path / "a.h5", n=40, seed=1), make_cache(tmp_path / "b.h5", n=30, seed=2)]
     meta = fit_head(caches, tmp_path / "head.safetensors", FitConfig(batch_size=16, epochs=2, device="cpu"))
     card = json.loads((tmp_path / "head.json").read_text())
+    own, weights = card.pop("card_sha256"), card.pop("weights_sha256")
+    assert weights == hashlib.sha256((tmp_path / "head.safetensors").read_bytes()).hexdigest()
+    canonical = json.dumps({**card, "weights_sha256": weights}, sort_keys=True, separators=(",", ":"))
+    assert own == hashlib.sha256(canonical.encode()).hexdigest()
     assert card == meta
     assert (card["clip_key"], card["teacher_key"], card["instruction_key"]) == ("ViT-T@tiny", "tiny-t5", "paper")
     assert card["instruction"] == INSTRUCTION and card["teacher_model"] == "tiny-t5"

@@ -207,8 +207,6 @@ def fit_head(
 
     files = head_files(head_out)
     with user_errors():
-        for written in files:
-            writable(written, "--out")  # before training, not after
         try:
             steps = tuple(int(m) for m in milestones.split(",") if m.strip())
         except ValueError:
@@ -224,6 +222,9 @@ def fit_head(
             milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
             init_from=init_from, device=device, precision=precision, max_memory=max_memory,
         )
+        config.check()  # before any file or cache is touched
+        for written in files:
+            writable(written, "--out")  # before training, not after
         exclude = None
         if exclude_near_duplicates_of:
             from expclip.leaks import near_duplicates_of

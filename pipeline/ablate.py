@@ -23,6 +23,7 @@ from expclip.base.errors import ExpclipError
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig
+from expclip.stages.fit_head.config import value_problem
 from expclip.stages.fit_head.train import fit_heads, shared_order
 from expclip.stages.shared.heads import load_head
 from expclip.stages.shared.progress import progress
@@ -64,6 +65,10 @@ def parse_grid(text: str) -> dict[str, list]:
         if name in grid:
             raise ExpclipError(f"--grid: {name!r} given twice")
         grid[name] = [_convert(name, v) for v in values.split(",") if v]
+        for value in grid[name] if name in _FIT_TYPES else ():
+            problem = value_problem(name, value)  # fit-head's own rule, before any work
+            if problem:
+                raise ExpclipError(f"--grid: {name}: {problem}")
     if not grid:
         raise ExpclipError("--grid: empty; e.g. --grid 'lr=1e-3,1e-2 epochs=5,10'")
     return grid
@@ -98,6 +103,7 @@ def run_grid(
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
         fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_TYPES})
+        fit.check()  # every point before the first trains: a bad one never stops a grid half-way
         chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
         identity = {"fit": asdict(fit), "select": chosen, "caches": caches,
                     "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}

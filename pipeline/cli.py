@@ -209,10 +209,6 @@ def fit_head(
 
     files = head_files(head_out)
     with user_errors():
-        read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
-                "--init-from": head_paths(init_from)}
-        for written in files:
-            writable(written, "--out", inputs=read)  # before training, not after
         try:
             steps = tuple(int(m) for m in milestones.split(",") if m.strip())
         except ValueError:
@@ -228,6 +224,11 @@ def fit_head(
             milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
             init_from=init_from, device=device, precision=precision, max_memory=max_memory,
         )
+        config.check()  # before any file or cache is touched
+        read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
+                "--init-from": head_paths(init_from)}
+        for written in files:
+            writable(written, "--out", inputs=read)  # before training, not after
         exclude = None
         if exclude_near_duplicates_of:
             from expclip.leaks import near_duplicates_of

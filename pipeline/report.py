@@ -66,7 +66,8 @@ def _delta(clip: dict | None, exp: dict | None) -> str:
 
 
 def write_json(records: list[dict] | dict, path: Path) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(records, indent=1) + "\n", "utf-8"))
+    text = json.dumps(records, indent=1, allow_nan=False) + "\n"  # NaN or inf is not JSON: never written
+    write_atomically(path, lambda tmp: tmp.write_text(text, "utf-8"))
 
 
 def csv_text(records: list[dict]) -> str:

@@ -243,9 +243,9 @@ def _current_head(head: Path, cfg: FitConfig, train: Path, keys: tuple[str, str,
     if not (weights.exists() and card.exists()):
         return None
     try:
-        meta = json.loads(card.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # an unreadable card: fit again
+        meta = load_head(head).meta  # checked as any head is loaded
+    except ExpclipError:
+        return None  # damaged, or written before heads were checked: fit again
     config = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as HEAD.json records it
     recorded = (meta.get("clip_key"), meta.get("teacher_key"), meta.get("instruction_key"))
     if meta.get("config") != config or recorded != keys:

@@ -62,10 +62,11 @@ def test_parse_grid_types_and_errors():
 
 
 def test_grid_values_take_their_field_type():
-    """"3" becomes an int for int fields, a float for float fields, and stays text for text fields."""
+    """"3" becomes an int for int fields, a float for float fields, and stays text for text fields (whether
+    3 is in the field's range is parse_grid's next question, tested below)."""
     hints = typing.get_type_hints(FitConfig)
     for name in ablate.GRID_NAMES:
-        value = ablate.parse_grid(f"{name}=3")[name][0]
+        value = ablate._convert(name, "3")
         kind = hints.get(name, str)
         expected = {int: int, float: float, str: str, str | None: str}.get(kind, float)  # logit_scale: float | str | None
         assert type(value) is expected, (name, value)
@@ -73,6 +74,46 @@ def test_grid_values_take_their_field_type():
         "seed": [1, 2], "optimizer": ["sgd"], "precision": ["bf16"]}
     with pytest.raises(ExpclipError, match="is not NAME=V1,V2"):
         ablate.parse_grid("lr")
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("lr=1e-2,nan", "--grid: lr: nan is not a finite number > 0"),
+    ("lr=inf", "--grid: lr: inf is not a finite number > 0"),
+    ("momentum=-0.5", "--grid: momentum: -0.5 is not a number in [0, 1)"),
+    ("weight_decay=-1", "--grid: weight_decay: -1.0 is not a finite number >= 0"),
+    ("gamma=0", "--grid: gamma: 0.0 is not a finite number > 0"),
+    ("logit_scale=learnable,-5", "--grid: logit_scale: -5.0 is not a finite number > 0 or 'learnable'"),
+    ("batch_size=1", "--grid: batch_size: 1 is not an integer >= 2"),
+    ("optimizer=adam", "--grid: optimizer: 'adam' is not one of sgd, adamw"),
+])
+def test_grid_values_are_checked_by_fit_heads_rule_before_any_work(caches, tmp_path, grid, message):
+    """Negative momentum once ended in a traceback, NaN in an all-NaN head: one line, before any folder."""
+    train, evals = caches
+    result = runner.invoke(app, ["ablate", str(train), "--eval", str(evals), "--grid", grid,
+                                 "--out-dir", str(tmp_path / "never"), "--device", "cpu"])
+    assert result.exit_code == 2 and " ".join(result.output.split()) == f"error: {message}", result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_run_grid_checks_every_point_before_the_first_trains(caches, tmp_path):
+    train, evals = caches
+    grid = {"lr": [1e-2, float("nan")]}  # as an API caller may pass it, not through parse_grid
+    with pytest.raises(ExpclipError, match=r"^--lr: nan is not a finite number > 0$"):
+        ablate.run_grid([train], [evals], grid, tmp_path / "abl", base=FitConfig(batch_size=16, epochs=1, device="cpu"),
+                        select={"instruction": "paper"})
+    assert not (tmp_path / "abl").exists()  # not even the first point trained
+
+
+def test_a_diverging_grid_point_stops_the_grid_in_one_line(caches, tmp_path):
+    train, evals = caches
+    result = runner.invoke(app, ["ablate", str(train), "--eval", str(evals), "--grid", "lr=1e-2,1e38 batch_size=16",
+                                 "--out-dir", str(tmp_path / "abl"), "--device", "cpu", "--instruction", "paper"])
+    assert result.exit_code == 2, result.output
+    [line] = [" ".join(x.split()) for x in result.output.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: fit-head: the training loss became NaN or infinite at epoch 1, step ")
+    assert line.endswith("(--lr 1e+38, --momentum 0.9, --weight-decay 0.0001); no head written: try a smaller --lr")
+    assert not list((tmp_path / "abl" / "runs").iterdir())  # the pair trained together: neither is kept
+    assert not (tmp_path / "abl" / "heads").exists()
 
 
 def test_grid_runs_equal_direct_fit_and_evaluate_and_are_reused(caches, tmp_path, monkeypatch):

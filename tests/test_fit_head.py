@@ -1,5 +1,6 @@
 """fit-head: equals an independent autograd + torch.optim.SGD reference, is deterministic, and says what it used."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -168,6 +169,10 @@ def test_head_json_records_provenance(tmp_path):
     caches = [make_cache(tmp_path / "a.h5", n=40, seed=1), make_cache(tmp_path / "b.h5", n=30, seed=2)]
     meta = fit_head(caches, tmp_path / "head.safetensors", FitConfig(batch_size=16, epochs=2, device="cpu"))
     card = json.loads((tmp_path / "head.json").read_text())
+    own, weights = card.pop("card_sha256"), card.pop("weights_sha256")
+    assert weights == hashlib.sha256((tmp_path / "head.safetensors").read_bytes()).hexdigest()
+    canonical = json.dumps({**card, "weights_sha256": weights}, sort_keys=True, separators=(",", ":"))
+    assert own == hashlib.sha256(canonical.encode()).hexdigest()
     assert card == meta
     assert (card["clip_key"], card["teacher_key"], card["instruction_key"]) == ("ViT-T@tiny", "tiny-t5", "paper")
     assert card["instruction"] == INSTRUCTION and card["teacher_model"] == "tiny-t5"
@@ -285,3 +290,74 @@ def test_cli_bad_option(tmp_path, args, message):
     assert result.exit_code == 2
     text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # typer's errors come boxed
     assert message in text and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "--lr: nan is not a finite number > 0"),
+    (["--lr", "inf"], "--lr: inf is not a finite number > 0"),
+    (["--lr", "0"], "--lr: 0.0 is not a finite number > 0"),
+    (["--momentum", "-0.5"], "--momentum: -0.5 is not a number in [0, 1)"),
+    (["--momentum", "1"], "--momentum: 1.0 is not a number in [0, 1)"),
+    (["--weight-decay", "-1e-4"], "--weight-decay: -0.0001 is not a finite number >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay: nan is not a finite number >= 0"),
+    (["--gamma", "0"], "--gamma: 0.0 is not a finite number > 0"),
+    (["--gamma", "-inf"], "--gamma: -inf is not a finite number > 0"),
+    (["--milestones", "3,2"], "--milestones: (3, 2) is not epochs > 0 in increasing order"),
+    (["--milestones", "2,2"], "--milestones: (2, 2) is not epochs > 0 in increasing order"),
+    (["--milestones", "0"], "--milestones: (0,) is not epochs > 0 in increasing order"),
+    (["--logit-scale", "nan"], "--logit-scale: nan is not a finite number > 0 or 'learnable'"),
+    (["--logit-scale", "-5"], "--logit-scale: -5.0 is not a finite number > 0 or 'learnable'"),
+    (["--seed", "-1"], "--seed: -1 is not an integer from 0 to 2**64 - 1"),
+    (["--seed", str(2**64)], f"--seed: {2**64} is not an integer from 0 to 2**64 - 1"),
+    (["--max-memory", "0.1B"], "--max-memory '0.1B': write a size such as 1GB, 512MB or 2GiB"),
+])
+def test_cli_numeric_options_are_checked_before_any_work(tmp_path, args, message):
+    """NaN once trained an all-NaN head and wrote `"lr": NaN` (not JSON); negative momentum ended in a traceback."""
+    cache = make_cache(tmp_path / "train.h5", n=8)
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "heads" / "h"), "--batch-size", "4",
+                                 "--device", "cpu", *args])
+    assert result.exit_code == 2 and _plain(result.output) == f"error: {message}", result.output
+    assert not (tmp_path / "heads").exists()  # refused before even the output folder was made
+    with pytest.raises(ExpclipError, match=r"^--lr: nan is not a finite number > 0$"):  # the API: the same rule
+        fit_head([cache], tmp_path / "h", FitConfig(lr=float("nan"), batch_size=4, device="cpu"))
+
+
+def first_non_finite_step(x: torch.Tensor, e: torch.Tensor, scale: float, w0: torch.Tensor, lr: float, b: int,
+                          seed: int, epochs: int) -> tuple[int, int] | None:
+    """(epoch, step), counted from 1, of the first non-finite loss of the documented loop (plain SGD, momentum 0.9,
+    weight decay 1e-4, one randperm per epoch), or None."""
+    w = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.SGD([w], lr=lr, momentum=0.9, weight_decay=1e-4)
+    order_source = torch.Generator().manual_seed(seed)
+    target = torch.arange(b)
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=order_source)
+        for step in range(len(x) // b):
+            rows = order[step * b:(step + 1) * b]
+            logits = scale * F.normalize(x[rows] @ w.t(), dim=-1) @ F.normalize(e[rows], dim=-1).t()
+            loss = 0.5 * F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(logits.t(), target)
+            if not torch.isfinite(loss):
+                return epoch + 1, step + 1
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return None
+
+
+@pytest.mark.parametrize("lr", [1e30, 1e38])
+def test_a_diverging_training_stops_naming_epoch_and_step_and_writes_no_head(tmp_path, lr):
+    cache = make_cache(tmp_path / "train.h5", n=64)
+    x, e, scale = features(cache)
+    w0 = build_head("linear", D, DT)
+    save_head(w0, "linear", {}, tmp_path / "w0")
+    where = first_non_finite_step(x, e, scale, w0.weight.detach(), lr, 16, 0, 3)
+    assert where is not None
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(out / "h"), "--batch-size", "16", "--epochs", "3",
+                                 "--lr", str(lr), "--init-from", str(tmp_path / "w0"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert [_plain(line) for line in lines] == [
+        f"error: fit-head: the training loss became NaN or infinite at epoch {where[0]}, step {where[1]} "
+        f"(--lr {lr}, --momentum 0.9, --weight-decay 0.0001); no head written: try a smaller --lr"]
+    assert list(out.iterdir()) == []  # no head, no temporary file

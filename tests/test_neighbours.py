@@ -1,6 +1,7 @@
 """search and audit against brute-force numpy on small caches; stored indexes; leak-free fit-head."""
 
 import csv
+import hashlib
 import sys
 import importlib
 import io
@@ -111,6 +112,54 @@ def test_index_is_stored_reused_and_rebuilt_when_the_cache_changes(tmp_path, mon
     cache.unlink()
     write_cache(cache, rng.standard_normal((500, D)).astype(np.float32))  # extracted again: new features
     assert search(cache, q, k=5, exact=True)["index_built"]
+
+
+def test_a_damaged_index_or_provenance_is_built_again_never_used(tmp_path, capsys):
+    """Two flipped bytes of a stored index once gave a top score of 9.7e36 and a truncated one a faiss traceback:
+    the JSON records the sha256 of the index file and of its own fields; any mismatch or read error builds the
+    index again, saying so in one line, and the hits are those of an intact index."""
+    rng = np.random.default_rng(3)
+    cache = write_cache(tmp_path / "c.h5", rng.standard_normal((300, D)).astype(np.float32))
+    q = rng.standard_normal((2, D)).astype(np.float32)
+    clean = search(cache, q, k=5)
+    index_file, meta_file = index_module.index_files(cache, KEY, None, "Flat")
+    meta = json.loads(meta_file.read_text())
+    assert meta["index_sha256"] == hashlib.sha256(index_file.read_bytes()).hexdigest()
+    own = meta.pop("meta_sha256")
+    assert own == hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    capsys.readouterr()
+
+    def searched_again(reason_of: Path, reason: str) -> None:
+        found = search(cache, q, k=5)
+        assert found["index_built"] and found["hits"] == clean["hits"]
+        assert capsys.readouterr().err.splitlines() == [f"{reason_of}: {reason}; building the index again"]
+        assert not search(cache, q, k=5)["index_built"] and capsys.readouterr().err == ""  # intact again: reused
+
+    intact, provenance = index_file.read_bytes(), meta_file.read_text()
+    data = bytearray(intact)
+    data[-40] ^= 0x7F  # two bytes of one stored vector's float32 exponent
+    data[-39] ^= 0x7F
+    index_file.write_bytes(bytes(data))
+    assert faiss.read_index(str(index_file)).ntotal == 300  # faiss reads it without complaint
+    mismatch = f"its bytes do not match the index_sha256 that {meta_file.name} records"
+    searched_again(index_file, mismatch)
+    index_file.write_bytes(intact[:len(intact) // 2])  # truncated
+    searched_again(index_file, mismatch)
+    index_file.unlink()
+    searched_again(index_file, "cannot be read (No such file or directory)")
+    damaged = "unreadable, damaged or without its meta_sha256"
+    for text in (provenance.replace('"rows": 300', '"rows": 310'), provenance[:-10], json.dumps(meta)):  # an
+        meta_file.write_text(text)  # edited, a truncated and a JSON without its checksum (as written before)
+        searched_again(meta_file, damaged)
+
+    index_file.write_bytes(b"not an index at all")  # intact by its record, but not something faiss reads
+    forged = {**meta, "index_sha256": hashlib.sha256(b"not an index at all").hexdigest()}
+    canonical = json.dumps(forged, sort_keys=True, separators=(",", ":"))
+    meta_file.write_text(json.dumps({**forged, "meta_sha256": hashlib.sha256(canonical.encode()).hexdigest()}))
+    found = search(cache, q, k=5)
+    assert found["index_built"] and found["hits"] == clean["hits"]
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{index_file}: faiss cannot read it (") and line.endswith("); building the index again")
 
 
 def test_ivf_pq_is_built_when_hnsw_would_not_fit(tmp_path, monkeypatch):

@@ -234,3 +234,8 @@ def test_the_whole_run_on_synthetic_data_then_a_second_run_reuses_everything(tmp
     fit = dataclasses.replace(presets.load("paper-vit-b-16").fit, batch_size=8, epochs=2, device="cpu")
     assert run._current_head(head, fit, train, keys) is not None
     assert run._current_head(head, dataclasses.replace(fit, epochs=1), train, keys) is None  # another config: re-fit
+    weights = head.with_name(head.name + ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert run._current_head(head, fit, train, keys) is None  # damaged: fitted again, never reused

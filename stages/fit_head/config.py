@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
-from expclip.base.settings import check_choices, setting
+from expclip.base.settings import option_name, setting
 from expclip.stages.shared.memory import available_bytes, parse_size
 from expclip.stages.shared.vocabulary import DEVICES, FIT_PRECISIONS, HEAD_KINDS
 
 OPTIMIZERS = ("sgd", "adamw")
 LEARNABLE = "learnable"
+SEEDS = 2**64  # torch's generators take seeds 0 .. 2**64 - 1
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The numeric fields' ranges: (is the value in range, what it must be).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "gamma": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "batch_size": (lambda v: _integer(v) and v >= 2, "an integer >= 2"),
+    "epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "seed": (lambda v: _integer(v) and 0 <= v < SEEDS, "an integer from 0 to 2**64 - 1"),
+    "milestones": (lambda v: all(_integer(m) and m > 0 for m in v) and list(v) == sorted(set(v)),
+                   "epochs > 0 in increasing order"),
+    "logit_scale": (lambda v: v is None or v == LEARNABLE or (_number(v) and v > 0),
+                    f"a finite number > 0 or '{LEARNABLE}'"),
+}
 
 
 @dataclass
@@ -35,17 +62,26 @@ class FitConfig:
     max_memory: str | None = setting(None, "Memory for the training features, e.g. 1GB or 512MB (default: half of what the training device has free: RAM, or the GPU's memory); larger selections are streamed from the cache.")
 
     def check(self) -> None:
-        """Refuse options that cannot work, naming the option."""
-        check_choices(self)
-        if self.batch_size < 2 or self.epochs < 1 or self.lr <= 0:
-            raise ExpclipError("--batch-size must be >= 2, --epochs >= 1 and --lr > 0")
+        """Refuse options that cannot work, naming the option: the CLI, the API and ablate's grids all come
+        here before any work (NaN or inf would train an all-NaN head; HEAD.json could not even record it)."""
+        for f in fields(self):
+            problem = value_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ExpclipError(f"{option_name(f.name)}: {problem}")
         self.memory_budget()
-        scale = self.logit_scale
-        if (isinstance(scale, str) and scale != LEARNABLE) or (isinstance(scale, (int, float)) and not scale > 0):
-            raise ExpclipError(f"--logit-scale: {scale!r} is neither a positive number nor '{LEARNABLE}'")
 
     def memory_budget(self, free: int | None = None) -> int:
         """Bytes the training features may take: --max-memory, else half of `free` (default: the RAM available)."""
         if self.max_memory is not None:
             return parse_size(self.max_memory, "--max-memory")
         return (available_bytes() if free is None else free) // 2
+
+
+def value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for FitConfig's field `name` (outside its choices or its range), else None."""
+    field = {f.name: f for f in fields(FitConfig)}[name]
+    allowed = field.metadata.get("choices")
+    if allowed and value not in allowed:
+        return f"{value!r} is not one of {', '.join(allowed)}"
+    ok, wanted = RANGES.get(name, (lambda v: True, ""))
+    return None if ok(value) else f"{value!r} is not {wanted}"

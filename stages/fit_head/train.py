@@ -194,7 +194,7 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
     with progress("steps") as bar:
         task = bar.add_task("fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs)
         for epoch in range(first.epochs):
-            loss_sum = torch.zeros(len(configs), device=device)
+            losses = []  # each step's (K,) losses, kept on the device: no host sync until the epoch ends
             correct = torch.zeros(len(configs), dtype=torch.long, device=device)
             for x, en in data.epoch(b, shuffle):
                 if hand:
@@ -210,9 +210,13 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
                     loss.backward()
                 for opt in opts:
                     opt.step()
-                loss_sum += loss.detach()
+                losses.append(loss.detach())
                 correct += (logits.detach().argmax(-1) == target).sum(-1)
                 bar.advance(task)
+            per_step = torch.stack(losses, 1)  # (K, steps)
+            _refuse_divergence(per_step, [[*m.parameters(), *([log_scale] if learnable else [])] for m in modules],
+                               configs, epoch)
+            loss_sum = per_step.sum(1)
             for k, sched in enumerate(scheds):
                 sched.step()
                 histories[k].append({"epoch": epoch + 1, "loss": loss_sum[k].item() / steps,
@@ -230,6 +234,25 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
         save_head(module.cpu(), config.head, meta, out)
         metas.append(meta)
     return metas
+
+
+def _refuse_divergence(losses: torch.Tensor, trained: list[list[torch.Tensor]], configs: list[FitConfig],
+                       epoch: int) -> None:
+    """Stop, writing no head, when a head's loss (K, steps) or what it trains stopped being finite this epoch."""
+    finite = torch.isfinite(losses)
+    for k, params in enumerate(trained):
+        if not bool(finite[k].all()):
+            what, step = "loss", int((~finite[k]).nonzero()[0])  # the first step that went wrong
+        elif not all(bool(torch.isfinite(p).all()) for p in params):
+            what, step = "weights", losses.shape[1] - 1  # finite losses: the epoch's last step made them so
+        else:
+            continue
+        c = configs[k]
+        raise ExpclipError(
+            f"fit-head: the training {what} became NaN or infinite at epoch {epoch + 1}, step {step + 1} "
+            f"(--lr {c.lr}, --momentum {c.momentum}, --weight-decay {c.weight_decay}); no head written: "
+            "try a smaller --lr"
+        )
 
 
 def _scale(config: FitConfig, selection: Selection, cache: Path) -> float:

@@ -8,9 +8,12 @@ the memory). Vectors are unit length, so inner products are cosines.
 
 An index lives in `CACHE.h5.faiss/KEY[@HEAD].SPEC.index` with a JSON of its
 provenance; it is rebuilt when the cache's features (their fingerprint), the
-head or the index kind differ from what that JSON records. Files are written
-under a temporary name and renamed (cache.atomic), so an interrupted build
-leaves no index behind. GPU search is used only where faiss sees a GPU.
+head or the index kind differ from what that JSON records. The JSON records
+the sha256 of the index file and of its own fields: a damaged or unreadable
+index (or JSON) is rebuilt too, saying so in one line, so damage never gives
+a wrong hit. Files are written under a temporary name and renamed
+(cache.atomic), so an interrupted build leaves no index behind. GPU search is
+used only where faiss sees a GPU.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ from expclip.cache import format as fmt
 from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import CacheReader
 from expclip.stages.neighbours.vectors import Rows, all_vectors
+from expclip.stages.shared.digests import file_sha256, json_sha256, stream_sha256
 from expclip.stages.shared.heads import Head
+from expclip.stages.shared.progress import stderr
 
 FLAT_MAX_ROWS = 200_000  # exact search below this many vectors: ~0.1 s a query batch on a CPU
 HNSW_LINKS = 32  # HNSW's M: links per vector
 TRAIN_ROWS = 100_000  # IVF-PQ trains on a sample of this many vectors (more when it has many lists)
+INDEX_SHA256 = "index_sha256"  # the provenance JSON's record of the index file's bytes
+META_SHA256 = "meta_sha256"  # and of its own other fields
 
 
 def head_identity(head: Head | None) -> str | None:
@@ -93,8 +100,8 @@ def index_files(cache: Path, key: str, head_id: str | None, spec: str) -> tuple[
 
 
 def cached_index(cache: Path, key: str, head: Head | None, *, exact: bool, budget: int) -> Indexed:
-    """The item index of `cache` under `key` (and `head`): read from beside the cache when it is current,
-    else built from the cache and stored there."""
+    """The item index of `cache` under `key` (and `head`): read from beside the cache when it is current and
+    intact, else built from the cache and stored there."""
     head_id = head_identity(head)
     with CacheReader(cache) as reader:
         fingerprint = reader.fingerprint([fmt.image_path(key)])
@@ -104,16 +111,23 @@ def cached_index(cache: Path, key: str, head: Head | None, *, exact: bool, budge
         spec = spec_for(usable, dim, exact=exact, budget=budget)
         index_path, meta_path = index_files(cache, key, head_id, spec)
         wanted = {"fingerprint": fingerprint, "key": key, "head": head_id, "spec": spec}
-        stored = _read_meta(meta_path)
-        if stored is not None and {k: stored.get(k) for k in wanted} == wanted and index_path.is_file():
-            return Indexed(faiss.read_index(str(index_path)), _item_rows(reader), stored, built=False)
+        stored = _stored(index_path, meta_path, wanted)
+        if stored is not None:
+            return Indexed(stored[0], _item_rows(reader), stored[1], built=False)
         rows, vectors = all_vectors(reader, key, head, per_frame=False)
     index = build(vectors, spec)
     meta = {**wanted, "cache": str(cache), "rows": len(rows), "dim": int(vectors.shape[1]),
             "expclip_version": __version__, "faiss_version": faiss.__version__}
     index_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(index_path, lambda tmp: faiss.write_index(index, str(tmp)))
-    write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2), "utf-8"))
+
+    def write(tmp: Path) -> None:
+        faiss.write_index(index, str(tmp))
+        meta[INDEX_SHA256] = file_sha256(tmp)  # of the bytes written, read back
+
+    write_atomically(index_path, write)
+    meta[META_SHA256] = json_sha256(meta)
+    text = json.dumps(meta, indent=2, allow_nan=False)
+    write_atomically(meta_path, lambda tmp: tmp.write_text(text, "utf-8"))
     return Indexed(index, rows, meta, built=True)
 
 
@@ -122,12 +136,37 @@ def _item_rows(reader: CacheReader) -> Rows:
     return Rows(np.flatnonzero(reader.items().ok).astype(np.int64))
 
 
-def _read_meta(path: Path) -> dict | None:
+def _stored(index_path: Path, meta_path: Path, wanted: dict) -> tuple[faiss.Index, dict] | None:
+    """(index, provenance) kept beside the cache when it is the one `wanted` and both files are intact; None
+    to build it: silently when there is none or the cache changed, with one line on stderr when damaged."""
+    if not meta_path.exists():
+        return None
     try:
-        found = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None  # missing or damaged: rebuild
-    return found if isinstance(found, dict) else None
+        meta = json.loads(meta_path.read_text("utf-8"))
+        intact = isinstance(meta, dict) and meta.get(META_SHA256) == json_sha256(
+            {k: v for k, v in meta.items() if k != META_SHA256})
+    except (OSError, UnicodeDecodeError, ValueError):  # ValueError: not JSON, or NaN in it
+        intact = False
+    if not intact:
+        return _rebuilding(meta_path, f"unreadable, damaged or without its {META_SHA256}")
+    if {k: meta.get(k) for k in wanted} != wanted:
+        return None  # another cache, head or kind of index: stale, not damaged
+    try:
+        with open(index_path, "rb") as f:  # one descriptor: the bytes checked are the bytes read
+            if stream_sha256(f) != meta.get(INDEX_SHA256):
+                return _rebuilding(index_path,
+                                   f"its bytes do not match the {INDEX_SHA256} that {meta_path.name} records")
+            f.seek(0)
+            return faiss.read_index(faiss.PyCallbackIOReader(f.read)), meta
+    except OSError as e:
+        return _rebuilding(index_path, f"cannot be read ({e.strerror or e})")
+    except RuntimeError as e:  # intact, but this faiss cannot read it
+        return _rebuilding(index_path, f"faiss cannot read it ({' '.join(str(e).split())[:200]})")
+
+
+def _rebuilding(path: Path, reason: str) -> None:
+    """Say in one line why a stored index is not used (it is built again: never a wrong hit)."""
+    stderr.print(f"{path}: {reason}; building the index again", markup=False, highlight=False, soft_wrap=True)
 
 
 def on_gpus(index: faiss.Index) -> faiss.Index:

@@ -2,8 +2,8 @@
 
 A head is saved as `HEAD.safetensors` (weights, plus kind/d/dt in the
 safetensors metadata so the weights alone can be rebuilt) and `HEAD.json`
-(full provenance written by fit_head). The official Exp-CLIP release is a
-`.pth` state dict `{"mlp.weight": (Dt, d)}`; it is read only through torch's
+(full provenance written by fit_head, with the sha256 of both files:
+`head_card`). The official Exp-CLIP release is a `.pth` state dict `{"mlp.weight": (Dt, d)}`; it is read only through torch's
 weights-only unpickler, so a file that would run code is refused, not run.
 """
 
@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as from_bytes, save as to_bytes
 
 from expclip.cache.atomic import write_atomically
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared.clip_identity import clip_identity
+from expclip.stages.shared.digests import sha256_hex
+from expclip.stages.shared.head_card import card_text, read_card
 from expclip.stages.shared.vocabulary import HEAD_KINDS
 
 OFFICIAL_KEY = "mlp.weight"
+FORMAT = "expclip-head"  # the safetensors metadata's `format`
 _SUFFIXES = (".safetensors", ".json")
 
 
@@ -106,19 +110,27 @@ def head_files(path: Path) -> tuple[Path, Path]:
 
 
 def save_head(module: torch.nn.Module, kind: str, meta: dict, out: Path) -> tuple[Path, Path]:
-    """Write OUT.safetensors and OUT.json atomically (`out` may carry either suffix or none)."""
+    """Write OUT.safetensors and OUT.json atomically (`out` may carry either suffix or none); the card records
+    the weights' sha256 and its own (head_card). Both follow the umask, like every other output."""
     weights, card = head_files(out)
-    weights.parent.mkdir(parents=True, exist_ok=True)
     d, dt = _dims(module)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    metadata = {"format": "expclip-head", "kind": kind, "d": str(d), "dt": str(dt)}
-    write_atomically(weights, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    write_atomically(card, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n", "utf-8"))
+    _check_tensors(state, weights)  # never write what load_head would refuse
+    data = to_bytes(state, metadata={"format": FORMAT, "kind": kind, "d": str(d), "dt": str(dt)})
+    text = card_text(meta, sha256_hex(data), card)  # checked before either file is written
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(weights, lambda tmp: tmp.write_bytes(data))
+    write_atomically(card, lambda tmp: tmp.write_text(text, "utf-8"))
     return weights, card
 
 
 def load_head(path: Path) -> Head:
-    """Load HEAD (stem), HEAD.safetensors, HEAD.json, or an official .pth state dict."""
+    """Load HEAD (stem), HEAD.safetensors, HEAD.json, or an official .pth state dict.
+
+    With HEAD.json, both files must match the sha256s it records; without it
+    (weights alone, or a .pth: no record) the weights are checked for shape,
+    type and finiteness only.
+    """
     path = Path(path)
     if path.suffix == ".pth":
         return _load_official(path)
@@ -126,31 +138,44 @@ def load_head(path: Path) -> Head:
     if not weights.is_file():
         raise ExpclipError(f"{path}: no head weights at {weights} (expected HEAD.safetensors or an official .pth)")
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            info = f.metadata() or {}
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise ExpclipError(f"{weights}: not a readable safetensors file ({e})") from None
-    if info.get("format") != "expclip-head" or info.get("kind") not in HEAD_KINDS:
-        raise ExpclipError(f"{weights}: not an expclip head (safetensors metadata {info})")
+        data = weights.read_bytes()  # read once: the bytes checked are the bytes used
+    except OSError as e:
+        raise ExpclipError(f"{weights}: cannot be read ({e.strerror or e})") from None
+    meta = read_card(card, weights, sha256_hex(data)) if card.is_file() else None
+    info, state = _parse(weights, data)
     module = build_head(info["kind"], int(info["d"]), int(info["dt"]))
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise ExpclipError(f"{weights}: weights do not fit a {info['kind']} head: {e}") from None
-    meta = _read_card(card) if card.is_file() else {k: info[k] for k in ("kind", "d", "dt")}
+        raise ExpclipError(f"{weights}: weights do not fit a {info['kind']} head: {' '.join(str(e).split())}") from None
+    _check_tensors(state, weights)
+    if meta is None:  # no card: what the weights' own metadata says
+        meta = {k: info[k] for k in ("kind", "d", "dt")}
     return Head(module=module, kind=info["kind"], meta=meta)
 
 
-def _read_card(card: Path) -> dict:
-    """HEAD.json, refused with its name when it is not a JSON object."""
+def _parse(weights: Path, data: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(safetensors metadata, tensors) of an expclip head's bytes, refused in one line when they are not one."""
     try:
-        meta = json.loads(card.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExpclipError(f"{card}: not a readable head card ({e})") from None
-    if not isinstance(meta, dict):
-        raise ExpclipError(f"{card}: a head card is a JSON object, found {type(meta).__name__}")
-    return meta
+        state = from_bytes(data)
+        (size,) = struct.unpack("<Q", data[:8])
+        info = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, struct.error) as e:
+        raise ExpclipError(f"{weights}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    dims = [str(info.get(k, "")) for k in ("d", "dt")]
+    if (info.get("format") != FORMAT or info.get("kind") not in HEAD_KINDS
+            or not all(v.isascii() and v.isdigit() and int(v) > 0 for v in dims)):
+        raise ExpclipError(f"{weights}: not an expclip head (safetensors metadata {info})")
+    return info, state
+
+
+def _check_tensors(state: dict[str, torch.Tensor], where: Path) -> None:
+    """Refuse weights that are not floating point or not finite: NaN or inf would silently decide every verdict."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ExpclipError(f"{where}: {name} holds {tensor.dtype} values; a head's weights are floating point")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ExpclipError(f"{where}: {name} holds NaN or infinite values; a head's weights must be finite")
 
 
 def _load_official(path: Path) -> Head:
@@ -174,6 +199,9 @@ def _load_official(path: Path) -> Head:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ExpclipError(f"{path}: {OFFICIAL_KEY} must be a 2-D float (Dt, d) tensor; found {shape}")
     dt, d = weight.shape
+    if not (d and dt):
+        raise ExpclipError(f"{path}: {OFFICIAL_KEY} has shape {tuple(weight.shape)}; a head maps d > 0 to Dt > 0")
+    _check_tensors({OFFICIAL_KEY: weight}, path)
     module = build_head("linear", d, dt)
     with torch.no_grad():
         module.weight.copy_(weight.float())

@@ -15,9 +15,10 @@ def parse_size(text: str, option: str) -> int:
     """Bytes of `text` (a number with an optional unit: B, KB, MB, GB, TB or KiB .. TiB); refuses anything else."""
     found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = found.group(2).upper() if found else None
-    if found is None or unit not in UNITS or float(found.group(1)) <= 0:
+    size = int(float(found.group(1)) * UNITS[unit]) if found and unit in UNITS else 0
+    if size < 1:  # also a size that rounds to no byte at all
         raise ExpclipError(f"{option} {text!r}: write a size such as 1GB, 512MB or 2GiB")
-    return int(float(found.group(1)) * UNITS[unit])
+    return size
 
 
 def available_bytes() -> int:

@@ -1,0 +1,33 @@
+"""sha256 of bytes, of a file and of JSON fields: how heads and indexes record what they were written as."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import BinaryIO
+
+BLOCK = 1 << 20  # bytes read at a time: an index may be larger than the memory left
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stream_sha256(f: BinaryIO) -> str:
+    """sha256 of what is left to read in an open file, a block at a time."""
+    digest = hashlib.sha256()
+    while block := f.read(BLOCK):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return stream_sha256(f)
+
+
+def json_sha256(fields: dict) -> str:
+    """sha256 of `fields` as canonical JSON: the same for any spelling of the same values; NaN or inf is refused
+    (ValueError), as JSON has neither."""
+    return sha256_hex(json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())

@@ -92,7 +92,8 @@ def extract(
         err.print(f"[yellow]skipped[/] {escape(item_id)}: {escape(reason)}", highlight=False)
     if summary["ignored_files"]:
         err.print(f"[yellow]ignored[/] {summary['ignored_files']} non-image files in {escape(str(source))}")
-    out.print(f"wrote {summary['cache']} ({counts(summary)})", markup=False)
+    resumed = "; merged the shards of an earlier run" if summary["merged"] and not summary["loaded"] else ""
+    out.print(f"wrote {summary['cache']} ({counts(summary)}{resumed})", markup=False)
     if summary["encoded_rows"]:
         err.print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()), highlight=False)
 

@@ -310,7 +310,7 @@ def test_extract_on_a_full_disk_keeps_its_shards_and_a_rerun_merges(data, disk):
     d.remount("size=4m")
     third = runner.invoke(app, args)
     assert third.exit_code == 0, third.output
-    assert f"wrote {out} (9 items, 0 encoded, 0 failed; merged the shards of an earlier run)" in third.output
+    assert f"wrote {out} (9 items: 0 encoded, 9 encoded earlier; merged the shards of an earlier run)" in third.output
     assert "already complete" not in third.output and not fmt.partial_dir(out).exists()
     with CacheReader(out) as r:
         assert r.items().ok.all() and len(r.items()) == 9

@@ -117,7 +117,7 @@ def test_parts_then_a_plain_run_merge_to_the_single_process_cache(job, tmp_path)
         assert second.exit_code == 0 and "part 2/2" in second.output and ": 8 items encoded" in second.output
         merged = runner.invoke(app, args)
     assert merged.exit_code == 0, merged.output
-    assert f"wrote {out} ({ITEMS} items: 0 encoded, {ITEMS} encoded earlier)\n" in merged.output
+    assert f"wrote {out} ({ITEMS} items: 0 encoded, {ITEMS} encoded earlier; merged the shards of an earlier run)\n" in merged.output
     assert_same_cache(job["reference"], out)
 
 

@@ -194,9 +194,11 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
     with progress("steps") as bar:
         task = bar.add_task("fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs)
         for epoch in range(first.epochs):
-            losses = []  # each step's (K,) losses, kept on the device: no host sync until the epoch ends
+            # each step's (K,) losses, kept on the device: no host sync until the epoch ends. Copied into one
+            # buffer: a loss may be a view whose storage holds the whole batch's logits.
+            per_step = torch.zeros(len(configs), steps, device=device)
             correct = torch.zeros(len(configs), dtype=torch.long, device=device)
-            for x, en in data.epoch(b, shuffle):
+            for i, (x, en) in enumerate(data.epoch(b, shuffle)):
                 if hand:
                     loss, logits, grad = _heads_grad(stack, x, en, scale_t, torch_dtype(first.precision), grads)
                     for m, g in zip(modules, grad, strict=True):
@@ -210,10 +212,9 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
                     loss.backward()
                 for opt in opts:
                     opt.step()
-                losses.append(loss.detach())
+                per_step[:, i] = loss.detach()
                 correct += (logits.detach().argmax(-1) == target).sum(-1)
                 bar.advance(task)
-            per_step = torch.stack(losses, 1)  # (K, steps)
             _refuse_divergence(per_step, [[*m.parameters(), *([log_scale] if learnable else [])] for m in modules],
                                configs, epoch)
             loss_sum = per_step.sum(1)

@@ -84,8 +84,8 @@ def test_reference_annotation_samples_parse_and_rebase(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [("/x/a 12", "expected 'frame_dir num_frames label'"),
-     ("/x/a twelve 1", "num_frames must be a positive integer"),
-     ("/x/a 12 11", "label must be 0..10"),
+     ("/x/a twelve 1", "must be a positive integer"),
+     ("/x/a 12 11", "must be 0..10"),
      ("/y/a 12 1", "does not start with --strip-prefix")],
 )
 def test_malformed_clip_lines_name_file_and_line(tmp_path, line, message):
@@ -133,3 +133,22 @@ def test_clip_list_with_bom_and_crlf(tmp_path):
     src = resolve(lst, strip_prefix="/x", root=tmp_path)  # auto: the BOM does not hide that it is a clip list
     assert src.items.kind == "clips" and src.items.ids == ["c1", "c2"] and src.items.labels.tolist() == [0, 3]
     assert src.paths[0] == tmp_path / "c1"
+
+
+@pytest.mark.parametrize("kind, line, message", [
+    ("list", "hunter2,a,b", "expected 'path[,label]', found 3 fields"),
+    ("list", ",hunter2", "expected 'path[,label]', found 2 fields and an empty path"),
+    ("clips", "hunter2 secret", "expected 'frame_dir num_frames label', found 2 fields"),
+    ("clips", "/x/a hunter2 1", "field 2 (num_frames) must be a positive integer"),
+    ("clips", "/x/a 12 hunter2", "field 3 (label) must be 0..10 (0-based protocol order)"),
+    ("clips", "/hunter2/a 12 1", "field 1 (frame_dir) does not start with --strip-prefix '/x'"),
+])
+def test_a_bad_source_line_is_named_never_echoed(tmp_path, kind, line, message):
+    """A source that is not what it should be (say --source-type list on a private file) is described by file,
+    line and field; its content never appears in the message."""
+    src = tmp_path / "private.txt"
+    src.write_text(f"{'/x/ok 30 0' if kind == 'clips' else 'ok.png'}\n{line}\n")
+    extra = {"strip_prefix": "/x", "root": tmp_path} if kind == "clips" else {}
+    with pytest.raises(ExpclipError) as refused:
+        resolve(src, kind=kind, **extra)
+    assert str(refused.value) == f"{src}:2: {message}" and "hunter2" not in str(refused.value)

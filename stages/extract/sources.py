@@ -107,7 +107,8 @@ def _list_file(path: Path, root: Path, name: str) -> Source:
     for position, (number, line) in enumerate(_lines(path)):
         fields = [f.strip() for f in next(csv.reader([line]))]
         if len(fields) > 2 or not fields[0]:
-            raise ExpclipError(f"{path}:{number}: expected 'path[,label]', got {line!r}")
+            raise ExpclipError(f"{path}:{number}: expected 'path[,label]', found {len(fields)} fields"
+                               + ("" if fields[0] else " and an empty path"))
         if position == 0 and _is_header(fields):
             continue
         rows.append((number, fields[0], fields[1] if len(fields) == 2 and fields[1] else None))
@@ -160,15 +161,16 @@ def _clip_list(
     for number, line in _lines(path):
         fields = line.split()
         if len(fields) != 3:
-            raise ExpclipError(f"{path}:{number}: expected 'frame_dir num_frames label', got {line!r}")
+            raise ExpclipError(f"{path}:{number}: expected 'frame_dir num_frames label', found {len(fields)} fields")
         folder, count, label = fields
         if not count.isdigit() or int(count) < 1:
-            raise ExpclipError(f"{path}:{number}: num_frames must be a positive integer, got {count!r}")
+            raise ExpclipError(f"{path}:{number}: field 2 (num_frames) must be a positive integer")
         if not label.isdigit() or int(label) >= n_classes:
-            raise ExpclipError(f"{path}:{number}: label must be 0..{n_classes - 1} (0-based protocol order), got {label!r}")
+            raise ExpclipError(f"{path}:{number}: field 3 (label) must be 0..{n_classes - 1} (0-based protocol order)")
         if strip_prefix:
             if not folder.startswith(strip_prefix):
-                raise ExpclipError(f"{path}:{number}: {folder!r} does not start with --strip-prefix {strip_prefix!r}")
+                raise ExpclipError(f"{path}:{number}: field 1 (frame_dir) does not start with --strip-prefix "
+                                   f"{strip_prefix!r}")
             folder = folder[len(strip_prefix):].lstrip("/")
         clip = Path(folder) if Path(folder).is_absolute() else base / folder
         ids.append(_relative(clip, base))

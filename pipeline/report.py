@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from expclip.base.errors import ExpclipError
 from expclip.cache.atomic import write_atomically
 from expclip.cache.format import sanitize
 from expclip.stages.shared import protocol
@@ -66,7 +67,10 @@ def _delta(clip: dict | None, exp: dict | None) -> str:
 
 
 def write_json(records: list[dict] | dict, path: Path) -> None:
-    text = json.dumps(records, indent=1, allow_nan=False) + "\n"  # NaN or inf is not JSON: never written
+    try:
+        text = json.dumps(records, indent=1, allow_nan=False) + "\n"
+    except ValueError:  # NaN or inf is not JSON: never written, and no traceback either
+        raise ExpclipError(f"{path}: the results hold NaN or infinity, which JSON cannot hold; nothing written") from None
     write_atomically(path, lambda tmp: tmp.write_text(text, "utf-8"))
 
 

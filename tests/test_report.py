@@ -7,6 +7,7 @@ import pytest
 from rich.console import Console
 
 from expclip import report
+from expclip.base.errors import ExpclipError
 
 
 def record(dataset, method, uar, war, prompt_set="ensemble_ten", classes=("Happiness", "Sadness", "Anger")):
@@ -51,6 +52,17 @@ def test_json_is_the_record_list(records, tmp_path):
     assert json.loads(path.read_text()) == records
     assert set(records[0]) >= {"dataset", "method", "prompt_set", "uar", "war", "n", "per_class", "confusion", "classes", "cache", "clip_key"}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_json_never_holds_nan_and_says_so_in_one_line(records, tmp_path, bad):
+    """NaN is not JSON: a result holding one is refused by name, and neither the file nor a temporary is left."""
+    records[0]["uar"] = bad
+    path = tmp_path / "r.json"
+    with pytest.raises(ExpclipError) as refused:
+        report.write_json(records, path)
+    assert str(refused.value) == f"{path}: the results hold NaN or infinity, which JSON cannot hold; nothing written"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_csv_columns(records, tmp_path):

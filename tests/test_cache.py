@@ -298,6 +298,6 @@ def test_a_cache_of_an_older_format_version_is_one_line_and_left_untouched(tmp_p
     items = Items(ids=[f"{c}/{i}.png" for c in ("happy", "sad") for i in range(3)], labels=np.array([0, 0, 0, 1, 1, 1]),
                   class_names=["happy", "sad"])
     with pytest.raises(ExpclipError) as refused:  # extending it too
-        write_arrays(cache, items, file_attrs={}, aligned={"image/other": (np.zeros((6, 3), np.float32), {"model": "o"})})
+        write_arrays(cache, items, file_attrs={}, aligned={"image/o": (np.zeros((6, 3), np.float32), {"model": "o"})})
     assert f"error: {refused.value}" == line
     assert cache.read_bytes() == GOLDEN.read_bytes() and sorted(tmp_path.iterdir()) == [cache]

@@ -301,3 +301,16 @@ def test_a_cache_of_an_older_format_version_is_one_line_and_left_untouched(tmp_p
         write_arrays(cache, items, file_attrs={}, aligned={"image/o": (np.zeros((6, 3), np.float32), {"model": "o"})})
     assert f"error: {refused.value}" == line
     assert cache.read_bytes() == GOLDEN.read_bytes() and sorted(tmp_path.iterdir()) == [cache]
+
+def test_a_cache_of_a_newer_format_version_or_none_is_refused(tmp_path):
+    path = tmp_path / "c.h5"
+    write_arrays(path, _items(), file_attrs={}, aligned={"image/k": (np.ones((10, 4), np.float32), {"model": "A"})})
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(ExpclipError) as refused:
+        CacheReader(path)
+    assert str(refused.value) == f"{path}: format_version 3 is newer than this expclip reads (2)"
+    with h5py.File(path, "r+") as f:
+        del f.attrs["format_version"]
+    with pytest.raises(ExpclipError, match=r"the file's format marker is damaged \(no format_version attribute\)"):
+        CacheReader(path)

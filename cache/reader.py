@@ -88,7 +88,7 @@ def check_marker(f: h5py.File, path: Path) -> None:
 
 def check_version(f: h5py.File, path: Path) -> None:
     """Refuse a cache of another format version: a newer one needs a newer expclip, an older one
-    (expclip 0.1.0's, written before checksums) is extracted again."""
+    (expclip 0.1.0's, some of them without checksums) is extracted again."""
     version = attr_value(f.attrs.get("format_version"))
     if version == fmt.FORMAT_VERSION:
         return

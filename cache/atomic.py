@@ -8,30 +8,21 @@ and a leftover can be attributed: only one whose process is known to be dead
 A write that fails for want of space (ENOSPC, EDQUOT) or permission (EACCES,
 EPERM, EROFS) removes its temporary file and raises one `ExpclipError` naming
 the file: `DiskFull` says how much was needed and how much is free. Callers
-that know a file's size check it first with `require_space`.
-
-HDF5 cannot survive a failed flush: when the disk fills while h5py closes a
-dataset or a file, the library keeps broken ids that crash (segfault) when
-anything touches them again, at the latest when it shuts down at exit. So a
-failed HDF5 write disarms h5py (`_disarm_hdf5`: every open file, group,
-dataset and attribute forgotten without calling HDF5) and the process ends
-with `os._exit` before HDF5's clean-up (exit status 2, stdout and stderr
-flushed). The one-line error has been raised by then as usual.
+that know a file's size check it first with `require_space`. What h5py needs
+to survive a full disk is kept apart, in `cache.fulldisk`.
 """
 
 from __future__ import annotations
 
-import atexit
 import errno
-import gc
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
 from expclip.base.errors import ExpclipError
+from expclip.cache import fulldisk
 
 TMP = ".tmp-"
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -40,7 +31,6 @@ NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 NO_SPACE_WORDS = ("no space left on device", "disk quota exceeded", "os error 28", "errno = 28", "storagefull")
 NOT_WRITABLE_WORDS = {"read-only file system": errno.EROFS, "permission denied": errno.EACCES,
                       "operation not permitted": errno.EPERM}
-EXIT_STATUS = 2  # of a process that must skip HDF5's clean-up (the CLI's status for a user-facing error)
 
 
 def host_name() -> str:
@@ -79,31 +69,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_synced(tmp: Path, write: Callable[[Path], None], ignored: list[BaseException]) -> None:
-    """`write(tmp)`, then fsync; a full disk that h5py can only print ("Exception ignored") goes to `ignored`.
-
-    h5py frees a dataset by closing it, and closing flushes: on a full disk the
-    error happens in `__dealloc__`, where it cannot be raised, and HDF5 is left
-    with broken ids (see `_disarm_hdf5`). Caught here, it disarms h5py at once
-    and makes the write's error say why.
-    """
-    hooks = sys.unraisablehook, sys.excepthook
-
-    def on_unraisable(unraisable) -> None:
-        if _no_space(unraisable.exc_value):
-            ignored.append(unraisable.exc_value)
-            _disarm_hdf5()
-        else:
-            hooks[0](unraisable)
-
-    def on_printed(kind, value, tb) -> None:  # Cython prints the same error first, through sys.excepthook
-        if not _no_space(value):
-            hooks[1](kind, value, tb)
-
-    sys.unraisablehook, sys.excepthook = on_unraisable, on_printed
-    try:
-        write(tmp)
-    finally:
-        sys.unraisablehook, sys.excepthook = hooks
+    """`write(tmp)`, then fsync; a full disk that h5py can only print goes to `ignored` (cache.fulldisk)."""
+    with fulldisk.hdf5_guard(_no_space) as printed:
+        try:
+            write(tmp)
+        finally:
+            ignored.extend(printed)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
 
@@ -203,69 +174,13 @@ def _reraise(e: Exception, path: Path, tmp: Path, needed: int | None, ignored: l
         written = tmp.stat().st_size
     except OSError:
         written = 0
-    try:
-        if (ignored or _no_space(e)) and _is_hdf5(tmp):
-            _disarm_hdf5()  # its flush may have failed: HDF5 must never touch it again
-            os.truncate(tmp, 0)  # HDF5 may keep its descriptor, but the blocks are free now
-    except OSError:
-        pass
+    if ignored or _no_space(e):
+        fulldisk.release(tmp)
     _discard(tmp)  # before measuring what is free
     raised = _user_error(e, path, needed, written, full=bool(ignored))
     if raised is None:
         raise e
     raise raised from (ignored[0] if ignored else e)
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_DISARMED: list[bool] = []
-
-
-def hdf5_disarmed() -> bool:
-    """Whether a failed HDF5 write disarmed h5py in this process (it then exits before HDF5's clean-up)."""
-    return bool(_DISARMED)
-
-
-def _disarm_hdf5() -> None:
-    """After an HDF5 flush failed: make h5py treat every file, group, dataset and attribute as closed.
-
-    HDF5 2.0 cannot survive a failed flush: the ids involved crash when
-    touched again — by `File.close()`, by h5py freeing its objects, even by
-    asking which files are open, and by the library's own clean-up at exit.
-    Which ids belong to the failed file cannot be asked safely, so every such
-    h5py identifier is set to 0 without calling HDF5 (`_close()` of a locked
-    id only forgets it); files opened later work normally. Property lists and
-    types belong to no file and are left alone. The process then exits with
-    `os._exit` before HDF5's clean-up.
-    """
-    h5py = sys.modules.get("h5py")
-    if h5py is None:
-        return
-    if not _DISARMED:
-        atexit.register(_exit_before_hdf5_cleanup)  # registered after h5py's handler: runs before it
-        _DISARMED.append(True)
-    in_files = (h5py.h5f.FileID, h5py.h5g.GroupID, h5py.h5d.DatasetID, h5py.h5a.AttrID)
-    for obj in gc.get_objects():
-        if issubclass(type(obj), in_files) and not obj.locked:  # type(): never a proxy's __class__
-            obj.locked = True
-            obj._close()  # locked: no HDF5 call, the id becomes 0
-            obj.locked = False
-
-
-def _is_hdf5(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
-    except OSError:
-        return False
-
-
-def _exit_before_hdf5_cleanup() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    os._exit(EXIT_STATUS)
 
 
 def _publish(path: Path, write: Callable[[Path], None], place: Callable[[Path, Path], None],

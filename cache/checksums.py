@@ -1,6 +1,6 @@
 """The cache's checksums (docs/cache-format.md, *Checksums*): what they cover and how each is computed.
 
-- Every numeric dataset of a new cache has the Fletcher-32 filter: HDF5 checks
+- Every numeric dataset of a cache has the Fletcher-32 filter: HDF5 checks
   each chunk on every read, whoever reads it.
 - `/items` and `/failures` (variable-length strings, which no HDF5 filter
   covers) carry `sha256` over their datasets' values (`values_digest`).
@@ -79,11 +79,6 @@ class NotACache(ExpclipError):
 def damaged(path, what: str, why: BaseException | str) -> DamagedCache:
     """The one error for a damaged cache: which file, which part, why, and what to do."""
     return DamagedCache(path, what, why if isinstance(why, str) else one_line(why))
-
-
-def is_numeric(ds: h5py.Dataset) -> bool:
-    """A dataset that new caches store with Fletcher-32 (strings cannot carry a filter)."""
-    return ds.dtype.kind in "biuf"
 
 
 def values_digest(group: h5py.Group) -> str:

@@ -3,9 +3,8 @@
 One rule, used for the cache and the partial folder alike: values are compared
 as text (HDF5 attributes and JSON give back other Python types than went in),
 and only the keys that the existing group records. A key it lacks was added to
-the configuration after that group was written, so old caches stay valid
-(docs/cache-format.md, *Resuming*) — unless the caller states what its absence
-meant (`implied`, e.g. a teacher group without `family` is BLIP-2 Flan-T5's).
+the configuration after that group was written, so caches of this format version
+written before it stay valid (docs/cache-format.md, *Resuming*).
 """
 
 from __future__ import annotations
@@ -25,13 +24,8 @@ def describe(config: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
 
 
-def check_same(where: str, path: str, had: Mapping[str, Any], wanted: Mapping[str, Any],
-               implied: Mapping[str, Any] | None = None) -> None:
-    """Refuse `wanted` when the group at /`path` in `where` was made by another configuration `had`.
-
-    `implied` gives the value a key meant in groups written before it was recorded.
-    """
-    had = {**(implied or {}), **had}
+def check_same(where: str, path: str, had: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    """Refuse `wanted` when the group at /`path` in `where` was made by another configuration `had`."""
     keys = [k for k in wanted if k in had]
     before = {k: _text(had[k]) for k in keys}
     now = {k: _text(wanted[k]) for k in keys}

@@ -18,7 +18,8 @@ import numpy as np
 from expclip.cache.atomic import followed
 
 FORMAT = "expclip-cache"
-FORMAT_VERSION = 1
+# 2: every part checksummed (docs/cache-format.md, *Checksums*); 1: expclip 0.1.0's, the first without them.
+FORMAT_VERSION = 2
 ROOTS = ("image", "teacher", "text")
 STR_DTYPE = "utf-8"
 

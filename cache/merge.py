@@ -5,8 +5,8 @@ copied, each new group's shards copied in row order (hashed as they go), then
 /items, /failures, the checksums and the completion marker last; only
 then is it renamed over the cache. A finished cache is therefore never modified
 in place. Every numeric dataset written here is chunked with Fletcher-32
-(docs/cache-format.md, *Checksums*); groups copied from an older cache keep the
-layout they had.
+(docs/cache-format.md, *Checksums*); groups copied from the existing cache keep
+their chunks and filter.
 """
 
 from __future__ import annotations

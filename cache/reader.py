@@ -6,15 +6,12 @@ then the file's structure and attributes against `metadata_sha256`, /items and
 /failures against their `sha256`, each text group against its `sha256`. The large groups (image, teacher) are checked
 by HDF5 itself, chunk by chunk, as they are read (Fletcher-32), and whole by
 `expclip cache verify`. Whatever damage a read meets becomes one ExpclipError
-naming the file, the dataset and what to do. Caches written before checksums
-read as they always did, with a one-time note suggesting `expclip cache verify`,
-after a child process has read them whole once (cache/legacy.py: damage in their
-unchecked structure could crash HDF5 in this process).
+naming the file, the dataset and what to do. Only files of this format version
+are read: every one of them carries these checksums, so none is read unchecked.
 """
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,16 +22,8 @@ import numpy as np
 
 from expclip.cache import format as fmt
 from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, NotACache, attr_text, damaged,
-                                     is_numeric, metadata_digest, ranges_digest, stored_digest, values_digest)
+                                     metadata_digest, ranges_digest, stored_digest, values_digest)
 from expclip.base.errors import ExpclipError
-from expclip.cache.legacy import check_in_child
-
-
-class UncheckedCacheWarning(UserWarning):
-    """A cache written before checksums: read as before, unchecked."""
-
-
-_noted = False  # the note on unchecked caches is shown once per process
 
 
 def attr_value(value):
@@ -63,7 +52,6 @@ def _open(path: Path) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise ExpclipError(f"{path}: no such cache file")
-    check_in_child(path)  # a cache written before checksums: could it crash HDF5? (cache/legacy.py)
     try:
         f = h5py.File(path, "r")
     except H5_ERRORS as e:
@@ -72,10 +60,11 @@ def _open(path: Path) -> h5py.File:
         with guarded(path, "the file's metadata"):
             check_strings(f, path)  # before HDF5 parses any string
             check_marker(f, path)
-            if int(f.attrs.get("format_version", -1)) > fmt.FORMAT_VERSION:
-                raise ExpclipError(f"{path}: format_version {f.attrs['format_version']} is newer than this expclip reads")
+            check_version(f, path)
             if not bool(f.attrs.get("complete", False)):
                 raise ExpclipError(f"{path}: incomplete cache (no completion marker); re-run `expclip extract`")
+            if STRINGS not in f.attrs:
+                raise damaged(path, "the file's string storage (HDF5 global heap)", f"it has no {STRINGS} attribute")
     except BaseException:
         f.close()
         raise
@@ -97,14 +86,31 @@ def check_marker(f: h5py.File, path: Path) -> None:
     raise damaged(path, "the file's format marker", marker)
 
 
-def check_strings(f: h5py.File, path: Path) -> bool:
-    """Check the bytes that hold strings against `string_bytes_sha256`; False for a cache without it."""
+def check_version(f: h5py.File, path: Path) -> None:
+    """Refuse a cache of another format version: a newer one needs a newer expclip, an older one
+    (expclip 0.1.0's, some of them without checksums) is extracted again."""
+    version = attr_value(f.attrs.get("format_version"))
+    if version == fmt.FORMAT_VERSION:
+        return
+    if version is None:
+        raise damaged(path, "the file's format marker", "no format_version attribute")
+    if isinstance(version, int) and version > fmt.FORMAT_VERSION:
+        raise ExpclipError(f"{path}: format_version {version} is newer than this expclip reads ({fmt.FORMAT_VERSION})")
+    raise ExpclipError(f"{path}: format_version {version} is older than this expclip reads ({fmt.FORMAT_VERSION}); "
+                       f"re-extract it: delete {path} and re-run `expclip extract SOURCE --out {path}`")
+
+
+def check_strings(f: h5py.File, path: Path) -> None:
+    """Check the bytes that hold strings against `string_bytes_sha256`, before HDF5 parses a string.
+
+    A file without `string_bytes` is someone else's or of another version: `check_marker` and
+    `check_version` say which, and a cache of this version without it is damaged (`_open`).
+    """
     if STRINGS not in f.attrs:
-        return False
+        return
     ranges, expected = f.attrs[STRINGS], f.attrs.get(STRINGS_SHA256)
     if not isinstance(expected, bytes) or ranges_digest(path, ranges) != expected.decode("ascii", "replace"):
         raise damaged(path, "the file's string storage (HDF5 global heap)", f"its bytes do not match {STRINGS_SHA256}")
-    return True
 
 
 def open_cache(path: Path, *, check: bool = True) -> h5py.File:
@@ -137,16 +143,14 @@ def feature_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
     return dict(sorted(found.items()))
 
 
-def check_small(f: h5py.File, path: Path) -> tuple[fmt.Items, bool]:
-    """Check structure, attributes, /items, /failures and text groups against their checksums.
-
-    Returns the items and whether the file carries every checksum; a cache
-    written before checksums is read as it is, with a one-time note.
-    """
+def check_small(f: h5py.File, path: Path) -> fmt.Items:
+    """Check structure, attributes, /items, /failures and text groups against their checksums; returns the items."""
     what = "the file's metadata (structure or attributes)"
     with guarded(path, what):
         expected = attr_text(f, METADATA)
-        if expected is not None and metadata_digest(f) != expected:
+        if expected is None:
+            raise damaged(path, what, f"it has no {METADATA} attribute")
+        if metadata_digest(f) != expected:
             raise damaged(path, what, f"it does not match {METADATA}")
         datasets = feature_datasets(f)
     items = read_items(f)
@@ -156,30 +160,13 @@ def check_small(f: h5py.File, path: Path) -> tuple[fmt.Items, bool]:
             with guarded(path, f"/{name}"):
                 if attr_text(ds, SHA256) != stored_digest(ds):
                     raise damaged(path, f"/{name}", "its bytes do not match its sha256 attribute")
-    with guarded(path, what):
-        unchecked = expected is None or STRINGS not in f.attrs or any(
-            is_numeric(ds) and ds.size and not ds.fletcher32 for ds in datasets.values())
-    if unchecked:
-        _note_unchecked(path)
-    return items, not unchecked
-
-
-def _note_unchecked(path: Path) -> None:
-    global _noted
-    if not _noted:
-        _noted = True
-        warnings.warn_explicit(  # attributed to expclip, not to a source line a user would not know
-            f"{path} was written without per-chunk checksums (an older expclip): it is read unchecked; "
-            f"`expclip cache verify {path}` checks it against its sha256 attributes (shown once)",
-            UncheckedCacheWarning, filename="expclip", lineno=0, module="expclip.cache.reader",
-        )
+    return items
 
 
 def _checked_group(f: h5py.File, name: str) -> h5py.Group:
-    """/items or /failures, its values checked against its `sha256` when it has one (older caches have none)."""
+    """/items or /failures, its values checked against its `sha256`."""
     g = f[name]
-    expected = attr_text(g, SHA256)
-    if expected is not None and values_digest(g) != expected:
+    if values_digest(g) != attr_text(g, SHA256):
         raise damaged(f.filename, f"/{name}", "its values do not match its sha256 attribute")
     return g
 
@@ -228,7 +215,7 @@ class CacheReader:
         self.path = Path(path)
         self._f = _open(self.path)
         try:
-            self._items, self.checked = check_small(self._f, self.path)  # checked: carries every checksum
+            self._items = check_small(self._f, self.path)
         except BaseException:
             self._f.close()
             raise
@@ -246,12 +233,9 @@ class CacheReader:
         return guarded(self.path, what)
 
     def _attrs(self, obj: h5py.HLObject, what: str) -> dict:
-        """Attributes as plain Python; a name that is not text (a damaged older cache) is an error."""
+        """Attributes as plain Python (checked on open against `metadata_sha256`)."""
         with self._guard(what):
-            found = {k: attr_value(v) for k, v in obj.attrs.items()}
-        if not all(isinstance(k, str) for k in found):
-            raise damaged(self.path, what, "an attribute name is not text")
-        return found
+            return {k: attr_value(v) for k, v in obj.attrs.items()}
 
     @property
     def attrs(self) -> dict:

@@ -5,9 +5,9 @@ chunks at a time (never the whole dataset in memory) and compared with its
 `sha256` attribute; HDF5 checks each chunk's Fletcher-32 on the way (new
 caches). /items and /failures are checked against their `sha256`, the file's
 structure and attributes against `metadata_sha256`, its strings (global heap)
-against `string_bytes_sha256` before anything else. Older caches, which have
-no Fletcher-32, item, metadata or heap checksums, are checked by their groups'
-sha256 alone, and the summary says so.
+against `string_bytes_sha256` before anything else. A checksum that is
+missing is a problem like one that does not match: every cache of this format
+version carries all of them (an older version is refused on open).
 
 A file that cannot be opened as a cache raises ExpclipError (the CLI exits 2);
 a damaged part is a problem line (exit 1). Damaged strings stop the check: HDF5
@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, DamagedCache, attr_text, is_numeric,
+from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, DamagedCache, attr_text,
                                      metadata_digest, one_line, row_blocks, values_digest)
 from expclip.cache.reader import feature_datasets, open_cache
 
@@ -39,7 +39,6 @@ class Verified:
     groups: int = 0
     nbytes: int = 0
     seconds: float = 0.0
-    unchecked: list[str] = field(default_factory=list)  # what an older cache has no checksum for
 
     @property
     def ok(self) -> bool:
@@ -49,9 +48,8 @@ class Verified:
         if self.problems:
             return (f"{self.path}: {len(self.problems)} damaged; delete it and re-run `expclip extract SOURCE "
                     f"--out {self.path}` with the options that wrote it")
-        older = f" (older cache: no checksum for {', '.join(self.unchecked)}; checked by sha256)" if self.unchecked else ""
         return (f"{self.path}: OK, {self.groups} feature groups, items and metadata, "
-                f"{self.nbytes / 1e6:,.1f} MB in {self.seconds:.1f} s{older}")
+                f"{self.nbytes / 1e6:,.1f} MB in {self.seconds:.1f} s")
 
 
 def _problem(found: Verified, what: str, why: str) -> None:
@@ -100,8 +98,7 @@ def _check_values(found: Verified, f: h5py.File, name: str) -> None:
     g = f[name]
     expected = attr_text(g, SHA256)
     if expected is None:
-        values_digest(g)  # readable at least
-        found.unchecked.append(f"/{name}")
+        _problem(found, f"/{name}", "has no sha256 attribute")
     elif values_digest(g) != expected:
         _problem(found, f"/{name}", "its values do not match its sha256 attribute")
 
@@ -116,12 +113,10 @@ def verify_cache(path: Path) -> Verified:
         found.problems.append(e.line)
         return found
     with f:
-        if STRINGS not in f.attrs:
-            found.unchecked.append("strings")
         try:
             expected = attr_text(f, METADATA)
             if expected is None:
-                found.unchecked.append("metadata")
+                _problem(found, "structure or attributes", f"no {METADATA} attribute")
             elif metadata_digest(f) != expected:
                 _problem(found, "structure or attributes", f"do not match {METADATA}")
         except H5_ERRORS as e:
@@ -141,11 +136,6 @@ def verify_cache(path: Path) -> Verified:
                 _check_dataset(found, name, ds)
             except H5_ERRORS as e:
                 _problem(found, f"/{name}", f"unreadable ({one_line(e)})")
-        try:
-            if any(is_numeric(ds) and ds.size and not ds.fletcher32 for ds in datasets.values()):
-                found.unchecked.append("chunks (Fletcher-32)")
-        except H5_ERRORS as e:
-            _problem(found, "structure", f"unreadable ({one_line(e)})")
         found.groups = len(datasets)
     found.seconds = time.perf_counter() - start
     return found

@@ -76,21 +76,19 @@ class Extraction:
     def shard_size(self) -> int:
         return self.partial.shard_size
 
-    def register(self, path: str, config: dict, rows: int | None = None,
-                 implied: dict | None = None) -> list[Range]:
+    def register(self, path: str, config: dict, rows: int | None = None) -> list[Range]:
         """Declare a group and the configuration that makes it; returns the shard ranges still to write.
 
         `rows=None`: one row per item, in shards of `shard_size`; an int: that
         many rows of their own (text features), one shard. A different
         configuration under the same path, in the cache or the partial folder,
-        is refused (only the keys the existing group records are compared, plus
-        those whose absence `implied` gives a meaning to).
+        is refused (only the keys the existing group records are compared).
         """
         if path in self.existing:
-            check_same(str(self.cache), path, self.existing[path], config, implied)
+            check_same(str(self.cache), path, self.existing[path], config)
             return []
         spec = self.partial.register(path, config, rows)
-        check_same(str(self.partial.root), path, spec["config"], config, implied)
+        check_same(str(self.partial.root), path, spec["config"], config)
         if spec["rows"] != rows:
             raise ExpclipError(
                 f"{self.partial.root}: /{path} was begun with {spec['rows']} rows, this run makes {rows}; "

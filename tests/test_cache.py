@@ -32,7 +32,7 @@ def test_layout_matches_docs(tmp_path):
                  aligned={"image/m@t": (img, {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
                  small={"text/m@t/class_name": (np.ones((2, 8), np.float32), {"prompts": ["x.", "y."], "class_names": ["Happiness", "Sadness"], "class_index": [0, 1]})})
     with h5py.File(path, "r") as f:  # plain h5py, as a user's script would read it
-        assert f.attrs["format"] == "expclip-cache" and f.attrs["format_version"] == 1 and f.attrs["complete"]
+        assert f.attrs["format"] == "expclip-cache" and f.attrs["format_version"] == 2 and f.attrs["complete"]
         assert f.attrs["kind"] == "images" and f.attrs["dataset"] == "toy"
         assert [s.decode() for s in f["items/id"][:]] == _items().ids
         assert f["items/label"].dtype == np.int64 and f["items/ok"][:].all()
@@ -61,7 +61,7 @@ def test_extending_keeps_groups_and_refuses_other_config_under_same_key(tmp_path
 def test_reader_refuses_incomplete_and_foreign_files(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.attrs["format"] = "expclip-cache"
-        f.attrs["format_version"] = 1
+        f.attrs["format_version"] = 2
     with pytest.raises(ExpclipError, match="incomplete cache"):
         open_cache(tmp_path / "x.h5")
     (tmp_path / "y.h5").write_bytes(b"not hdf5")
@@ -166,17 +166,6 @@ def test_configuration_keys_added_later_are_not_compared(tmp_path):
     assert later.register("teacher/u/paper", {"model": "U", "family": "blip2-t5"}) == [(0, 10)]
     with pytest.raises(ExpclipError, match=r"c.h5.partial: /teacher/u/paper was made by \[model=U\]"):
         later.register("teacher/u/paper", {"model": "V", "family": "blip2-t5"})
-
-
-def test_a_stated_meaning_of_an_absent_key_is_compared(tmp_path):
-    """A teacher group written before `family` was recorded is BLIP-2 Flan-T5's: another family is refused."""
-    path = tmp_path / "c.h5"
-    write_arrays(path, _items(), file_attrs={}, aligned={"teacher/t/paper": (np.ones((10, 4), np.float32), {"model": "T"})})
-    job = Extraction(path, _items(), {})
-    implied = {"family": "blip2-t5"}
-    assert job.register("teacher/t/paper", {"model": "T", "family": "blip2-t5"}, implied=implied) == []
-    with pytest.raises(ExpclipError, match=r"made by \[family=blip2-t5, model=T\]; this run asks for \[family=blip2-opt, model=T\]"):
-        job.register("teacher/t/paper", {"model": "T", "family": "blip2-opt"}, implied=implied)
 
 
 def test_partial_folder_of_an_older_layout_or_other_items_is_a_clear_error(tmp_path):
@@ -290,29 +279,38 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
 GOLDEN = Path(__file__).resolve().parent / "data" / "cache-expclip-0.1.0.h5"  # written by expclip 0.1.0 (b4c1897)
 
 
-@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")  # its note is tested in test_integrity
-def test_a_cache_written_by_expclip_0_1_reads_and_extends_the_same(tmp_path):
-    """Old files stay valid: read as written, recognised as complete, extended without touching old groups."""
+def test_a_cache_of_an_older_format_version_is_one_line_and_left_untouched(tmp_path):
+    """expclip 0.1.0's real file (format_version 1, no checksums): every command says re-extract, none writes."""
+    from typer.testing import CliRunner
+
+    from expclip.cli import app
+
     cache = tmp_path / "golden.h5"
     cache.write_bytes(GOLDEN.read_bytes())
-    with CacheReader(cache) as r:
-        items, paths = r.items(), r.group_paths()
-        assert items.ids[0] == "happy/0.png" and items.class_names == ["happy", "sad"] and items.ok.all()
-        assert paths == ["image/tiny-clip", "teacher/tiny-blip2-t5/sha-0123456789", "text/tiny-clip/class_name"]
-        attrs = {p: r.group_attrs(p) for p in paths}
-        with h5py.File(cache, "r") as f:  # the stored checksums still describe the stored bytes
-            assert all(hashlib.sha256(f[p][:].tobytes()).hexdigest() == attrs[p]["sha256"] for p in paths)
-        assert r.image_attrs("tiny-clip")["logit_scale"] == 50.0 and r.text("tiny-clip", "class_name").prompts[1] == "a sad face."
-    job = Extraction(cache, items, {})
-    clip = {k: attrs["image/tiny-clip"][k] for k in ("model", "pretrained", "pretrained_sha256", "transform", "precision")}
-    teacher = {k: attrs["teacher/tiny-blip2-t5/sha-0123456789"][k] for k in ("model", "instruction", "transform", "precision")}
-    implied = {"family": "blip2-t5"}
-    assert job.register("image/tiny-clip", clip) == []
-    assert job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-t5"}, implied=implied) == []
-    with pytest.raises(ExpclipError, match="family=blip2-opt"):
-        job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-opt"}, implied=implied)
-    write_arrays(cache, items, file_attrs={"dataset": "golden"},
-                 aligned={"image/other": (np.zeros((6, 3), np.float32), {"model": "other"})})
-    with CacheReader(cache) as r:
-        assert r.group_paths() == ["image/other", *paths]
-        assert all(r.group_attrs(p)["sha256"] == attrs[p]["sha256"] for p in paths)
+    with h5py.File(GOLDEN, "r") as f:
+        assert f.attrs["format_version"] == 1 and "metadata_sha256" not in f.attrs  # as 0.1.0 wrote it
+    line = (f"error: {cache}: format_version 1 is older than this expclip reads (2); re-extract it: "
+            f"delete {cache} and re-run `expclip extract SOURCE --out {cache}`")
+    for args in (["cache", "info", str(cache)], ["cache", "verify", str(cache)],
+                 ["fit-head", str(cache), "--out", str(tmp_path / "head")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.output.strip() == line, result.output
+    items = Items(ids=[f"{c}/{i}.png" for c in ("happy", "sad") for i in range(3)], labels=np.array([0, 0, 0, 1, 1, 1]),
+                  class_names=["happy", "sad"])
+    with pytest.raises(ExpclipError) as refused:  # extending it too
+        write_arrays(cache, items, file_attrs={}, aligned={"image/o": (np.zeros((6, 3), np.float32), {"model": "o"})})
+    assert f"error: {refused.value}" == line
+    assert cache.read_bytes() == GOLDEN.read_bytes() and sorted(tmp_path.iterdir()) == [cache]
+
+def test_a_cache_of_a_newer_format_version_or_none_is_refused(tmp_path):
+    path = tmp_path / "c.h5"
+    write_arrays(path, _items(), file_attrs={}, aligned={"image/k": (np.ones((10, 4), np.float32), {"model": "A"})})
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(ExpclipError) as refused:
+        CacheReader(path)
+    assert str(refused.value) == f"{path}: format_version 3 is newer than this expclip reads (2)"
+    with h5py.File(path, "r+") as f:
+        del f.attrs["format_version"]
+    with pytest.raises(ExpclipError, match=r"the file's format marker is damaged \(no format_version attribute\)"):
+        CacheReader(path)

@@ -22,7 +22,7 @@ REASON = "no format attribute 'expclip-cache', no format_version"
 
 def _foreign(path: Path, libver: str) -> Path:
     """A user's HDF5 file: a dataset and an attribute of its own (superblock 0 with 'earliest', as h5py's
-    default writes it, which expclip first reads in a child process; 2 or 3 with 'latest')."""
+    default writes it and as expclip 0.1.0 wrote its caches; 2 or 3 with 'latest')."""
     with h5py.File(path, "w", libver=libver) as f:
         f.create_dataset("measurements", data=np.arange(100, dtype=np.float64).reshape(10, 10))
         f.attrs["format"] = "lab-notebook"  # another tool's marker under the same name

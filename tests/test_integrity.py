@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import h5py
@@ -21,9 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from expclip.cache import format as fmt
-from expclip.cache import h5files, legacy, reader
+from expclip.cache import h5files
 from expclip.cache.checksums import STRINGS, METADATA, DamagedCache, values_digest
-from expclip.cache.reader import CacheReader, UncheckedCacheWarning, open_cache
+from expclip.cache.reader import CacheReader, open_cache
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.stages.shared import protocol
@@ -31,7 +30,6 @@ from expclip.stages.shared import protocol
 KEY = "ViT-T@test"
 TEACHER = ("tiny", "paper")
 TEXT = fmt.text_path(KEY, "class_name")
-GOLDEN = Path(__file__).resolve().parent / "data" / "cache-expclip-0.1.0.h5"
 
 
 def build(path: Path, n: int = 24, d: int = 8, dt: int = 12) -> Path:
@@ -154,38 +152,39 @@ def test_cache_verify_reports_each_damaged_group(cache, tmp_path):
     assert result.exit_code == 0 and f"{cache}: OK, 3 feature groups" in result.output, result.output
     flip(cache, chunks(cache, fmt.image_path(KEY))[2][0])
     flip(cache, chunks(cache, TEXT)[0][0] + 1)
-    result = CliRunner().invoke(app, ["cache", "verify", str(cache), str(GOLDEN)])
+    clean = build(tmp_path / "clean.h5")
+    result = CliRunner().invoke(app, ["cache", "verify", str(cache), str(clean)])
     assert result.exit_code == 1, result.output
     problems = [line for line in result.output.splitlines() if line.startswith("damaged:")]
     assert problems == [
         f"damaged: {cache}: /image/{KEY}: 1 chunk(s) fail their Fletcher-32 checksum (rows 16–23)",
         f"damaged: {cache}: /{TEXT}: 1 chunk(s) fail their Fletcher-32 checksum (rows 0–3)",
     ]
-    assert f"{GOLDEN}: OK, 3 feature groups" in result.output and "older cache" in result.output
+    assert f"{clean}: OK, 3 feature groups" in result.output
     (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
     result = CliRunner().invoke(app, ["cache", "verify", str(tmp_path / "junk.h5")])
     one_error_line(result, "junk.h5: not a readable HDF5 file")
+
+
+@pytest.mark.parametrize("name, part, problem", [
+    (STRINGS, "the file's string storage (HDF5 global heap) is damaged (it has no string_bytes attribute)",
+     "the file's string storage (HDF5 global heap): it has no string_bytes attribute"),
+    (METADATA, "the file's metadata (structure or attributes) is damaged (it has no metadata_sha256 attribute)",
+     "structure or attributes: no metadata_sha256 attribute"),
+])
+def test_a_cache_of_this_version_without_a_checksum_is_damaged(cache, name, part, problem):
+    """Every cache of this format version carries its checksums: one that lacks one is not read unchecked."""
+    with h5py.File(cache, "r+") as f:
+        del f.attrs[name]
+    one_error_line(CliRunner().invoke(app, ["cache", "info", str(cache)]), f"{cache}: {part}; delete {cache}")
+    result = CliRunner().invoke(app, ["cache", "verify", str(cache)])
+    assert result.exit_code == 1 and f"damaged: {cache}: {problem}\n" in result.output, result.output
 
 
 def test_cache_info_says_which_checksums_a_cache_carries(cache):
     result = CliRunner().invoke(app, ["cache", "info", str(cache)])
     assert result.exit_code == 0 and "Fletcher-32 per chunk, checked on every read" in result.output
     assert "string_bytes" not in result.output and "metadata_sha256" not in result.output
-    result = CliRunner().invoke(app, ["cache", "info", str(GOLDEN)])
-    assert result.exit_code == 0 and "each group's sha256 only (older cache)" in result.output
-
-
-def test_an_old_cache_reads_as_before_with_one_note(monkeypatch, cache, tmp_path):
-    monkeypatch.setattr(reader, "_noted", False)
-    old = tmp_path / "old.h5"
-    old.write_bytes(GOLDEN.read_bytes())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(3):
-            with CacheReader(cache), CacheReader(old) as r:
-                assert r.items().ids[0] == "happy/0.png"
-    notes = [w for w in caught if issubclass(w.category, UncheckedCacheWarning)]
-    assert len(notes) == 1 and f"expclip cache verify {old}" in str(notes[0].message)
 
 
 FUZZ_WORKER = textwrap.dedent(
@@ -279,56 +278,3 @@ def test_fuzz_damaged_copies_give_the_clean_result_or_one_error_line(cache, tmp_
                 errors += 1
     assert errors >= len(positions)  # most damage is met by some command (the rest fell on unused bytes)
     print(f"fuzz: {len(positions)} damaged copies x 3 commands, {errors} one-line errors, {time.monotonic() - started:.1f} s")
-
-
-def _legacy_copy(tmp_path: Path, name: str = "old.h5") -> Path:
-    copy = tmp_path / name
-    copy.write_bytes(GOLDEN.read_bytes())
-    return copy
-
-
-@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")
-def test_an_old_cache_is_read_whole_in_a_child_once_per_process(tmp_path, monkeypatch):
-    """HDF5 may crash on damage in an unchecked structure, so a child takes that risk first, once."""
-    old = _legacy_copy(tmp_path)
-    assert legacy.is_legacy(old) and not legacy.is_legacy(build(tmp_path / "new.h5"))
-    spawned = []
-    real_run = subprocess.run
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: spawned.append(cmd) or real_run(cmd, **kw))
-    for _ in range(3):
-        with CacheReader(old) as r:
-            assert r.items().ids[0] == "happy/0.png"
-    with CacheReader(tmp_path / "new.h5"):
-        pass
-    assert spawned == [[*legacy.CHILD, str(old)]]
-
-
-@pytest.mark.parametrize("child, reason", [
-    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "HDF5 crashed reading it (SIGSEGV)"),
-    ("import time; time.sleep(30)", "HDF5 did not finish reading it within 1 s"),
-])
-def test_a_crash_or_hang_reading_an_old_cache_is_one_line(tmp_path, monkeypatch, child, reason):
-    old = _legacy_copy(tmp_path)
-    monkeypatch.setattr(legacy, "CHILD", [sys.executable, "-c", child])
-    monkeypatch.setattr(legacy, "BASE_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(legacy, "MIN_RATE", 1e12)
-    result = CliRunner().invoke(app, ["cache", "info", str(old)])
-    line = one_error_line(result, f"{old}: the file's HDF5 structure is damaged ({reason})")
-    assert "re-run `expclip extract" in line
-
-
-def test_damage_in_an_old_cache_is_found_by_the_child(tmp_path):
-    old = _legacy_copy(tmp_path)
-    [(offset, size)] = chunks(old, "image/tiny-clip")
-    flip(old, offset + size // 2)
-    result = CliRunner().invoke(app, ["cache", "info", str(old)])
-    one_error_line(result, "/image/tiny-clip")
-
-
-@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")
-def test_a_damaged_attribute_name_in_an_old_cache_is_one_line(tmp_path):
-    """Older caches have no metadata checksum: a name that no longer decodes is still one error line."""
-    old = _legacy_copy(tmp_path)
-    flip(old, old.read_bytes().index(b"class_index"), 0xFF)  # 'c' ^ 0xFF: no longer UTF-8
-    result = CliRunner().invoke(app, ["cache", "info", str(old)])
-    one_error_line(result, "/text/tiny-clip/class_name is damaged (an attribute name is not text)")

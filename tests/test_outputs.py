@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from expclip.base.errors import ExpclipError
-from expclip.cache import atomic
+from expclip.cache import atomic, fulldisk
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.cache.writer import write_arrays
@@ -232,6 +233,7 @@ def test_a_full_disk_is_one_line_and_the_old_file_stays(disk):
 CHILD = """
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import typer
@@ -315,7 +317,7 @@ def test_extract_on_a_full_disk_keeps_its_shards_and_a_rerun_merges(data, disk):
     with CacheReader(out) as r:
         assert r.items().ok.all() and len(r.items()) == 9
     assert "already complete, nothing to encode" in runner.invoke(app, args).output
-    assert not atomic.hdf5_disarmed()  # the space checks kept HDF5 from ever meeting the full disk here
+    assert not fulldisk.hdf5_disarmed()  # the space checks kept HDF5 from ever meeting the full disk here
 
 
 def test_extract_refuses_before_encoding_when_the_disk_clearly_lacks_the_space(data, disk, tmp_path):
@@ -343,3 +345,23 @@ def test_extract_refuses_before_encoding_when_the_disk_clearly_lacks_the_space(d
     assert second.exit_code == 0, second.output
     with CacheReader(out) as r:
         assert r.items().ok.all() and r.image_attrs(r.image_keys()[0])["embed_dim"] == 2048
+
+
+def test_the_hdf5_guard_collects_only_full_disk_errors_and_restores_the_hooks(monkeypatch, tmp_path):
+    """What h5py can only print: a full disk is collected (and h5py disarmed), anything else reaches the old hook."""
+    disarmed, seen = [], []
+    monkeypatch.setattr(fulldisk, "disarm", lambda: disarmed.append(True))
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    before = sys.unraisablehook, sys.excepthook
+    full, other = OSError(28, "No space left on device"), ValueError("something else")
+    with fulldisk.hdf5_guard(lambda e: e is full) as ignored:
+        for error in (full, other):
+            sys.unraisablehook(SimpleNamespace(exc_value=error))
+    assert ignored == [full] and [u.exc_value for u in seen] == [other] and disarmed == [True]
+    assert (sys.unraisablehook, sys.excepthook) == before
+    hdf5, plain = tmp_path / "a.h5", tmp_path / "a.txt"
+    hdf5.write_bytes(fulldisk.HDF5_SIGNATURE + b"\0" * 100)
+    plain.write_bytes(b"x" * 100)
+    fulldisk.release(hdf5)
+    fulldisk.release(plain)
+    assert hdf5.stat().st_size == 0 and plain.stat().st_size == 100 and disarmed == [True, True]

@@ -90,9 +90,8 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sol
     job = Extraction(out, source.items, recorded, shard_size=cfg.shard_size, sole_writer=sole_writer)
     image_path = fmt.image_path(clip_key)
     shards = {}
-    implied = {teacher[0]: teacher_encoder.IMPLIED} if teacher else {}
     for path, config in [(image_path, clip_config), *([teacher] if teacher else [])]:
-        todo = job.register(path, config, implied=implied.get(path))
+        todo = job.register(path, config)
         if todo:
             shards[path] = todo
     texts = [t for t in texts if job.register(t.path, t.config, rows=len(t.prompts))]

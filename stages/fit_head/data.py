@@ -166,7 +166,7 @@ def block_rows(chunk_rows: list[int], most: int) -> int:
     """Rows per streamed block: whole chunks of every group (their common multiple), about BLOCK_ROWS, at
     most `most` (a small budget): then whole chunks of the group with the smallest ones only."""
     common = math.lcm(*chunk_rows)
-    if common > 2 * BLOCK_ROWS:  # chunks of an older cache that do not line up: whole chunks of one group
+    if common > 2 * BLOCK_ROWS:  # chunks that do not line up (a short group is one chunk): one group's whole chunks
         common = max(chunk_rows)
     block = common * max(1, BLOCK_ROWS // common)
     if block > most:

@@ -37,9 +37,6 @@ class Family:
     load: Callable[[TeacherSpec, torch.device], Teacher]
 
 
-# What a teacher group written before families were recorded was made by (the only family then).
-IMPLIED = {"family": "blip2-t5"}
-
 FAMILIES = (
     Family("blip2-t5", "blip-2", "t5", blip2_t5.load),
     Family("blip2-opt", "blip-2", "opt", blip2_opt.load),

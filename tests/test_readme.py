@@ -40,6 +40,10 @@ def test_every_readme_command_exists_with_the_options_it_is_given():
     named = {" ".join(shlex.split(line)[1:3 if shlex.split(line)[1] in ("cache", "head") else 2]) for line in lines}
     assert named == {"demo", "extract", "cache info", "cache verify", "fit-head", "evaluate", "ablate", "run",
                      "predict", "search", "audit", "head export"}  # every command, each with an example
+    root = typer.main.get_command(app)
+    leaves = {f"{n} {s}" if hasattr(c, "commands") else n for n, c in root.commands.items()
+              for s in (c.commands if hasattr(c, "commands") else [None])}
+    assert leaves == named, "a command of the CLI without an example in the README (or the reverse)"
     for line in lines:
         command, words = _resolve(shlex.split(line)[1:])
         options = {name: p for p in command.params if p.param_type_name == "option"

@@ -288,8 +288,8 @@ class CacheReader:
             return ds[()]
 
     def rows(self, path: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of a group as stored: one contiguous slice (HDF5 reads random rows of a
-        chunked dataset about 70x slower; callers that shuffle read blocks and shuffle in memory)."""
+        """Rows [start, stop) of a group as stored: one contiguous slice (HDF5 serves scattered rows one
+        small selection at a time, re-reading their chunks; callers that shuffle read blocks and shuffle in memory)."""
         ds = self._dataset(path)
         with self._guard(f"/{path}"):
             return ds[start:stop]

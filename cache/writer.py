@@ -138,8 +138,9 @@ class Extraction:
     def merged_size(self) -> int:
         """Bytes the merged file needs at most: the old cache, every new group's shard files, a margin.
 
-        Measured: merged files come within 1 % of the sum (shard files carry
-        HDF5 overhead the merged one shares); the margin covers the rest.
+        The merged file holds the shards' rows without the HDF5 overhead each
+        shard file carries, so their sum nearly bounds it; 1 % and the margin
+        cover HDF5's own metadata.
         """
         size = self._merged_bytes()
         return size + size // 100 + MERGE_MARGIN

@@ -45,7 +45,8 @@ TRAINABLE_INIT = 0.02
 
 @dataclass(frozen=True)
 class Schedule:
-    """How long each tiny encoder trains (AdamW); measured to put both well above chance in ~20 s."""
+    """How long each tiny encoder trains (AdamW): long enough that both stand well above chance at every seed
+    (benchmarks/demo_seeds.py), short enough for a demo."""
 
     faces_per_class: int = 300
     caption_steps: int = 30

@@ -7,7 +7,7 @@ the official code does: one `torch.randperm(n)` per epoch from the seeded
 generator, batch s = rows order[s·B:(s+1)·B], the last n mod B rows dropped.
 
 Otherwise `Streamed` reads the caches in blocks of whole chunks (contiguous
-slices: HDF5 reads random rows ~70x slower) in a seeded random order, a
+slices: HDF5 serves scattered rows one at a time, re-reading their chunks) in a seeded random order, a
 background thread reading the next buffer of blocks while the step trains on
 the current one. Each buffer (plus the rows the previous one left over) is
 shuffled with one `randperm` from the same generator and cut into batches;

@@ -70,7 +70,7 @@ def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scale: 
     dZ = (G/n) En − Z·(r/n²) with r = rowsum(G ⊙ L)/s, and dW = dZᵀ X.
     Normalising Z never materialises: 1/n scales the small B×B matrices instead.
     `grad_out` (float32 only) receives dW: a buffer kept across steps spares the
-    CPU fresh pages for it every step (~1,000 page faults a step, measured).
+    CPU mapping fresh pages (page faults) for a new dW every step.
     """
     def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if dtype == torch.float32:
@@ -95,8 +95,8 @@ def linear_grad(weight: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scale: 
 def _heads_grad(stack: torch.Tensor, x: torch.Tensor, en: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,
                 grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | torch.Tensor]:
     """`linear_grad` of K stacked heads: batched on CUDA (one launch per product for all K); head by head on
-    the CPU, where each product is then a plain 2-D GEMM (batched products go through bmm and copies there,
-    measured ~25% slower per step) and each head's arithmetic is exactly that of the head trained alone."""
+    the CPU, where each product is then a plain 2-D GEMM (batched products go through bmm and extra copies
+    there) and each head's arithmetic is exactly that of the head trained alone."""
     if stack.device.type == "cuda":
         return linear_grad(stack, x, en, scales, dtype)
     out = grads if dtype == torch.float32 else [None] * len(stack)

@@ -83,10 +83,9 @@ def _common_key(paths: list[Path], clip_key: str | None) -> tuple[str, list[dict
 class Exact:
     """Every indexed row at or above a cosine threshold of a query, by float32 matrix products (torch).
 
-    Not faiss's `range_search`: the OpenBLAS inside the faiss-cpu wheel takes
-    these Xeons for a generic old core and multiplies at ~23 GFLOP/s where torch
-    reaches ~120 (measured, benchmarks/audit_scale.py: a whole audit 6.7x
-    slower), and faiss has no range search on GPUs.
+    Not faiss's `range_search`: the OpenBLAS inside the faiss-cpu wheel may not
+    recognise a recent CPU and then multiplies with generic kernels, several
+    times slower than torch's, and faiss has no range search on GPUs.
     """
 
     def __init__(self, vectors: np.ndarray, device: torch.device) -> None:

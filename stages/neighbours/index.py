@@ -36,7 +36,7 @@ from expclip.stages.shared.digests import file_sha256, json_sha256, stream_sha25
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.progress import stderr
 
-FLAT_MAX_ROWS = 200_000  # exact search below this many vectors: ~0.1 s a query batch on a CPU
+FLAT_MAX_ROWS = 200_000  # exact search below this many vectors, where brute force stays interactive on a CPU
 HNSW_LINKS = 32  # HNSW's M: links per vector
 TRAIN_ROWS = 100_000  # IVF-PQ trains on a sample of this many vectors (more when it has many lists)
 INDEX_SHA256 = "index_sha256"  # the provenance JSON's record of the index file's bytes
@@ -71,7 +71,7 @@ def build(vectors: np.ndarray, spec: str) -> faiss.Index:
     wanted = TRAIN_ROWS
     if spec.startswith("IVF"):  # polysemous codes (index_factory's default) serve Hamming pre-filtering, unused
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-        ivf.do_polysemous_training = False  # here; they cost ~20 s of training whatever the size
+        ivf.do_polysemous_training = False  # here, and their training is a fixed cost whatever the size
         wanted = max(TRAIN_ROWS, 40 * ivf.nlist)  # k-means wants >= 39 points a list
     if not index.is_trained:
         index.train(vectors[np.random.default_rng(0).permutation(len(vectors))[:wanted]])

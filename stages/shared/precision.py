@@ -75,8 +75,8 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` multiplies bf16 matrices natively: CUDA, or a CPU with avx512_bf16 or AMX.
 
-    Without it (e.g. AVX2-only CPUs) bf16 matrix products are emulated and run
-    several times slower than fp32 ones (measured: ~7x on a 2-core AMD EPYC).
+    Without it (e.g. AVX2-only CPUs) bf16 matrix products are emulated, so they
+    run several times slower than the fp32 ones they were meant to speed up.
     """
     if device.type != "cpu":
         return True

@@ -8,6 +8,7 @@ the CLI builds its options from those fields (default, help, choices) and
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from expclip.base.errors import ExpclipError
@@ -21,6 +22,12 @@ def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) 
 def option_name(name: str) -> str:
     """The command-line spelling of a field: `batch_size` -> `--batch-size`."""
     return "--" + name.replace("_", "-")
+
+
+def as_json(config: Any) -> dict:
+    """A config dataclass as JSON values (tuples as lists, paths as strings): how HEAD.json and run results
+    record one, `run` compares a head's, and ablation keys its runs."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def check_choices(config: Any) -> None:

@@ -46,7 +46,7 @@ from rich.table import Table
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.neighbours import audit
-from expclip.stages.neighbours.vectors import BLOCK_ROWS
+from expclip.stages.shared.scoring import BLOCK_ROWS
 from machine import describe  # benchmarks/, beside this script
 from pagecache import evict  # benchmarks/, beside this script
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import BinaryIO, Callable, Iterator
 
 import h5py
 import numpy as np
 
 from expclip.base.errors import ExpclipError
+from expclip.cache import format as fmt
 
 SHA256 = "sha256"
 METADATA = "metadata_sha256"
@@ -142,14 +144,33 @@ def row_blocks(ds: h5py.Dataset) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def dataset_blocks(ds: h5py.Dataset, unreadable: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+    """A dataset's values as stored, a block of whole chunks at a time. A block HDF5 cannot read raises, or
+    with `unreadable` is passed to it as its row range and left out (verify goes on to list every one)."""
+    if not ds.shape:
+        yield np.ascontiguousarray(ds[()])
+        return
+    for a, b in row_blocks(ds):
+        try:
+            block = ds[a:b]
+        except H5_ERRORS:
+            if unreadable is None:
+                raise
+            unreadable(a, b)
+            continue
+        yield block
+
+
 def stored_digest(ds: h5py.Dataset) -> str:
     """sha256 of a dataset's bytes as stored (its `sha256` attribute), read a block of chunks at a time."""
-    h = hashlib.sha256()
-    if not ds.shape:
-        h.update(np.ascontiguousarray(ds[()]).tobytes())
-    for a, b in row_blocks(ds) if ds.shape else []:
-        h.update(np.ascontiguousarray(ds[a:b]).tobytes())
-    return h.hexdigest()
+    return fmt.digest(dataset_blocks(ds))
+
+
+def file_blocks(f: BinaryIO) -> Iterator[bytes]:
+    """What is left to read in an open file, BLOCK_BYTES at a time: a file larger than memory is never read
+    whole."""
+    while block := f.read(BLOCK_BYTES):
+        yield block
 
 
 def attr_text(obj: h5py.HLObject, name: str) -> str | None:
@@ -171,7 +192,7 @@ def string_ranges(path, f: h5py.File) -> np.ndarray:
     with open(path, "rb") as raw:
         size = os.fstat(raw.fileno()).st_size
         tail, base = b"", 0  # base: the file offset of data[0]; a header cut by a block's end is seen in the next
-        while block := raw.read(BLOCK_BYTES):
+        for block in file_blocks(raw):
             data = tail + block
             i = data.find(GCOL)
             while 0 <= i <= len(data) - 16:

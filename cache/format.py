@@ -105,9 +105,10 @@ def partial_dir(cache: Path) -> Path:
     return beside(cache, ".partial")
 
 
-def digest(arrays: Iterable[np.ndarray]) -> str:
-    """sha256 of arrays' bytes in order: the content fingerprint stored as `sha256`."""
+def digest(blocks: Iterable[np.ndarray | bytes]) -> str:
+    """sha256 of arrays' (or byte strings') bytes in order: the content fingerprint stored as `sha256`, and the
+    one hashing loop of datasets and files read a block at a time (checksums, verify, heads, indexes)."""
     h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+    for block in blocks:
+        h.update(block if isinstance(block, bytes) else np.ascontiguousarray(block).tobytes())
     return h.hexdigest()

@@ -356,3 +356,10 @@ class CacheReader:
                 sums.append(str(self.group_attrs(p)["sha256"]))
         text = "\n".join([*sums, self._items.identity()])
         return fmt.digest([np.frombuffer(text.encode(), dtype=np.uint8)])
+
+
+def whole_fingerprint(path: Path) -> str:
+    """The fingerprint of everything a cache holds (items and every feature group): how ablation keys its runs
+    and `run` records the caches it made."""
+    with CacheReader(path) as reader:
+        return reader.fingerprint(reader.group_paths())

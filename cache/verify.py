@@ -16,17 +16,15 @@ could loop forever parsing them.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, DamagedCache, attr_text,
-                                     metadata_digest, one_line, row_blocks, values_digest)
+from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, DamagedCache, attr_text, dataset_blocks,
+                                     metadata_digest, one_line, values_digest)
 from expclip.cache.reader import feature_datasets, open_cache
 
 
@@ -71,14 +69,8 @@ def _bad_chunks(ds: h5py.Dataset, start: int, stop: int) -> list[tuple[int, int]
 
 def _check_dataset(found: Verified, name: str, ds: h5py.Dataset) -> None:
     expected = attr_text(ds, SHA256)
-    h, bad = hashlib.sha256(), []
-    if not ds.shape:
-        h.update(np.ascontiguousarray(ds[()]).tobytes())
-    for a, b in row_blocks(ds) if ds.shape else []:
-        try:
-            h.update(np.ascontiguousarray(ds[a:b]).tobytes())
-        except H5_ERRORS:
-            bad += _bad_chunks(ds, a, b) or [(a, b)]
+    bad: list[tuple[int, int]] = []
+    digest = fmt.digest(dataset_blocks(ds, lambda a, b: bad.extend(_bad_chunks(ds, a, b) or [(a, b)])))
     found.nbytes += ds.size * ds.dtype.itemsize
     if bad:
         rows = ", ".join(f"{a}–{b - 1}" for a, b in bad[:5]) + (", …" if len(bad) > 5 else "")
@@ -86,7 +78,7 @@ def _check_dataset(found: Verified, name: str, ds: h5py.Dataset) -> None:
         _problem(found, f"/{name}", f"{len(bad)} chunk(s) {check} (rows {rows})")
     elif expected is None:
         _problem(found, f"/{name}", "has no sha256 attribute")
-    elif h.hexdigest() != expected:
+    elif digest != expected:
         _problem(found, f"/{name}", "its bytes do not match its sha256 attribute")
 
 

@@ -15,11 +15,11 @@ import itertools
 import json
 import types
 import typing
-from dataclasses import asdict
 from pathlib import Path
 
-from expclip.cache.reader import CacheReader
+from expclip.cache.reader import whole_fingerprint
 from expclip.base.errors import ExpclipError
+from expclip.base.settings import as_json
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig
@@ -74,12 +74,6 @@ def parse_grid(text: str) -> dict[str, list]:
     return grid
 
 
-def _fingerprint(path: Path) -> str:
-    """Fingerprint of everything a cache holds (items plus every feature group)."""
-    with CacheReader(path) as r:
-        return r.fingerprint(r.group_paths())
-
-
 def run_grid(
     train: list[Path],
     evals: list[Path],
@@ -98,14 +92,14 @@ def run_grid(
     """
     base = base or FitConfig()
     out_dir = Path(out_dir)
-    caches = {"train": [_fingerprint(p) for p in train], "eval": [_fingerprint(p) for p in evals]}
+    caches = {"train": [whole_fingerprint(p) for p in train], "eval": [whole_fingerprint(p) for p in evals]}
     planned = []  # (key, point, fit config, selectors, identity), in grid order
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
         fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_TYPES})
         fit.check()  # every point before the first trains: a bad one never stops a grid half-way
         chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
-        identity = {"fit": asdict(fit), "select": chosen, "caches": caches,
+        identity = {"fit": as_json(fit), "select": chosen, "caches": caches,
                     "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         planned.append((key, point, fit, chosen, identity))

@@ -15,6 +15,7 @@ from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract import sources
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
+from expclip.stages.shared.labels import builtin_label_maps
 from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES, NEAR_DUPLICATE
 
 X, F = ExtractConfig, FitConfig
@@ -22,6 +23,7 @@ XO = options(X, teacher={"show_default": True}, instruction={"show_default": Fal
              prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1})
 FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
+LABEL_MAPS = ", ".join(builtin_label_maps())  # the shipped --label-map names, read from their folder
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -135,7 +137,7 @@ def evaluate(
     baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
     prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = every set in the cache.")] = None,
     ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding).")] = ENSEMBLE,
-    label_map: Annotated[Optional[str], typer.Option(help="rafdb, affectnet, or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, for numeric class names.")] = None,
+    label_map: Annotated[Optional[str], typer.Option(help=LABEL_MAPS + ", or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, for numeric class names.")] = None,
     clip_key: Annotated[Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
@@ -271,7 +273,7 @@ def ablate(
     clip_key: Annotated[Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
     instruction: Annotated[Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
-    label_map: Annotated[Optional[str], typer.Option(help="rafdb, affectnet, or a label,name file, for numeric class names.")] = None,
+    label_map: Annotated[Optional[str], typer.Option(help=LABEL_MAPS + ", or a label,name file, for numeric class names.")] = None,
     device: FO.device = F.device,
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""

@@ -14,7 +14,6 @@ keeps a single teacher group for all three CLIP models), `heads/PRESET` and
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,10 +23,11 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from expclip.base.errors import ExpclipError
+from expclip.base.settings import as_json
 from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.atomic import ensure_folder
-from expclip.cache.reader import CacheReader
+from expclip.cache.reader import CacheReader, whole_fingerprint
 from expclip.outputs import writable
 from expclip.presets import Dataset, Preset, paper_numbers
 from expclip.report import write_json
@@ -36,7 +36,7 @@ from expclip.stages.extract import counts, extract
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
-from expclip.stages.extract.encoders import teacher as teacher_encoder
+from expclip.stages.extract.plan import clip_identity_for, teacher_identity_for
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared import protocol
 from expclip.stages.shared.devices import resolve_device
@@ -140,7 +140,7 @@ def run_preset(preset: Preset, data_root: Path, out: Path, *, extract_overrides:
         "preset": preset.name, "expclip_version": __version__, "data_root": str(data_root), "out": str(out),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "overrides": {"extract": extract_overrides or {}, "fit": fit_overrides or {}, "device": device},
-        "preset_data": preset.data, "extract_config": json.loads(json.dumps(dataclasses.asdict(xcfg), default=str)),
+        "preset_data": preset.data, "extract_config": as_json(xcfg),
         "paper_column": preset.extract.clip_model,
         "table_prompt_set": preset.report["prompt_set"], "extract": steps, "fit_head": fitted,
         "table2": table2(preset, means), "fold_means": means, "records": records,
@@ -178,18 +178,12 @@ def _extract(planned: Planned, cache: Path, cfg: ExtractConfig, say: Say) -> dic
     step = {"dataset": planned.dataset.name, "fold": planned.fold, "source": str(planned.path), "cache": str(cache),
             "rows": summary["rows"], "encoded": summary["encoded_rows"], "failed": len(summary["failures"]),
             "complete_before": done_before, "left_out": left_out,
-            "seconds": round(sum(summary["seconds"].values()), 3), "fingerprint": _fingerprint(cache)}
+            "seconds": round(sum(summary["seconds"].values()), 3), "fingerprint": whole_fingerprint(cache)}
     if done_before:
         say(f"{planned.label}: {cache} already complete, nothing to encode")
     else:
         say(f"{planned.label}: {cache} ({counts(summary)})")
     return step
-
-
-def _fingerprint(cache: Path) -> str:
-    """Everything the cache holds (items and every feature group), for the results' provenance."""
-    with CacheReader(cache) as reader:
-        return reader.fingerprint(reader.group_paths())
 
 
 def _protocol_classes(planned: Planned) -> tuple[sources.Source, dict]:
@@ -217,8 +211,8 @@ def _protocol_classes(planned: Planned) -> tuple[sources.Source, dict]:
 def _keys(cfg: ExtractConfig) -> tuple[str, str, str]:
     """(CLIP key, teacher key, instruction key) of the training groups: a shared cache may hold other groups too."""
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
-    clip_key = clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)[0]
-    teacher_key, instruction_key, _ = teacher_encoder.identity(cfg.teacher, cfg.instruction, cfg.transform, precision)
+    clip_key, _ = clip_identity_for(cfg, precision)
+    teacher_key, instruction_key, _ = teacher_identity_for(cfg, precision)
     return clip_key, teacher_key, instruction_key
 
 
@@ -246,9 +240,8 @@ def _current_head(head: Path, cfg: FitConfig, train: Path, keys: tuple[str, str,
         meta = load_head(head).meta  # checked as any head is loaded
     except ExpclipError:
         return None  # damaged, or written before heads were checked: fit again
-    config = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as HEAD.json records it
     recorded = (meta.get("clip_key"), meta.get("teacher_key"), meta.get("instruction_key"))
-    if meta.get("config") != config or recorded != keys:
+    if meta.get("config") != as_json(cfg) or recorded != keys:
         return None
     with CacheReader(train) as reader:
         fingerprint = reader.fingerprint([fmt.image_path(keys[0]), fmt.teacher_path(keys[1], keys[2])])

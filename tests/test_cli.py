@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from expclip.base.errors import ExpclipError
 from expclip.cli import app
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.sources import Source
@@ -82,3 +83,19 @@ def test_help_does_not_import_torch():
     """Configs and vocabularies are data: listing commands and options stays fast."""
     code = "import sys; from expclip.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["batch_size", "shard_size"])
+def test_extract_sizes_below_one_are_refused_naming_the_option(name):
+    option = {"batch_size": "--batch-size", "shard_size": "--shard-size"}[name]
+    with pytest.raises(ExpclipError, match=f"^{option}: must be at least 1$"):
+        ExtractConfig(**{name: 0}).check()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ablate"])
+def test_label_map_help_names_the_shipped_maps(command):
+    """Read from the label_maps folder, not listed by hand: both maps the package ships (RAF-DB, AffectNet)."""
+    import typer.main
+
+    (option,) = [p for p in typer.main.get_command(app).commands[command].params if p.name == "label_map"]
+    assert option.help.startswith("affectnet, rafdb, or a ")

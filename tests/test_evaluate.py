@@ -13,8 +13,9 @@ from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared import protocol
-from expclip.stages.evaluate import GramSpace, evaluate
+from expclip.stages.evaluate import evaluate
 from expclip.stages.shared.heads import Head, build_head, export_official, save_head
+from expclip.stages.shared.scoring import GramSpace
 
 KEY = "ViT-T@test"
 CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 100.0}
@@ -293,7 +294,7 @@ def test_large_caches_are_read_in_blocks_with_the_same_records(tmp_path, referen
     """Blocks of 12 frame rows (3 clips, or 12 images), failed rows inside blocks: the records equal those
     of one whole read, and no read exceeds a block."""
     from expclip.cache.reader import CacheReader
-    from expclip.stages import evaluate as stage
+    from expclip.stages.shared import scoring
 
     rng = np.random.default_rng(5)
     centers, labels, image = synthetic(rng, 50, ALPHABETICAL, frames)
@@ -304,7 +305,7 @@ def test_large_caches_are_read_in_blocks_with_the_same_records(tmp_path, referen
     reads = []
     real_rows = CacheReader.rows
     monkeypatch.setattr(CacheReader, "rows", lambda self, p, a, b: reads.append(b - a) or real_rows(self, p, a, b))
-    monkeypatch.setattr(stage, "BLOCK_ROWS", 12)
+    monkeypatch.setattr(scoring, "BLOCK_ROWS", 12)
     blocked = evaluate(head, [cache], baseline=True)
     assert blocked == whole and whole[0]["skipped"] == 4
     assert max(reads) == (3 if frames else 12) and sum(reads) == 50  # every item read once, a block at a time

@@ -16,6 +16,7 @@ from expclip.cache.reader import CacheReader
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.base.errors import ExpclipError
+from expclip.base.settings import as_json
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared.heads import build_head, load_head, save_head
 
@@ -183,6 +184,17 @@ def test_head_json_records_provenance(tmp_path):
     assert card["config"]["lr"] == 1e-3 and card["config"]["milestones"] == [30] and card["seed"] == 0
     assert [h["epoch"] for h in card["history"]] == [1, 2] and all(0 <= h["accuracy"] <= 1 for h in card["history"])
     assert 0 < card["read_seconds"] < card["wall_seconds"] and card["expclip_version"]
+
+
+def test_config_becomes_json_by_one_rule():
+    """HEAD.json records it, `run` compares it with a head's, ablation keys runs by it: plain JSON values."""
+    config = FitConfig(milestones=(3, 7), init_from=Path("heads") / "h.json", logit_scale="learnable")
+    recorded = as_json(config)
+    assert recorded == {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512, "epochs": 5,
+                        "milestones": [3, 7], "gamma": 0.1, "seed": 0, "optimizer": "sgd", "head": "linear",
+                        "logit_scale": "learnable", "init_from": "heads/h.json", "device": "auto",
+                        "precision": "fp32", "max_memory": None}
+    assert json.loads(json.dumps(recorded)) == recorded
 
 
 def test_choices_are_listed_when_ambiguous(tmp_path):

@@ -42,7 +42,7 @@ def test_unknown_names_are_listed_with_the_valid_ones():
 
 
 def test_numeric_names_need_a_label_map():
-    with pytest.raises(ExpclipError, match="--label-map"):
+    with pytest.raises(ExpclipError, match=r"need --label-map \(built-in: affectnet, rafdb; or a FILE\)$"):
         canonical_names(list(RAFDB))
 
 

@@ -1,13 +1,14 @@
 """`ZeroShotFER`: Exp-CLIP as a library — faces in, {class: probability} out, for any class names.
 
 Only CLIP and (optionally) a trained head are loaded, never the teacher. Class
-scores are the paper's zero-shot rule, computed by the same code `evaluate`
-uses: a face's score for a class is the mean of the cosines between the face
-and the class's prompts, both mapped by the head (plain CLIP space without
-one); probabilities are the softmax of those scores times the logit scale
-(the head's, else CLIP's). A clip is the mean of its frames' mapped features,
-normalised (the paper's video rule), over the largest face of each frame, or
-over each face track (`predict_tracks`: one verdict per person).
+scores are the paper's zero-shot rule, computed by the code `evaluate` and
+search use (`stages.shared.scoring`): a face's score for a class is the mean
+of the cosines between the face and the class's prompts, both mapped by the
+head (plain CLIP space without one); probabilities are the softmax of those
+scores times the logit scale (the head's, else CLIP's). A clip is the mean of
+its frames' mapped features, normalised (the paper's video rule), over the
+largest face of each frame, or over each face track (`predict_tracks`: one
+verdict per person).
 
 Classes: names of the protocol's classes (or their synonyms: "happy", "angry",
 ...) take the chosen prompt set's prompts for that class; any other name gets
@@ -30,12 +31,12 @@ from expclip.base.errors import ExpclipError
 from expclip.predict.faces import Box, Detector, crop
 from expclip.predict.media import Unreadable, picture
 from expclip.predict.tracks import link
-from expclip.stages.evaluate import Space, class_targets, head_space
 from expclip.stages.extract.encoders.clip import load_clip
 from expclip.stages.shared import protocol
 from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head, load_head
+from expclip.stages.shared.scoring import Space, class_targets, head_space
 from expclip.stages.shared.vocabulary import AUTO, DETECTORS, MODEL_TRANSFORM, PREDICT_CLIP, PREDICT_PROMPT_SET
 BASIC = protocol.class_order()[:7]  # the seven basic expressions
 BATCH = 64
@@ -56,7 +57,7 @@ class ZeroShotFER:
         if self.head is not None and self.head.encoder is not None and self.head.encoder != clip_identity(self.encoder.attrs):
             raise ExpclipError(f"--head was trained on CLIP {self.head.describe_encoder()}, not on {clip_model} "
                                f"{self.encoder.attrs.get('pretrained', '')}; load the CLIP it was trained on")
-        self.space: Space = head_space(self.head, self.device) if self.head is not None else Space(self.device)
+        self.space: Space = head_space(self.head, self.device)
         recorded = self.head.meta.get("logit_scale") if self.head is not None else None
         self.scale = float(recorded or self.encoder.attrs["logit_scale"])  # the head's, else CLIP's
         self.detector = Detector(detector, detector_model)

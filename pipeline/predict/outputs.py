@@ -24,7 +24,6 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from PIL import ImageDraw
-from rich.markup import escape
 from rich.table import Table
 
 from expclip.base.errors import ExpclipError

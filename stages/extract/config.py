@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expclip.base.errors import ExpclipError
-from expclip.base.settings import check_choices, setting
+from expclip.base.settings import check_choices, option_name, setting
 from expclip.stages.shared import protocol
 from expclip.stages.shared.vocabulary import AUTO, DEVICES, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
 
@@ -48,7 +48,7 @@ class ExtractConfig:
         check_choices(self)
         for name in ("batch_size", "shard_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ExpclipError(f"--{name.replace('_', '-')}: must be at least 1")
+                raise ExpclipError(f"{option_name(name)}: must be at least 1")
         self.part_of()
 
     def batch_for(self, device_type: str) -> int:

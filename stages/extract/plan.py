@@ -81,7 +81,7 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sol
     """Compute every identity first (a bad option fails before anything is written), then register the groups.
 
     `sole_writer`: this process holds the cache's exclusive lock (see cache.writer.Extraction)."""
-    clip_key, clip_config = clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)
+    clip_key, clip_config = clip_identity_for(cfg, precision)
     teacher = _teacher(source, cfg, precision)
     sets = {**protocol.prompt_sets(), **(load_prompt_file(cfg.prompts) if cfg.prompts else {})}
     texts = [_text_group(clip_key, clip_config, name, prompt_set) for name, prompt_set in sets.items()]
@@ -98,6 +98,16 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sol
     return Plan(job, image_path, teacher[0] if teacher else None, shards, texts)
 
 
+def clip_identity_for(cfg: ExtractConfig, precision: str) -> tuple[str, dict]:
+    """(CLIP key, configuration) of the image features `cfg` extracts: the one reading of its CLIP options."""
+    return clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)
+
+
+def teacher_identity_for(cfg: ExtractConfig, precision: str) -> tuple[str, str, dict]:
+    """(teacher key, instruction key, configuration) of the teacher features `cfg` extracts."""
+    return teacher_encoder.identity(cfg.teacher, cfg.instruction, cfg.transform, precision)
+
+
 def _teacher(source: Source, cfg: ExtractConfig, precision: str) -> tuple[str, dict] | None:
     """(group path, configuration) of the teacher features, or None when none are extracted."""
     if cfg.teacher is None:
@@ -105,7 +115,7 @@ def _teacher(source: Source, cfg: ExtractConfig, precision: str) -> tuple[str, d
     if source.items.kind == "clips":
         stderr.print("[yellow]note:[/] clip lists are evaluation data; teacher features are not extracted for them")
         return None
-    t_key, i_key, config = teacher_encoder.identity(cfg.teacher, cfg.instruction, cfg.transform, precision)
+    t_key, i_key, config = teacher_identity_for(cfg, precision)
     return fmt.teacher_path(t_key, i_key), config
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from expclip.base.version import __version__
 from expclip.base.errors import ExpclipError
+from expclip.base.settings import as_json
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.fit_head.data import EPS, Exclusion, Selection, batches, select
 from expclip.stages.shared.devices import free_bytes, resolve_device
@@ -281,8 +282,7 @@ def _meta(config: FitConfig, selection: Selection, data: dict, device: torch.dev
         "teacher_key": selection.teacher_key, "teacher": selection.teacher_provenance,
         "teacher_model": str(selection.teacher_provenance.get("model", "")),
         "instruction_key": selection.instruction_key, "instruction": str(selection.teacher_provenance.get("instruction", "")),
-        "config": {**asdict(config), "milestones": list(config.milestones),
-                   "init_from": str(config.init_from) if config.init_from else None},
+        "config": as_json(config),
         "seed": config.seed, "logit_scale": scale, "device": str(device), "gradient": gradient,
         "caches": selection.used, "n_train": selection.n, "steps_per_epoch": steps, **data,
         "trained_together": together, "history": history, **times,

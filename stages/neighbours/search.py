@@ -15,9 +15,9 @@ import torch
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
 from expclip.stages.neighbours.index import cached_index, on_gpus
-from expclip.stages.neighbours.vectors import mapped, unit
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.memory import available_bytes
+from expclip.stages.shared.scoring import vector_space
 from expclip.stages.shared.select import evaluation_key
 
 
@@ -31,7 +31,7 @@ def search(cache: Path, queries: np.ndarray, *, head: Head | None = None, k: int
         key = evaluation_key(reader, head, clip_key)
         items = reader.items()
     found = cached_index(cache, key, head, exact=exact, budget=available_bytes() // 2)
-    q = unit(mapped(head, torch.from_numpy(np.asarray(queries, dtype=np.float32)))).numpy()
+    q = vector_space(head).images(torch.from_numpy(np.asarray(queries, dtype=np.float32))).numpy()
     if q.shape[1] != found.meta["dim"]:
         raise ExpclipError(f"{cache}: queries have {q.shape[1]} dimensions, its index {found.meta['dim']}")
     index = on_gpus(found.index) if found.meta["spec"] == "Flat" else found.index  # faiss has no GPU HNSW

@@ -7,19 +7,17 @@ import json
 from pathlib import Path
 from typing import BinaryIO
 
-BLOCK = 1 << 20  # bytes read at a time: an index may be larger than the memory left
-
+from expclip.cache import format as fmt
+from expclip.cache.checksums import file_blocks
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def stream_sha256(f: BinaryIO) -> str:
-    """sha256 of what is left to read in an open file, a block at a time."""
-    digest = hashlib.sha256()
-    while block := f.read(BLOCK):
-        digest.update(block)
-    return digest.hexdigest()
+    """sha256 of what is left to read in an open file, a block at a time (an index may be larger than the
+    memory left)."""
+    return fmt.digest(file_blocks(f))
 
 
 def file_sha256(path: Path) -> str:

@@ -134,7 +134,7 @@ def canonical_names(class_names: list[str], label_map: dict[str, str] | None = N
     resolved = [protocol.canonical_class(label_map.get(name, name)) for name in class_names]
     unknown = [n for n, c in zip(class_names, resolved) if c is None]
     if unknown:
-        hint = "" if label_map else "; numeric class names need --label-map (built-in: rafdb for RAF-DB 1-7, affectnet for AffectNet 0-7, or a FILE)"
+        hint = "" if label_map else f"; numeric class names need --label-map (built-in: {', '.join(builtin_label_maps())}; or a FILE)"
         raise ExpclipError(
             f"{where}: unknown class names {unknown} in /items/class_names; valid: {_valid_names()} "
             f"(case-insensitive, usual synonyms){hint}"

@@ -15,6 +15,8 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 
 from expclip.base.version import __version__
+from expclip.cache import format as fmt
+from expclip.cache.checksums import file_blocks
 
 WEIGHT_FILES = ("*.safetensors", "*.bin")  # what from_pretrained reads weights from
 
@@ -28,11 +30,8 @@ def sha256_file(path: str | Path) -> str:
 @lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """Keyed by size and mtime too, so a rewritten file is hashed again."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return fmt.digest(file_blocks(f))
 
 
 def folder_weights_sha256(folder: str | Path) -> str:

@@ -65,9 +65,9 @@ def check_in_child(path: Path) -> None:
 def _main(path: str) -> int:
     """The child: verify every checksum the file has; print the first problem; 0 when intact
     (FOREIGN, with the reason printed, for a file expclip did not write)."""
+    from expclip.base.errors import ExpclipError
     from expclip.cache import legacy  # this module as the parent's code knows it (not __main__)
     from expclip.cache.verify import verify_cache
-    from expclip.base.errors import ExpclipError
 
     legacy._SURVIVED.add(_identity(Path(path)))  # the child is the one that takes the risk
     try:

@@ -23,10 +23,23 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, NotACache, attr_text, damaged,
-                                     is_numeric, metadata_digest, ranges_digest, stored_digest, values_digest)
 from expclip.base.errors import ExpclipError
+from expclip.cache import format as fmt
+from expclip.cache.checksums import (
+    H5_ERRORS,
+    METADATA,
+    SHA256,
+    STRINGS,
+    STRINGS_SHA256,
+    NotACache,
+    attr_text,
+    damaged,
+    is_numeric,
+    metadata_digest,
+    ranges_digest,
+    stored_digest,
+    values_digest,
+)
 from expclip.cache.legacy import check_in_child
 
 
@@ -73,7 +86,9 @@ def _open(path: Path) -> h5py.File:
             check_strings(f, path)  # before HDF5 parses any string
             check_marker(f, path)
             if int(f.attrs.get("format_version", -1)) > fmt.FORMAT_VERSION:
-                raise ExpclipError(f"{path}: format_version {f.attrs['format_version']} is newer than this expclip reads")
+                raise ExpclipError(
+                    f"{path}: format_version {f.attrs['format_version']} is newer than this expclip reads"
+                )
             if not bool(f.attrs.get("complete", False)):
                 raise ExpclipError(f"{path}: incomplete cache (no completion marker); re-run `expclip extract`")
     except BaseException:
@@ -91,7 +106,9 @@ def check_marker(f: h5py.File, path: Path) -> None:
     found = attr_value(f.attrs.get("format"))
     if found == fmt.FORMAT:
         return
-    marker = f"no format attribute {fmt.FORMAT!r}" if found is None else f"format attribute {found!r}, not {fmt.FORMAT!r}"
+    marker = (
+        f"no format attribute {fmt.FORMAT!r}" if found is None else f"format attribute {found!r}, not {fmt.FORMAT!r}"
+    )
     if not any(name in f.attrs for name in EXPCLIP_ATTRS):
         raise NotACache(path, f"{marker}, no format_version")
     raise damaged(path, "the file's format marker", marker)

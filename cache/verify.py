@@ -25,8 +25,19 @@ import h5py
 import numpy as np
 
 from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, DamagedCache, attr_text, is_numeric,
-                                     metadata_digest, one_line, row_blocks, values_digest)
+from expclip.cache.checksums import (
+    H5_ERRORS,
+    METADATA,
+    SHA256,
+    STRINGS,
+    DamagedCache,
+    attr_text,
+    is_numeric,
+    metadata_digest,
+    one_line,
+    row_blocks,
+    values_digest,
+)
 from expclip.cache.reader import feature_datasets, open_cache
 
 
@@ -49,7 +60,9 @@ class Verified:
         if self.problems:
             return (f"{self.path}: {len(self.problems)} damaged; delete it and re-run `expclip extract SOURCE "
                     f"--out {self.path}` with the options that wrote it")
-        older = f" (older cache: no checksum for {', '.join(self.unchecked)}; checked by sha256)" if self.unchecked else ""
+        older = (
+            f" (older cache: no checksum for {', '.join(self.unchecked)}; checked by sha256)" if self.unchecked else ""
+        )
         return (f"{self.path}: OK, {self.groups} feature groups, items and metadata, "
                 f"{self.nbytes / 1e6:,.1f} MB in {self.seconds:.1f} s{older}")
 

@@ -18,8 +18,8 @@ import typing
 from dataclasses import asdict
 from pathlib import Path
 
-from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
+from expclip.cache.reader import CacheReader
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig
@@ -49,7 +49,9 @@ def _convert(name: str, text: str):
                 return member(text)
             except ValueError:
                 continue
-    raise ExpclipError(f"--grid: {name}={text!r} is not {' or '.join(m.__name__ for m in members if m is not type(None))}")
+    raise ExpclipError(
+        f"--grid: {name}={text!r} is not {' or '.join(m.__name__ for m in members if m is not type(None))}"
+    )
 
 
 def parse_grid(text: str) -> dict[str, list]:

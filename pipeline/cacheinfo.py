@@ -30,7 +30,10 @@ def info_tables(path: Path) -> list[Table]:
                 facts.add_row(escape(k), escape(str(v)))
         verify = f"`expclip cache verify {escape(str(path))}`"
         if r.checked:
-            checksums = f"Fletcher-32 per chunk, checked on every read; items, metadata, strings checked on open; {verify} checks each group's sha256"
+            checksums = (
+                "Fletcher-32 per chunk, checked on every read; items, metadata, strings checked on open; "
+                f"{verify} checks each group's sha256"
+            )
         else:
             checksums = f"each group's sha256 only (older cache): check them with {verify}"
         facts.add_row("checksums", checksums)
@@ -42,7 +45,9 @@ def info_tables(path: Path) -> list[Table]:
         if items.frame_index is not None:
             facts.add_row("frames per clip", str(items.frame_index.shape[1]))
         if partial_dir(Path(path)).exists():
-            facts.add_row("unfinished run", f"{escape(str(partial_dir(Path(path))))} (re-run the same extract to finish it)")
+            facts.add_row(
+                "unfinished run", f"{escape(str(partial_dir(Path(path))))} (re-run the same extract to finish it)"
+            )
         groups = Table(title="feature groups")
         for col in ("group", "shape", "dtype", "provenance"):
             groups.add_column(col, overflow="fold")

@@ -98,15 +98,19 @@ def write_confusion_pngs(records: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    caches_per_dataset = {d: {r["cache"] for r in records if r["dataset"] == d} for d in {r["dataset"] for r in records}}
+    caches_per_dataset = {
+        d: {r["cache"] for r in records if r["dataset"] == d} for d in {r["dataset"] for r in records}
+    }
     for r in records:
         size = 2.5 + 0.6 * len(r["classes"])
         fig = Figure(figsize=(size + 1, size), layout="constrained")
         display = ConfusionMatrixDisplay(np.asarray(r["confusion"]), display_labels=r["classes"])
         display.plot(ax=fig.subplots(), xticks_rotation=45, colorbar=True, cmap="Blues")
-        display.ax_.set_title(f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}")
+        display.ax_.set_title(
+            f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}"
+        )
         path = out_dir / png_name(r, with_cache=len(caches_per_dataset[r["dataset"]]) > 1)  # never overwrite
-        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        write_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
         written.append(path)
     return written
 
@@ -124,7 +128,9 @@ def grid_table(rows: list[dict]) -> Table:
     for (_, prompt_set), by_dataset in grouped.items():
         first = next(iter(by_dataset.values()))
         cells = [_cell(by_dataset.get(d)) for d in datasets]
-        table.add_row(*[escape(str(first[p])) for p in params], escape(prompt_set), *cells, "yes" if first["reused"] else "no")
+        table.add_row(
+            *[escape(str(first[p])) for p in params], escape(prompt_set), *cells, "yes" if first["reused"] else "no"
+        )
     return table
 
 

@@ -15,10 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
+from expclip.base.errors import ExpclipError
 from expclip.cache.format import Items, partial_dir
 from expclip.cache.reader import CacheReader, open_cache
 from expclip.cache.writer import Extraction, write_arrays
-from expclip.base.errors import ExpclipError
 
 
 def _items(n=10):
@@ -28,9 +28,18 @@ def _items(n=10):
 def test_layout_matches_docs(tmp_path):
     path = tmp_path / "c.h5"
     img = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
-    write_arrays(path, _items(), file_attrs={"dataset": "toy", "source": "src"},
-                 aligned={"image/m@t": (img, {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
-                 small={"text/m@t/class_name": (np.ones((2, 8), np.float32), {"prompts": ["x.", "y."], "class_names": ["Happiness", "Sadness"], "class_index": [0, 1]})})
+    write_arrays(
+        path,
+        _items(),
+        file_attrs={"dataset": "toy", "source": "src"},
+        aligned={"image/m@t": (img, {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
+        small={
+            "text/m@t/class_name": (
+                np.ones((2, 8), np.float32),
+                {"prompts": ["x.", "y."], "class_names": ["Happiness", "Sadness"], "class_index": [0, 1]},
+            )
+        },
+    )
     with h5py.File(path, "r") as f:  # plain h5py, as a user's script would read it
         assert f.attrs["format"] == "expclip-cache" and f.attrs["format_version"] == 1 and f.attrs["complete"]
         assert f.attrs["kind"] == "images" and f.attrs["dataset"] == "toy"
@@ -52,7 +61,10 @@ def test_extending_keeps_groups_and_refuses_other_config_under_same_key(tmp_path
     with CacheReader(path) as r:
         assert r.image_keys() == ["k"] and r.teacher_keys() == [("t", "paper")]
         assert (r.teacher("t", "paper") == 2).all()
-    with pytest.raises(ExpclipError, match=r"/image/k was made by \[model=A, pretrained=p\]; this run asks for \[model=B, pretrained=p\]"):
+    with pytest.raises(
+        ExpclipError,
+        match=r"/image/k was made by \[model=A, pretrained=p\]; this run asks for \[model=B, pretrained=p\]",
+    ):
         write_arrays(path, _items(), file_attrs={}, aligned={"image/k": (img, {"model": "B", "pretrained": "p"})})
     with pytest.raises(ExpclipError, match="differ from this source"):
         write_arrays(path, _items(9), file_attrs={}, aligned={"image/j": (img[:9], {"model": "B"})})
@@ -158,7 +170,10 @@ def test_configuration_keys_added_later_are_not_compared(tmp_path):
     write_arrays(path, _items(), file_attrs={}, aligned={"teacher/t/paper": (rows, {"model": "T", "instruction": "x"})})
     job = Extraction(path, _items(), {})
     assert job.register("teacher/t/paper", {"model": "T", "instruction": "x", "family": "blip2-t5"}) == []
-    with pytest.raises(ExpclipError, match=r"/teacher/t/paper was made by \[instruction=x, model=T\]; this run asks for \[instruction=y, model=T\]"):
+    with pytest.raises(
+        ExpclipError,
+        match=r"/teacher/t/paper was made by \[instruction=x, model=T\]; this run asks for \[instruction=y, model=T\]",
+    ):
         job.register("teacher/t/paper", {"model": "T", "instruction": "y", "family": "blip2-t5"})
     # The same rule for a group begun in the partial folder by an older run.
     job.register("teacher/u/paper", {"model": "U"})
@@ -171,11 +186,15 @@ def test_configuration_keys_added_later_are_not_compared(tmp_path):
 def test_a_stated_meaning_of_an_absent_key_is_compared(tmp_path):
     """A teacher group written before `family` was recorded is BLIP-2 Flan-T5's: another family is refused."""
     path = tmp_path / "c.h5"
-    write_arrays(path, _items(), file_attrs={}, aligned={"teacher/t/paper": (np.ones((10, 4), np.float32), {"model": "T"})})
+    write_arrays(
+        path, _items(), file_attrs={}, aligned={"teacher/t/paper": (np.ones((10, 4), np.float32), {"model": "T"})}
+    )
     job = Extraction(path, _items(), {})
     implied = {"family": "blip2-t5"}
     assert job.register("teacher/t/paper", {"model": "T", "family": "blip2-t5"}, implied=implied) == []
-    with pytest.raises(ExpclipError, match=r"made by \[family=blip2-t5, model=T\]; this run asks for \[family=blip2-opt, model=T\]"):
+    with pytest.raises(
+        ExpclipError, match=r"made by \[family=blip2-t5, model=T\]; this run asks for \[family=blip2-opt, model=T\]"
+    ):
         job.register("teacher/t/paper", {"model": "T", "family": "blip2-opt"}, implied=implied)
 
 
@@ -273,8 +292,12 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
     from expclip.cli import app
 
     path = tmp_path / "c.h5"
-    write_arrays(path, _items(), file_attrs={"dataset": "toy"},
-                 aligned={"image/m@t": (np.ones((10, 8), np.float32), {"model": "m", "pretrained": "t", "logit_scale": 50.0})})
+    write_arrays(
+        path,
+        _items(),
+        file_attrs={"dataset": "toy"},
+        aligned={"image/m@t": (np.ones((10, 8), np.float32), {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
+    )
     result = CliRunner().invoke(app, ["cache", "info", str(path)])
     assert result.exit_code == 0, result.output
     for text in ("complete", "True", "image/m@t", "10×8", "float16", "logit_scale=50.0", "10 (10 labelled, 0 failed)"):
@@ -290,7 +313,9 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
 GOLDEN = Path(__file__).resolve().parent / "data" / "cache-expclip-0.1.0.h5"  # written by expclip 0.1.0 (b4c1897)
 
 
-@pytest.mark.filterwarnings("ignore::expclip.cache.reader.UncheckedCacheWarning")  # its note is tested in test_integrity
+@pytest.mark.filterwarnings(
+    "ignore::expclip.cache.reader.UncheckedCacheWarning"
+)  # its note is tested in test_integrity
 def test_a_cache_written_by_expclip_0_1_reads_and_extends_the_same(tmp_path):
     """Old files stay valid: read as written, recognised as complete, extended without touching old groups."""
     cache = tmp_path / "golden.h5"
@@ -302,13 +327,22 @@ def test_a_cache_written_by_expclip_0_1_reads_and_extends_the_same(tmp_path):
         attrs = {p: r.group_attrs(p) for p in paths}
         with h5py.File(cache, "r") as f:  # the stored checksums still describe the stored bytes
             assert all(hashlib.sha256(f[p][:].tobytes()).hexdigest() == attrs[p]["sha256"] for p in paths)
-        assert r.image_attrs("tiny-clip")["logit_scale"] == 50.0 and r.text("tiny-clip", "class_name").prompts[1] == "a sad face."
+        assert (
+            r.image_attrs("tiny-clip")["logit_scale"] == 50.0
+            and r.text("tiny-clip", "class_name").prompts[1] == "a sad face."
+        )
     job = Extraction(cache, items, {})
-    clip = {k: attrs["image/tiny-clip"][k] for k in ("model", "pretrained", "pretrained_sha256", "transform", "precision")}
-    teacher = {k: attrs["teacher/tiny-blip2-t5/sha-0123456789"][k] for k in ("model", "instruction", "transform", "precision")}
+    clip = {
+        k: attrs["image/tiny-clip"][k] for k in ("model", "pretrained", "pretrained_sha256", "transform", "precision")
+    }
+    teacher = {
+        k: attrs["teacher/tiny-blip2-t5/sha-0123456789"][k] for k in ("model", "instruction", "transform", "precision")
+    }
     implied = {"family": "blip2-t5"}
     assert job.register("image/tiny-clip", clip) == []
-    assert job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-t5"}, implied=implied) == []
+    assert (
+        job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-t5"}, implied=implied) == []
+    )
     with pytest.raises(ExpclipError, match="family=blip2-opt"):
         job.register("teacher/tiny-blip2-t5/sha-0123456789", {**teacher, "family": "blip2-opt"}, implied=implied)
     write_arrays(cache, items, file_attrs={"dataset": "golden"},

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.base.errors import ExpclipError
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared.heads import build_head, load_head, save_head
 
@@ -28,7 +28,9 @@ def make_cache(path: Path, n: int = 64, *, seed: int = 0, logit_scale: float = 5
                image_keys=("ViT-T@tiny",), instructions=(("paper", INSTRUCTION),), kind: str = "images") -> Path:
     """A cache of random float16 features; `bad_rows` are NaN with items/ok False (as extract leaves them)."""
     rng = np.random.default_rng(seed)
-    items = fmt.Items(ids=[f"img{i}.png" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["Happiness"])
+    items = fmt.Items(
+        ids=[f"img{i}.png" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["Happiness"]
+    )
     if kind == "clips":
         items.frame_index, items.num_frames = np.zeros((n, 2), dtype=np.int32), np.ones(n, dtype=np.int32)
     shape = (n, 2) if kind == "clips" else (n,)
@@ -191,7 +193,9 @@ def test_choices_are_listed_when_ambiguous(tmp_path):
     cfg = FitConfig(batch_size=8, epochs=1, device="cpu")
     with pytest.raises(ExpclipError, match=r"several CLIP image keys; choose one with --clip-key: A@x, B@y"):
         fit_head([cache], tmp_path / "h", cfg)
-    with pytest.raises(ExpclipError, match=r"several instructions; choose one with --instruction: paper, sha-0123456789"):
+    with pytest.raises(
+        ExpclipError, match=r"several instructions; choose one with --instruction: paper, sha-0123456789"
+    ):
         fit_head([cache], tmp_path / "h", cfg, clip_key="A@x")
     with pytest.raises(ExpclipError, match=r"--clip-key: .*two\.h5 has no CLIP image key 'C@z'; it has: A@x, B@y"):
         fit_head([cache], tmp_path / "h", cfg, clip_key="C@z")
@@ -246,7 +250,10 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
     result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--device", "cpu",
                                  "--precision", "bf16", "--batch-size", "32", "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    assert "warning: this CPU has no native bf16 (avx512_bf16 or AMX): --precision bf16 runs slower than fp32 here" in result.output
+    assert (
+        "warning: this CPU has no native bf16 (avx512_bf16 or AMX): --precision bf16 runs slower than fp32 here"
+        in result.output
+    )
 
 
 def test_tf32_is_refused_off_cuda_in_one_line(tmp_path):
@@ -273,7 +280,9 @@ def test_cli_fit_head_and_export(tmp_path):
     assert (tmp_path / "head.safetensors").is_file() and (tmp_path / "head.json").is_file()
     assert "head.safetensors" in result.output and "loss" in result.output
     assert json.loads((tmp_path / "head.json").read_text())["config"]["milestones"] == [1]
-    result = runner.invoke(app, ["head", "export", str(tmp_path / "head"), "--format", "official", "--out", str(tmp_path / "h.pth")])
+    result = runner.invoke(
+        app, ["head", "export", str(tmp_path / "head"), "--format", "official", "--out", str(tmp_path / "h.pth")]
+    )
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "h.pth", weights_only=True)["mlp.weight"].shape == (DT, D)
 

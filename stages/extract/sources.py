@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from expclip.cache.format import Items
 from expclip.base.errors import ExpclipError
+from expclip.cache.format import Items
 from expclip.stages.shared import protocol
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -165,7 +165,9 @@ def _clip_list(
         if not count.isdigit() or int(count) < 1:
             raise ExpclipError(f"{path}:{number}: num_frames must be a positive integer, got {count!r}")
         if not label.isdigit() or int(label) >= n_classes:
-            raise ExpclipError(f"{path}:{number}: label must be 0..{n_classes - 1} (0-based protocol order), got {label!r}")
+            raise ExpclipError(
+                f"{path}:{number}: label must be 0..{n_classes - 1} (0-based protocol order), got {label!r}"
+            )
         if strip_prefix:
             if not folder.startswith(strip_prefix):
                 raise ExpclipError(f"{path}:{number}: {folder!r} does not start with --strip-prefix {strip_prefix!r}")

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from expclip.base.version import __version__
 from expclip.base.errors import ExpclipError
+from expclip.base.version import __version__
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.fit_head.data import EPS, Exclusion, Selection, batches, select
 from expclip.stages.shared.devices import free_bytes, resolve_device
@@ -120,7 +120,14 @@ def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
     return module
 
 
-PER_HEAD = ("lr", "momentum", "weight_decay", "milestones", "gamma", "logit_scale")  # what heads trained together may differ in
+PER_HEAD = (
+    "lr",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "logit_scale",
+)  # what heads trained together may differ in
 
 
 def by_hand(config: FitConfig) -> bool:
@@ -192,7 +199,9 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
     target = torch.arange(b, device=device)  # row i of a batch matches column i
     histories: list[list[dict]] = [[] for _ in configs]
     with progress("steps") as bar:
-        task = bar.add_task("fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs)
+        task = bar.add_task(
+            "fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs
+        )
         for epoch in range(first.epochs):
             # each step's (K,) losses, kept on the device: no host sync until the epoch ends. Copied into one
             # buffer: a loss may be a view whose storage holds the whole batch's logits.
@@ -276,14 +285,30 @@ def _meta(config: FitConfig, selection: Selection, data: dict, device: torch.dev
     """HEAD.json: provenance (code, caches, groups, configuration) and what the training did."""
     return {
         "expclip_version": __version__,
-        "kind": config.head, "d": selection.d, "dt": selection.dt,
-        "clip_key": selection.clip_key, "clip": selection.clip,
-        "teacher_key": selection.teacher_key, "teacher": selection.teacher_provenance,
+        "kind": config.head,
+        "d": selection.d,
+        "dt": selection.dt,
+        "clip_key": selection.clip_key,
+        "clip": selection.clip,
+        "teacher_key": selection.teacher_key,
+        "teacher": selection.teacher_provenance,
         "teacher_model": str(selection.teacher_provenance.get("model", "")),
-        "instruction_key": selection.instruction_key, "instruction": str(selection.teacher_provenance.get("instruction", "")),
-        "config": {**asdict(config), "milestones": list(config.milestones),
-                   "init_from": str(config.init_from) if config.init_from else None},
-        "seed": config.seed, "logit_scale": scale, "device": str(device), "gradient": gradient,
-        "caches": selection.used, "n_train": selection.n, "steps_per_epoch": steps, **data,
-        "trained_together": together, "history": history, **times,
+        "instruction_key": selection.instruction_key,
+        "instruction": str(selection.teacher_provenance.get("instruction", "")),
+        "config": {
+            **asdict(config),
+            "milestones": list(config.milestones),
+            "init_from": str(config.init_from) if config.init_from else None,
+        },
+        "seed": config.seed,
+        "logit_scale": scale,
+        "device": str(device),
+        "gradient": gradient,
+        "caches": selection.used,
+        "n_train": selection.n,
+        "steps_per_epoch": steps,
+        **data,
+        "trained_together": together,
+        "history": history,
+        **times,
     }

@@ -183,6 +183,13 @@ def test_spec_follows_size_and_memory():
     assert index_module.spec_for(10**7, 768, exact=True, budget=10**9) == "Flat"
     assert index_module.spec_for(10**6, 768, exact=False, budget=10**10) == "HNSW32,Flat"
     assert index_module.spec_for(10**7, 768, exact=False, budget=10**9) == "IVF16384,PQ64"
+    # Boundaries by hand: exact up to 200,000 rows; HNSW32 takes 768 * 4 + 32 * 2 * 4 = 3,328 bytes a row;
+    # IVF lists = 2 ** round(log2(4 * sqrt(rows))) (10**6 rows: 4,000 -> 4,096); PQ: largest of 64, 48, ... that
+    # divides the width and is at most half of it (12 -> 4).
+    assert index_module.spec_for(200_000, 768, exact=False, budget=0) == "Flat"
+    assert index_module.spec_for(200_001, 12, exact=False, budget=0) == "IVF2048,PQ4"
+    assert index_module.spec_for(10**6, 768, exact=False, budget=3_328_000_000) == "HNSW32,Flat"
+    assert index_module.spec_for(10**6, 768, exact=False, budget=3_327_999_999) == "IVF4096,PQ64"
 
 
 def planted(rng, n_a: int, n_b: int, copies: list[tuple[int, int]], frames: int = 0, noise: float = 0.02):

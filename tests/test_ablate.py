@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import KEY, clip_attrs
 from typer.testing import CliRunner
 
 from expclip import ablate
@@ -19,15 +20,7 @@ from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import load_head
 
-KEY = "ViT-T@test"
-CLIP = {
-    "model": "ViT-T",
-    "pretrained": "test",
-    "pretrained_sha256": "",
-    "transform": "model",
-    "logit_scale": 20.0,
-    "embed_dim": 8,
-}
+CLIP = clip_attrs(embed_dim=8)
 runner = CliRunner()
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import KEY, clip_attrs
 from typer.testing import CliRunner
 
 from expclip.base.errors import ExpclipError
@@ -16,8 +17,7 @@ from expclip.stages.evaluate import GramSpace, evaluate
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import Head, build_head, export_official, save_head
 
-KEY = "ViT-T@test"
-CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 100.0}
+CLIP = clip_attrs(logit_scale=100.0)
 D, DT = 16, 40
 ALPHABETICAL = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import KEY
 from typer.testing import CliRunner
 
 from expclip.cache import format as fmt
@@ -28,7 +29,6 @@ from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.stages.shared import protocol
 
-KEY = "ViT-T@test"
 TEACHER = ("tiny", "paper")
 TEXT = fmt.text_path(KEY, "class_name")
 GOLDEN = Path(__file__).resolve().parent / "data" / "cache-expclip-0.1.0.h5"

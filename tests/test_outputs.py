@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import KEY, clip_attrs
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -39,15 +40,7 @@ from expclip.stages.shared import protocol
 
 runner = CliRunner()
 ROOT = os.geteuid() == 0
-KEY = "ViT-T@test"
-CLIP = {
-    "model": "ViT-T",
-    "pretrained": "test",
-    "pretrained_sha256": "",
-    "transform": "model",
-    "logit_scale": 20.0,
-    "embed_dim": 8,
-}
+CLIP = clip_attrs(embed_dim=8)
 
 
 class Disk:

@@ -18,15 +18,9 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES, NEAR_DUPLICATE
 
 X, F = ExtractConfig, FitConfig
-XO = options(
-    X,
-    teacher={"show_default": True},
-    instruction={"show_default": False},
-    prompts={"exists": True, "dir_okay": False},
-    batch_size={"min": 1},
-    num_workers={"min": 0},
-    shard_size={"min": 1},
-)
+XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
+             prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0},
+             shard_size={"min": 1})
 FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
@@ -47,12 +41,8 @@ app.command()(cli_run.run)
 @app.command()
 def extract(
     source: Annotated[
-        Path,
-        typer.Argument(
-            exists=True,
-            help="Image folder, list file (.csv/.txt: path[,label]) or clip list (frame_dir num_frames label).",
-        ),
-    ],
+        Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list "
+        "(frame_dir num_frames label).")],
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
     clip_model: XO.clip_model = X.clip_model,
     clip_pretrained: XO.clip_pretrained = X.clip_pretrained,
@@ -62,20 +52,16 @@ def extract(
     transform: XO.transform = X.transform,
     prompts: XO.prompts = X.prompts,
     source_type: Annotated[
-        choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")
-    ] = "auto",
+        choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
     root: Annotated[
-        Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")
-    ] = None,
+        Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces "
+        "--strip-prefix).")] = None,
     strip_prefix: Annotated[
-        Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")
-    ] = None,
+        Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
     frames: Annotated[
-        int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")
-    ] = protocol.DEFAULT_FRAMES,
+        int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[
-        Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")
-    ] = None,
+        Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
     batch_size: XO.batch_size = X.batch_size,
     num_workers: XO.num_workers = X.num_workers,
     device: XO.device = X.device,
@@ -94,9 +80,8 @@ def extract(
 
     with user_errors():
         writable(cache, "--out", inputs={"SOURCE": [source], "--prompts": [prompts]})
-        src = sources.resolve(
-            source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset
-        )
+        src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
+                              dataset=dataset)
         cfg = X(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
@@ -138,7 +123,7 @@ def cache_info(cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False
 def cache_verify(
     caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache file(s).")],
 ) -> None:
-    """Recompute every checksum of each cache from its stored bytes: exit 1 when a part is damaged, 2 unreadable."""
+    """Recompute every checksum of each cache from its stored bytes: exit 1 if a part is damaged, 2 if unreadable."""
     from expclip.cache.verify import verify_cache
 
     code = 0
@@ -159,40 +144,27 @@ def cache_verify(
 @app.command()
 def evaluate(
     cache: Annotated[
-        list[Path],
-        typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several datasets)."),
-    ],
+        list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several "
+        "datasets).")],
     head: Annotated[
-        Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")
-    ] = None,
+        Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
     baseline: Annotated[
-        bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")
-    ] = False,
+        bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
     prompt_set: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = every set in the cache."
-        ),
-    ] = None,
+        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = "
+        "every set in the cache.")] = None,
     ensemble: Annotated[
-        choice(ENSEMBLES),
-        typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding)."),
-    ] = ENSEMBLE,
+        choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt "
+        "embedding).")] = ENSEMBLE,
     label_map: Annotated[
-        Optional[str],
-        typer.Option(
-            help='rafdb, affectnet, or a file: JSON {"1": "Surprise"} or CSV label,name, for numeric class names.'
-        ),
-    ] = None,
+        Optional[str], typer.Option(help="rafdb, affectnet, or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, "
+        "for numeric class names.")] = None,
     clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")
-    ] = None,
+        Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
     json_out: Annotated[
-        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")
-    ] = None,
+        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
     csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")
-    ] = None,
+        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices.")] = None,
     device: FO.device = F.device,
 ) -> None:
@@ -236,29 +208,21 @@ def evaluate(
 @app.command("fit-head")
 def fit_head(
     caches: Annotated[
-        list[Path],
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            help="Training cache(s) with image and teacher features (rows are concatenated).",
-        ),
-    ],
+        list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher "
+        "features (rows are concatenated).")],
     head_out: Annotated[
-        Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")
-    ],
+        Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")],
     clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
     instruction: Annotated[
-        Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")
-    ] = None,
+        Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
     lr: FO.lr = F.lr,
     momentum: FO.momentum = F.momentum,
     weight_decay: FO.weight_decay = F.weight_decay,
     batch_size: FO.batch_size = F.batch_size,
     epochs: FO.epochs = F.epochs,
-    milestones: Annotated[str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(
-        map(str, F.milestones)
-    ),
+    milestones: Annotated[
+        str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(map(str, F.milestones)),
     gamma: FO.gamma = F.gamma,
     seed: FO.seed = F.seed,
     optimizer: FO.optimizer = F.optimizer,
@@ -269,17 +233,10 @@ def fit_head(
     precision: FO.precision = F.precision,
     max_memory: FO.max_memory = F.max_memory,
     exclude_near_duplicates_of: Annotated[
-        Optional[list[Path]],
-        typer.Option(
-            "--exclude-near-duplicates-of",
-            exists=True,
-            dir_okay=False,
-            help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.",
-        ),
-    ] = None,
+        Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False,
+        help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
     threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Cosine for --exclude-near-duplicates-of.")
-    ] = NEAR_DUPLICATE,
+        float, typer.Option(min=0.0, max=1.0, help="Cosine for --exclude-near-duplicates-of.")] = NEAR_DUPLICATE,
 ) -> None:
     """Stage two: train the head on cached features (the paper's run by default)."""
     from expclip.stages.fit_head import fit_head as run_fit_head
@@ -317,10 +274,8 @@ def fit_head(
         meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key,
                             instruction=instruction, exclude=exclude)
     last = meta["history"][-1]
-    out.print(
-        f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)",
-        markup=False,
-    )
+    out.print(f"wrote {files[0]} and {files[1]} "
+              f"({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)", markup=False)
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
 
 
@@ -329,9 +284,8 @@ def head_export(
     head: Annotated[Path, typer.Argument(help="HEAD (stem, .safetensors or .json).")],
     target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write, e.g. HEAD.pth.")],
     to: Annotated[
-        choice(HEAD_FORMATS),
-        typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict {mlp.weight}."),
-    ] = "official",
+        choice(HEAD_FORMATS), typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict "
+        "{mlp.weight}.")] = "official",
 ) -> None:
     """Write a linear head in the official Exp-CLIP .pth format (loadable by the original code)."""
     from expclip.stages.shared.heads import export_official, load_head
@@ -346,37 +300,25 @@ def head_export(
 def ablate(
     train: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s).")],
     eval_caches: Annotated[
-        list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")
-    ],
+        list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")],
     grid: Annotated[
-        str,
-        typer.Option(
-            help="Space-separated NAME=V1,V2 lists, "
-            "e.g. 'lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-…'."
-        ),
-    ],
+        str, typer.Option(help="Space-separated NAME=V1,V2 lists, e.g. 'lr=1e-3,1e-2 epochs=5,10 head=linear,mlp "
+        "instruction=paper,sha-…'.")],
     out_dir: Annotated[
-        Path,
-        typer.Option(
-            file_okay=False, help="Where heads, per-run results and the table go; finished runs here are reused."
-        ),
-    ] = Path("ablation"),
+        Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here "
+        "are reused.")] = Path("ablation"),
     prompt_set: Annotated[
-        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the caches.")
-    ] = None,
+        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the "
+        "caches.")] = None,
     ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper) or embedding.")] = ENSEMBLE,
     clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")
-    ] = None,
+        Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
     teacher_key: Annotated[
-        Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")
-    ] = None,
+        Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
     instruction: Annotated[
-        Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")
-    ] = None,
+        Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
     label_map: Annotated[
-        Optional[str], typer.Option(help="rafdb, affectnet, or a label,name file, for numeric class names.")
-    ] = None,
+        Optional[str], typer.Option(help="rafdb, affectnet, or a label,name file, for numeric class names.")] = None,
     device: FO.device = F.device,
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
@@ -401,10 +343,8 @@ def ablate(
         report.write_json(rows, out_dir / "ablation.json")
         report.write_rows_csv(rows, out_dir / "ablation.csv")
     reused = sum(r["reused"] for r in runs)
-    out.print(
-        f"{len(runs)} runs ({reused} reused); table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}",
-        markup=False,
-    )
+    out.print(f"{len(runs)} runs ({reused} reused); "
+              f"table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}", markup=False)
 
 
 def _file(name: str | None) -> list[Path]:
@@ -415,8 +355,8 @@ def _file(name: str | None) -> list[Path]:
 @app.command()
 def demo(
     workdir: Annotated[
-        Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and results.")
-    ] = Path("expclip-demo"),
+        Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and "
+        "results.")] = Path("expclip-demo"),
 ) -> None:
     """The whole pipeline offline on synthetic faces and tiny encoders pre-trained on drawn faces (under a minute)."""
     from expclip import report

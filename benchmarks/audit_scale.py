@@ -40,6 +40,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from machine import describe  # benchmarks/, beside this script
+from pagecache import evict  # benchmarks/, beside this script
 from rich.console import Console
 from rich.table import Table
 
@@ -47,8 +49,6 @@ from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.neighbours import audit
 from expclip.stages.shared.scoring import BLOCK_ROWS
-from machine import describe  # benchmarks/, beside this script
-from pagecache import evict  # benchmarks/, beside this script
 
 D, KEY = 768, "ViT-L-14@openai"
 CLIP_ATTRS = {"model": "ViT-L-14", "pretrained": "openai", "transform": "model", "logit_scale": 100.0, "embed_dim": D}

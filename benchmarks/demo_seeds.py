@@ -23,6 +23,7 @@ from statistics import mean
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from machine import describe  # noqa: E402  benchmarks/, beside this script
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -30,7 +31,6 @@ from expclip.demo.pretrain import Schedule  # noqa: E402
 from expclip.demo.run import DEMO_CLASSES, run_demo  # noqa: E402
 from expclip.stages.evaluate import evaluate  # noqa: E402
 from expclip.stages.shared.heads import load_head  # noqa: E402
-from machine import describe  # noqa: E402  benchmarks/, beside this script
 
 GROUPS = {("demo-images", "clip"): "images CLIP", ("demo-images", "exp-clip"): "images Exp-CLIP",
           ("demo-clips", "clip"): "clips CLIP", ("demo-clips", "exp-clip"): "clips Exp-CLIP"}
@@ -80,8 +80,13 @@ def main() -> None:
             console.print(f"seed {seed}: {row['seconds']:.1f} s", style="dim")
     worst = [f"{min(r[g] for r in rows):.1f}" for g in GROUPS]
     worst += [f"{max(r[k] for r in rows):.1f}" for k in ("permuted max", "permuted mean")]
-    table.add_row("worst", f"{max(r['seconds'] for r in rows):.1f}", *worst, f"{min(r['least drop'] for r in rows):.1f}",
-                  style="bold")
+    table.add_row(
+        "worst",
+        f"{max(r['seconds'] for r in rows):.1f}",
+        *worst,
+        f"{min(r['least drop'] for r in rows):.1f}",
+        style="bold",
+    )
     console.print(describe())
     console.print(table)
 

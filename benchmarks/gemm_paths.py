@@ -49,7 +49,9 @@ def main() -> None:
         "dZ = G·En": (2 * B * B * DT, lambda: grad @ en, lambda: _onednn(grad, en_t)),
         "dW = dZᵀ·X": (2 * DT * B * D, lambda: z.t() @ x, lambda: _onednn(z_t, x_t)),
     }
-    table = Table(title=f"fp32 GEMMs of one fit-head step, {args.threads} threads, {torch.backends.cpu.get_cpu_capability()}")
+    table = Table(
+        title=f"fp32 GEMMs of one fit-head step, {args.threads} threads, {torch.backends.cpu.get_cpu_capability()}"
+    )
     for col in ("product", "GFLOP", "matmul ms", "GFLOP/s", "oneDNN ms", "GFLOP/s", "max |diff|"):
         table.add_column(col, justify="right")
     totals = [0.0, 0.0, 0.0]

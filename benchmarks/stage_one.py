@@ -50,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
 import torch  # noqa: E402
+from machine import describe  # noqa: E402  benchmarks/, beside this script
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -67,16 +68,25 @@ from expclip.stages.extract.plan import Plan  # noqa: E402
 from expclip.stages.shared.precision import resolve_precision, torch_dtype  # noqa: E402
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order  # noqa: E402
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM  # noqa: E402
-from machine import describe  # noqa: E402  benchmarks/, beside this script
 
 IMAGE_SIZE = 224  # both models' input; the tiny ones are built for it too, so transforms cost the same
 CLASSES = class_order()[:7]
 WARM_UP_BATCHES, PLAIN_REPEATS, CHECK_FACES, COUNT_FACES = 2, 5, 16, 4
 # BLIP-2 Flan-T5-XXL's published configuration, laid over the demo's tiny BLIP-2 config.
 REAL_TEACHER = {
-    "vision_config": {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16,
-                      "patch_size": 14},
-    "qformer_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "vision_config": {
+        "hidden_size": 1408,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 39,
+        "num_attention_heads": 16,
+        "patch_size": 14,
+    },
+    "qformer_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
     "text_config": {"d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_heads": 64, "num_layers": 24, "vocab_size": 32128},
 }
 # Issue 8: targets end to end, and one H100's plain eager bf16 rates at batch 256 (the starting point).
@@ -162,7 +172,9 @@ def teacher_folder(root: Path, sizes: dict[str, dict]) -> Path:
 
 def random_teacher(folder: Path, device: torch.device, precision: str) -> Blip2T5Teacher:
     """What `load_teacher` returns for `folder`, with random parameters in the loader's dtype."""
-    key, instruction_key, config = teacher_encoder.identity(str(folder), DEFAULT_INSTRUCTION, MODEL_TRANSFORM, precision)
+    key, instruction_key, config = teacher_encoder.identity(
+        str(folder), DEFAULT_INSTRUCTION, MODEL_TRANSFORM, precision
+    )
     spec = TeacherSpec(config["family"], config["model"], DEFAULT_INSTRUCTION, MODEL_TRANSFORM, precision, key,
                        instruction_key)
     with built_on(device, torch_dtype(precision)):

@@ -29,22 +29,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from contextlib import nullcontext
 import resource
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model  # benchmarks/, beside this script
 from rich.console import Console
 from rich.table import Table
 
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
-from expclip.stages.shared import protocol
 from expclip.stages.fit_head import FitConfig, fit_head
-from machine import cpu_model  # benchmarks/, beside this script
+from expclip.stages.shared import protocol
 
 N_TRAIN, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
 CLIP_KEY, TEACHER_KEY = "ViT-L-14@openai", "Salesforce_blip2-flan-t5-xxl"
@@ -227,8 +227,10 @@ def main() -> None:
         tmp = Path(tmp)
         started = time.perf_counter()
         training_cache(tmp / "caer-s.h5", rng)
-        console.print(f"generated the {N_TRAIN:,} x ({D} + {DT}) training cache in {time.perf_counter() - started:.1f} s "
-                      "(not part of any timing below)")
+        console.print(
+            f"generated the {N_TRAIN:,} x ({D} + {DT}) training cache in {time.perf_counter() - started:.1f} s "
+            "(not part of any timing below)"
+        )
         runs, bounds = [], {}
         if not args.skip_cpu:  # each CPU run between two measurements of its bound: the mean of both is used
             plan = [("fp32", "head", 5)] + ([("bf16", "head-bf16", args.bf16_epochs)] if args.bf16_epochs else [])
@@ -252,8 +254,23 @@ def main() -> None:
                     tmp / "caer-s.h5", tmp / f"head-cuda-{precision}", device="cuda", precision=precision)))
             loops = bare_loops(tmp / "caer-s.h5")
         table = Table(title="Stage two at paper size")
-        for column in ("run", "gradient", "steps", "wall s", "read s", "train s", "steps/s", "bound s (475 x 4 GEMMs)",
-                       "x bound", "its GEMMs s", "x its GEMMs", "goal", "final loss", f"update error vs {runs[0][0].removeprefix('fit-head ')}", "peak RSS GiB"):
+        for column in (
+            "run",
+            "gradient",
+            "steps",
+            "wall s",
+            "read s",
+            "train s",
+            "steps/s",
+            "bound s (475 x 4 GEMMs)",
+            "x bound",
+            "its GEMMs s",
+            "x its GEMMs",
+            "goal",
+            "final loss",
+            f"update error vs {runs[0][0].removeprefix('fit-head ')}",
+            "peak RSS GiB",
+        ):
             table.add_column(column, justify="left" if column in ("run", "gradient") else "right")
         for name, precision, r in runs:
             full = r["wall"] * PAPER_STEPS / r["steps"]  # a shortened run, scaled to the paper's 475 steps
@@ -261,16 +278,32 @@ def main() -> None:
             ratio = full / bounds[precision] if cpu else None
             own = r["wall"] / r["gemms"] if cpu else None
             trained = r["train"] * PAPER_STEPS / r["steps"]
-            goal = (f"<= {BOUND_GOAL} x " + ("ok" if max(ratio, own) <= BOUND_GOAL else "ok in-run" if own <= BOUND_GOAL
-                                              else "MISSED") if cpu and precision == "fp32"
-                    else f"train <= {GPU_GOAL_S} s " + ("ok" if trained <= GPU_GOAL_S else "MISSED") if not cpu and precision == "fp32"
-                    else "")
+            goal = (
+                f"<= {BOUND_GOAL} x "
+                + ("ok" if max(ratio, own) <= BOUND_GOAL else "ok in-run" if own <= BOUND_GOAL else "MISSED")
+                if cpu and precision == "fp32"
+                else f"train <= {GPU_GOAL_S} s " + ("ok" if trained <= GPU_GOAL_S else "MISSED")
+                if not cpu and precision == "fp32"
+                else ""
+            )
             digits = 1 if cpu else 3
-            table.add_row(name, r["gradient"], str(r["steps"]), f"{r['wall']:.{digits}f}", f"{r['read']:.{digits}f}",
-                          f"{r['train']:.{digits}f}", f"{r['steps'] / r['train']:.1f}",
-                          f"{bounds[precision]:.1f}" if cpu else "", f"{ratio:.2f}" if cpu else "",
-                          f"{r['gemms']:.1f}" if cpu else "", f"{own:.2f}" if cpu else "", goal,
-                          f"{r['loss']:.4f}", f"{update_error(runs[0][2]['head'], r['head']):.1e}", f"{peak_rss_gib():.2f}")
+            table.add_row(
+                name,
+                r["gradient"],
+                str(r["steps"]),
+                f"{r['wall']:.{digits}f}",
+                f"{r['read']:.{digits}f}",
+                f"{r['train']:.{digits}f}",
+                f"{r['steps'] / r['train']:.1f}",
+                f"{bounds[precision]:.1f}" if cpu else "",
+                f"{ratio:.2f}" if cpu else "",
+                f"{r['gemms']:.1f}" if cpu else "",
+                f"{own:.2f}" if cpu else "",
+                goal,
+                f"{r['loss']:.4f}",
+                f"{update_error(runs[0][2]['head'], r['head']):.1e}",
+                f"{peak_rss_gib():.2f}",
+            )
         for name, seconds in loops:
             table.add_row(name, "by-hand", str(PAPER_STEPS), "", "", f"{seconds:.3f}", f"{PAPER_STEPS / seconds:.1f}",
                           *[""] * 8)
@@ -284,10 +317,15 @@ def main() -> None:
         where = "cuda" if torch.cuda.is_available() else "cpu"
         for precision in (("fp32", "bf16") if where == "cuda" else ("fp32",)) if args.grid_epochs else ():
             one, grid = time_grid(tmp / "caer-s.h5", tmp / "grid", args.grid_epochs, precision)
-            verdict = (f"goal <= {GRID_GOAL:.0f}x: " + ("ok" if grid / one <= GRID_GOAL else "MISSED")) if where == "cuda" \
+            verdict = (
+                (f"goal <= {GRID_GOAL:.0f}x: " + ("ok" if grid / one <= GRID_GOAL else "MISSED"))
+                if where == "cuda"
                 else "(the goal is for GPUs; on a CPU the 16 heads' GEMMs take 16x)"
-            console.print(f"grid trained together on {where}, {precision}, {args.grid_epochs} epoch(s): one configuration "
-                          f"{one:.2f} s, 16 (lr x weight decay) {grid:.2f} s = {grid / one:.1f}x one {verdict}")
+            )
+            console.print(
+                f"grid trained together on {where}, {precision}, {args.grid_epochs} epoch(s): one configuration "
+                f"{one:.2f} s, 16 (lr x weight decay) {grid:.2f} s = {grid / one:.1f}x one {verdict}"
+            )
 
 
 def eval_caches(tmp: Path, rng: np.random.Generator, console: Console) -> list[Path]:

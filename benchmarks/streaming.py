@@ -38,14 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe  # benchmarks/, beside this script
+from pagecache import evict  # benchmarks/, beside this script
 from rich.console import Console
 from rich.table import Table
 
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.stages.fit_head import FitConfig, fit_head
-from machine import describe  # benchmarks/, beside this script
-from pagecache import evict  # benchmarks/, beside this script
 
 D, DT, BATCH = 768, 4096, 512  # ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL, the official batch
 CLIP_KEY, TEACHER_KEY = "ViT-L-14@openai", "Salesforce_blip2-flan-t5-xxl"
@@ -158,11 +158,13 @@ def report(console: Console, rows: int, runs: list[tuple[str, dict]], file_bytes
                       f"{r['train_s']:.1f}", f"{r['rows_per_s']:,.0f}", read, f"{r['peak_rss'] / 2**30:.2f}",
                       f"{r['cpu_s']:.0f}", f"{100 * r['others']:.0f} %", f"{ratio:.2f}", goals)
     console.print(table)
-    console.print(f"[dim]setup s: the time select() and batches() took (the in-memory path's whole read and float32 "
-                  f"conversion; the stream reads while it trains). rows/s = steps x {BATCH} / train s. "
-                  f"disk MB/s: what the stream read per train second. CPU s: the child's user + system time; others' CPU: "
-                  f"what other processes used of all {os.cpu_count()} CPUs meanwhile (timings are only clean near 0 %). "
-                  f"Streamed with --max-memory {max_memory}.[/dim]")
+    console.print(
+        f"[dim]setup s: the time select() and batches() took (the in-memory path's whole read and float32 "
+        f"conversion; the stream reads while it trains). rows/s = steps x {BATCH} / train s. "
+        f"disk MB/s: what the stream read per train second. CPU s: the child's user + system time; others' CPU: "
+        f"what other processes used of all {os.cpu_count()} CPUs meanwhile (timings are only clean near 0 %). "
+        f"Streamed with --max-memory {max_memory}.[/dim]"
+    )
     projection = Table(title=f"What {TARGET_ROWS / 1e6:g} M rows would need at these rates")
     for col in ("run", "time per epoch", "disk read rate streaming needs", "float32 memory of the in-memory path"):
         projection.add_column(col, justify="left" if col == "run" else "right")
@@ -184,7 +186,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the temporary cache (default: /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the cache and heads (their folder is printed)")
     parser.add_argument("--no-warm", action="store_true", help="skip the second streamed run (page cache warm)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads in the children (0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads in the children (0 = torch's default)"
+    )
     args = parser.parse_args()
     console = Console(width=220)
     console.print(f"[bold]streamed fit-head benchmark[/bold] on {describe()} ({torch.get_num_threads()} threads)")
@@ -197,7 +201,10 @@ def main() -> None:
         file_bytes = cache.stat().st_size
         console.print(f"built the {args.rows:,}-row cache ({file_bytes / 1e9:.2f} GB) in {folder} in "
                       f"{time.perf_counter() - started:.1f} s (not timed below)")
-        plan = [("in-memory, cold", args.in_memory_budget, True), (f"streamed {args.max_memory}, cold", args.max_memory, True)]
+        plan = [
+            ("in-memory, cold", args.in_memory_budget, True),
+            (f"streamed {args.max_memory}, cold", args.max_memory, True),
+        ]
         if not args.no_warm:
             plan.append((f"streamed {args.max_memory}, warm", args.max_memory, False))
         runs = []
@@ -206,9 +213,11 @@ def main() -> None:
                 evict(cache)
             runs.append((name, run_child(cache, folder / f"head-{k}", budget, args.stream_epochs, args.threads)))
             r = runs[-1][1]
-            console.print(f"{name}: {r['meta']['mode']}, {r['steps']} steps, fit-head {r['meta']['wall_seconds']:.1f} s, "
-                          f"child process {r['process_s']:.1f} s, peak RSS {r['peak_rss'] / 2**30:.2f} GiB, "
-                          f"{r['threads']} torch threads, others' CPU {100 * r['others']:.0f} %")
+            console.print(
+                f"{name}: {r['meta']['mode']}, {r['steps']} steps, fit-head {r['meta']['wall_seconds']:.1f} s, "
+                f"child process {r['process_s']:.1f} s, peak RSS {r['peak_rss'] / 2**30:.2f} GiB, "
+                f"{r['threads']} torch threads, others' CPU {100 * r['others']:.0f} %"
+            )
         report(console, args.rows, runs, file_bytes, args.max_memory)
     finally:
         if args.keep:

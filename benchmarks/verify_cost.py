@@ -26,18 +26,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from machine import cpu_model  # benchmarks/, beside this script
+from pagecache import evict  # benchmarks/, beside this script
 from rich.console import Console
 from rich.table import Table
 
 from expclip.cache import format as fmt
-from expclip.cache.checksums import (METADATA, STRINGS, STRINGS_SHA256, UNCHECKED_ROOT_ATTRS, metadata_digest,
-                                     ranges_digest, stored_digest, string_ranges)
+from expclip.cache.checksums import (
+    METADATA,
+    STRINGS,
+    STRINGS_SHA256,
+    UNCHECKED_ROOT_ATTRS,
+    metadata_digest,
+    ranges_digest,
+    stored_digest,
+    string_ranges,
+)
 from expclip.cache.reader import CacheReader
 from expclip.cache.verify import verify_cache
 from expclip.cache.writer import write_arrays
 from expclip.stages.fit_head.data import InMemory, select
-from machine import cpu_model  # benchmarks/, beside this script
-from pagecache import evict  # benchmarks/, beside this script
 
 N, D, DT = 48_640, 768, 4096  # CAER-S training faces, ViT-L/14 CLIP, BLIP-2 Flan-T5-XXL
 IMAGE, TEACHER = fmt.image_path("ViT-L-14@openai"), fmt.teacher_path("Salesforce_blip2-flan-t5-xxl", "paper")
@@ -46,10 +54,21 @@ IMAGE, TEACHER = fmt.image_path("ViT-L-14@openai"), fmt.teacher_path("Salesforce
 def write_checked(path: Path) -> None:
     rng = np.random.default_rng(0)
     items = fmt.Items(ids=[f"train/{i}.png" for i in range(N)], labels=np.full(N, -1), class_names=[])
-    write_arrays(path, items, file_attrs={"dataset": "CAER-S", "source": "synthetic"}, aligned={
-        IMAGE: (rng.standard_normal((N, D), dtype=np.float32).astype(np.float16), {"model": "ViT-L-14", "logit_scale": 100.0}),
-        TEACHER: (rng.standard_normal((N, DT), dtype=np.float32).astype(np.float16), {"model": "blip2", "instruction": "x"}),
-    })
+    write_arrays(
+        path,
+        items,
+        file_attrs={"dataset": "CAER-S", "source": "synthetic"},
+        aligned={
+            IMAGE: (
+                rng.standard_normal((N, D), dtype=np.float32).astype(np.float16),
+                {"model": "ViT-L-14", "logit_scale": 100.0},
+            ),
+            TEACHER: (
+                rng.standard_normal((N, DT), dtype=np.float32).astype(np.float16),
+                {"model": "blip2", "instruction": "x"},
+            ),
+        },
+    )
 
 
 def write_unchecked(source: Path, path: Path) -> None:
@@ -64,7 +83,7 @@ def write_unchecked(source: Path, path: Path) -> None:
             ds = src[name]
             copy = out.create_dataset(name, shape=ds.shape, dtype=ds.dtype, chunks=ds.chunks)
             for a in range(0, ds.shape[0], ds.chunks[0] * 16):
-                copy[a:a + ds.chunks[0] * 16] = ds[a:a + ds.chunks[0] * 16]
+                copy[a : a + ds.chunks[0] * 16] = ds[a : a + ds.chunks[0] * 16]
             for k, v in ds.attrs.items():
                 copy.attrs[k] = v
         out.attrs[METADATA] = metadata_digest(out)
@@ -92,8 +111,9 @@ def read_times(path: Path, repeats: int) -> dict[str, float]:
     found = {}
     with CacheReader(path) as r:
         for name, (method, args) in keys.items():
-            found[("warm", name)] = best(repeats, lambda: getattr(r, method)(*args))
-            found[("cold", name)] = best(repeats, lambda: getattr(r, method)(*args), before=lambda: evict(path))
+            read = getattr(r, method)
+            found[("warm", name)] = best(repeats, lambda read=read, args=args: read(*args))
+            found[("cold", name)] = best(repeats, lambda read=read, args=args: read(*args), before=lambda: evict(path))
     found["fit-head"] = best(repeats, lambda: InMemory(select([path]), torch.device("cpu")))
     return found
 
@@ -116,7 +136,13 @@ def chunk_sizes(folder: Path, repeats: int) -> Table:
             path.unlink()
         for cache_mib in (0, 1, 64):
             a, b = times[False, cache_mib], times[True, cache_mib]
-            table.add_row(f"{rows} ({rows * DT * 2 / 2**20:g})", str(cache_mib), f"{a:.3f}", f"{b:.3f}", f"{100 * (b / a - 1):+.0f}")
+            table.add_row(
+                f"{rows} ({rows * DT * 2 / 2**20:g})",
+                str(cache_mib),
+                f"{a:.3f}",
+                f"{b:.3f}",
+                f"{100 * (b / a - 1):+.0f}",
+            )
     return table
 
 
@@ -139,13 +165,18 @@ def main() -> None:
             sha = {name: best(args.repeats, lambda name=name: stored_digest(f[name])) for name in shapes}
         verify_s = best(args.repeats, lambda: verify_cache(checked))
         sizes = chunk_sizes(Path(tmp), args.repeats) if args.chunk_sizes else None
-    table = Table(title=f"Reading the paper-size training features on {cpu_model()} ({os.cpu_count()} CPUs; best of {args.repeats})")
+    table = Table(
+        title=f"Reading the paper-size training features on {cpu_model()} "
+        f"({os.cpu_count()} CPUs; best of {args.repeats})"
+    )
     for col in ("what", "rows", "MB", "read s without", "read s with", "overhead %", "cache verify s"):
         table.add_column(col, justify="left" if col == "what" else "right")
 
     def row(what, rows, mb, key, verify=""):
         a, b = without[key], with_[key]
-        table.add_row(what, f"{rows:,}", f"{mb:,.0f}" if mb else "", f"{a:.3f}", f"{b:.3f}", f"{100 * (b / a - 1):+.0f}", verify)
+        table.add_row(
+            what, f"{rows:,}", f"{mb:,.0f}" if mb else "", f"{a:.3f}", f"{b:.3f}", f"{100 * (b / a - 1):+.0f}", verify
+        )
 
     mbs = {name: np.prod(shape) * 2 / 1e6 for name, shape in shapes.items()}
     for cache in ("warm", "cold"):

@@ -149,7 +149,9 @@ def _not_writable(e: BaseException) -> int | None:
     return None
 
 
-def _user_error(e: BaseException, path: Path, needed: int | None, written: int, full: bool = False) -> ExpclipError | None:
+def _user_error(
+    e: BaseException, path: Path, needed: int | None, written: int, full: bool = False
+) -> ExpclipError | None:
     """The one-line error a full or read-only disk deserves, or None for anything else."""
     folder = path.parent
     if full or _no_space(e) or (not isinstance(e, OSError) and free_bytes(folder) < 4096):  # torch.save says neither

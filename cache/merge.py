@@ -20,7 +20,7 @@ import numpy as np
 from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.atomic import write_atomically
-from expclip.cache.checksums import STRINGS, STRINGS_SHA256, METADATA, metadata_digest, ranges_digest, string_ranges
+from expclip.cache.checksums import METADATA, STRINGS, STRINGS_SHA256, metadata_digest, ranges_digest, string_ranges
 from expclip.cache.h5files import create_checked, row_chunks, set_attrs, write_failures, write_items
 from expclip.cache.partial import PartialFolder
 from expclip.cache.reader import open_cache, read_failures, read_items

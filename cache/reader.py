@@ -20,10 +20,22 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, STRINGS, STRINGS_SHA256, NotACache, attr_text, damaged,
-                                     metadata_digest, ranges_digest, stored_digest, values_digest)
 from expclip.base.errors import ExpclipError
+from expclip.cache import format as fmt
+from expclip.cache.checksums import (
+    H5_ERRORS,
+    METADATA,
+    SHA256,
+    STRINGS,
+    STRINGS_SHA256,
+    NotACache,
+    attr_text,
+    damaged,
+    metadata_digest,
+    ranges_digest,
+    stored_digest,
+    values_digest,
+)
 
 
 def attr_value(value):
@@ -80,7 +92,9 @@ def check_marker(f: h5py.File, path: Path) -> None:
     found = attr_value(f.attrs.get("format"))
     if found == fmt.FORMAT:
         return
-    marker = f"no format attribute {fmt.FORMAT!r}" if found is None else f"format attribute {found!r}, not {fmt.FORMAT!r}"
+    marker = (
+        f"no format attribute {fmt.FORMAT!r}" if found is None else f"format attribute {found!r}, not {fmt.FORMAT!r}"
+    )
     if not any(name in f.attrs for name in EXPCLIP_ATTRS):
         raise NotACache(path, f"{marker}, no format_version")
     raise damaged(path, "the file's format marker", marker)
@@ -96,8 +110,10 @@ def check_version(f: h5py.File, path: Path) -> None:
         raise damaged(path, "the file's format marker", "no format_version attribute")
     if isinstance(version, int) and version > fmt.FORMAT_VERSION:
         raise ExpclipError(f"{path}: format_version {version} is newer than this expclip reads ({fmt.FORMAT_VERSION})")
-    raise ExpclipError(f"{path}: format_version {version} is older than this expclip reads ({fmt.FORMAT_VERSION}); "
-                       f"re-extract it: delete {path} and re-run `expclip extract SOURCE --out {path}`")
+    raise ExpclipError(
+        f"{path}: format_version {version} is older than this expclip reads ({fmt.FORMAT_VERSION}); "
+        f"re-extract it: delete {path} and re-run `expclip extract SOURCE --out {path}`"
+    )
 
 
 def check_strings(f: h5py.File, path: Path) -> None:
@@ -252,9 +268,15 @@ class CacheReader:
     def items(self) -> fmt.Items:
         """The items as checked on open (a copy: callers may change it)."""
         i = self._items
-        return replace(i, ids=list(i.ids), labels=i.labels.copy(), class_names=list(i.class_names), ok=i.ok.copy(),
-                       frame_index=None if i.frame_index is None else i.frame_index.copy(),
-                       num_frames=None if i.num_frames is None else i.num_frames.copy())
+        return replace(
+            i,
+            ids=list(i.ids),
+            labels=i.labels.copy(),
+            class_names=list(i.class_names),
+            ok=i.ok.copy(),
+            frame_index=None if i.frame_index is None else i.frame_index.copy(),
+            num_frames=None if i.num_frames is None else i.num_frames.copy(),
+        )
 
     def failures(self) -> dict[str, str]:
         return read_failures(self._f)

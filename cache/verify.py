@@ -23,8 +23,17 @@ from pathlib import Path
 import h5py
 
 from expclip.cache import format as fmt
-from expclip.cache.checksums import (H5_ERRORS, METADATA, SHA256, DamagedCache, attr_text, dataset_blocks,
-                                     metadata_digest, one_line, values_digest)
+from expclip.cache.checksums import (
+    H5_ERRORS,
+    METADATA,
+    SHA256,
+    DamagedCache,
+    attr_text,
+    dataset_blocks,
+    metadata_digest,
+    one_line,
+    values_digest,
+)
 from expclip.cache.reader import feature_datasets, open_cache
 
 

@@ -17,9 +17,9 @@ import types
 import typing
 from pathlib import Path
 
-from expclip.cache.reader import whole_fingerprint
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import as_json
+from expclip.cache.reader import whole_fingerprint
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig
@@ -49,11 +49,13 @@ def _convert(name: str, text: str):
                 return member(text)
             except ValueError:
                 continue
-    raise ExpclipError(f"--grid: {name}={text!r} is not {' or '.join(m.__name__ for m in members if m is not type(None))}")
+    raise ExpclipError(
+        f"--grid: {name}={text!r} is not {' or '.join(m.__name__ for m in members if m is not type(None))}"
+    )
 
 
 def parse_grid(text: str) -> dict[str, list]:
-    """"lr=1e-3,1e-2 epochs=5,10" -> {"lr": [0.001, 0.01], "epochs": [5, 10]}."""
+    """ "lr=1e-3,1e-2 epochs=5,10" -> {"lr": [0.001, 0.01], "epochs": [5, 10]}."""
     grid: dict[str, list] = {}
     for token in text.split():
         name, sep, values = token.partition("=")
@@ -99,8 +101,14 @@ def run_grid(
         fit = dataclasses.replace(base, **{k: v for k, v in point.items() if k in _FIT_TYPES})
         fit.check()  # every point before the first trains: a bad one never stops a grid half-way
         chosen = {k: point.get(k, (select or {}).get(k)) for k in SELECTORS}
-        identity = {"fit": as_json(fit), "select": chosen, "caches": caches,
-                    "prompt_sets": prompt_sets, "ensemble": ensemble, "label_map": label_map}
+        identity = {
+            "fit": as_json(fit),
+            "select": chosen,
+            "caches": caches,
+            "prompt_sets": prompt_sets,
+            "ensemble": ensemble,
+            "label_map": label_map,
+        }
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         planned.append((key, point, fit, chosen, identity))
     done: dict[str, dict] = {}
@@ -115,11 +123,23 @@ def run_grid(
             heads = [out_dir / "heads" / key for key, *_ in group]
             metas = fit_heads(train, heads, [fit for _, _, fit, _, _ in group], **group[0][3])
             for (key, point, fit, _, identity), head_path, meta in zip(group, heads, metas, strict=True):
-                records = evaluate(load_head(head_path), evals, prompt_sets=prompt_sets, ensemble=ensemble,
-                                   label_map=label_map, device=fit.device)
-                run = {"key": key, "grid": point, "identity": identity, "head": str(head_path),
-                       "final_loss": meta["history"][-1]["loss"] if meta.get("history") else None,
-                       "trained_together": len(group), "records": records}
+                records = evaluate(
+                    load_head(head_path),
+                    evals,
+                    prompt_sets=prompt_sets,
+                    ensemble=ensemble,
+                    label_map=label_map,
+                    device=fit.device,
+                )
+                run = {
+                    "key": key,
+                    "grid": point,
+                    "identity": identity,
+                    "head": str(head_path),
+                    "final_loss": meta["history"][-1]["loss"] if meta.get("history") else None,
+                    "trained_together": len(group),
+                    "records": records,
+                }
                 write_json(run, out_dir / "runs" / f"{key}.json")
                 done[key] = {**run, "reused": False}
                 bar.advance(task)
@@ -133,14 +153,22 @@ def _together(todo: list[tuple]) -> list[list[tuple]]:
     for i, run in enumerate(todo):
         order = shared_order(run[2])
         groups.setdefault((i,) if order is None else (order, json.dumps(run[3], sort_keys=True)), []).append(run)
-    return [g[s:s + MAX_TOGETHER] for g in groups.values() for s in range(0, len(g), MAX_TOGETHER)]
+    return [g[s : s + MAX_TOGETHER] for g in groups.values() for s in range(0, len(g), MAX_TOGETHER)]
 
 
 def rows(runs: list[dict]) -> list[dict]:
     """Flat rows (grid values + dataset, prompt set, UAR, WAR) for tables and CSV."""
     return [
-        {**run["grid"], "run": run["key"], "dataset": r["dataset"], "prompt_set": r["prompt_set"],
-         "uar": r["uar"], "war": r["war"], "n": r["n"], "reused": run["reused"]}
+        {
+            **run["grid"],
+            "run": run["key"],
+            "dataset": r["dataset"],
+            "prompt_set": r["prompt_set"],
+            "uar": r["uar"],
+            "war": r["war"],
+            "n": r["n"],
+            "reused": run["reused"],
+        }
         for run in runs
         for r in run["records"]
     ]

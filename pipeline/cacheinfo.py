@@ -39,7 +39,9 @@ def info_tables(path: Path) -> list[Table]:
         if items.frame_index is not None:
             facts.add_row("frames per clip", str(items.frame_index.shape[1]))
         if partial_dir(Path(path)).exists():
-            facts.add_row("unfinished run", f"{escape(str(partial_dir(Path(path))))} (re-run the same extract to finish it)")
+            facts.add_row(
+                "unfinished run", f"{escape(str(partial_dir(Path(path))))} (re-run the same extract to finish it)"
+            )
         groups = Table(title="feature groups")
         for col in ("group", "shape", "dtype", "provenance"):
             groups.add_column(col, overflow="fold")

@@ -11,8 +11,8 @@ from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
 from expclip.outputs import distinct, head_paths, writable
-from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract import sources
+from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
 from expclip.stages.shared.labels import builtin_label_maps
@@ -20,7 +20,8 @@ from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES, NEAR_DUPLICATE
 
 X, F = ExtractConfig, FitConfig
 XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
-             prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1})
+             prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0},
+             shard_size={"min": 1})
 FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 LABEL_MAPS = ", ".join(builtin_label_maps())  # the shipped --label-map names, read from their folder
@@ -41,7 +42,9 @@ app.command()(cli_run.run)
 
 @app.command()
 def extract(
-    source: Annotated[Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list (frame_dir num_frames label).")],
+    source: Annotated[
+        Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list "
+        "(frame_dir num_frames label).")],
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
     clip_model: XO.clip_model = X.clip_model,
     clip_pretrained: XO.clip_pretrained = X.clip_pretrained,
@@ -50,11 +53,17 @@ def extract(
     instruction: XO.instruction = X.instruction,
     transform: XO.transform = X.transform,
     prompts: XO.prompts = X.prompts,
-    source_type: Annotated[choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
-    root: Annotated[Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces --strip-prefix).")] = None,
-    strip_prefix: Annotated[Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
-    frames: Annotated[int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
+    source_type: Annotated[
+        choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
+    root: Annotated[
+        Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces "
+        "--strip-prefix).")] = None,
+    strip_prefix: Annotated[
+        Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
+    frames: Annotated[
+        int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
     batch_size: XO.batch_size = X.batch_size,
     num_workers: XO.num_workers = X.num_workers,
     device: XO.device = X.device,
@@ -68,11 +77,13 @@ def extract(
     Several processes: `torchrun --nproc_per_node N -m expclip extract ...` (or `accelerate launch`);
     job arrays: `--part K/N` per task, then once without --part to merge (docs/scale.md).
     """
-    from expclip.stages.extract import counts, extract as run_extract
+    from expclip.stages.extract import counts
+    from expclip.stages.extract import extract as run_extract
 
     with user_errors():
         writable(cache, "--out", inputs={"SOURCE": [source], "--prompts": [prompts]})
-        src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames, dataset=dataset)
+        src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
+                              dataset=dataset)
         cfg = X(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
@@ -111,8 +122,10 @@ def cache_info(cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False
 
 
 @cache_app.command("verify")
-def cache_verify(caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache file(s).")]) -> None:
-    """Recompute every checksum of each cache from its stored bytes: exit 1 when a part is damaged, 2 when unreadable."""
+def cache_verify(
+    caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache file(s).")],
+) -> None:
+    """Recompute every checksum of each cache from its stored bytes: exit 1 if a part is damaged, 2 if unreadable."""
     from expclip.cache.verify import verify_cache
 
     code = 0
@@ -132,15 +145,28 @@ def cache_verify(caches: Annotated[list[Path], typer.Argument(exists=True, dir_o
 
 @app.command()
 def evaluate(
-    cache: Annotated[list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several datasets).")],
-    head: Annotated[Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
-    prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = every set in the cache.")] = None,
-    ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt embedding).")] = ENSEMBLE,
-    label_map: Annotated[Optional[str], typer.Option(help=LABEL_MAPS + ", or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, for numeric class names.")] = None,
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
+    cache: Annotated[
+        list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several "
+        "datasets).")],
+    head: Annotated[
+        Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
+    prompt_set: Annotated[
+        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = "
+        "every set in the cache.")] = None,
+    ensemble: Annotated[
+        choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt "
+        "embedding).")] = ENSEMBLE,
+    label_map: Annotated[
+        Optional[str], typer.Option(help=LABEL_MAPS + ", or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, "
+        "for numeric class names.")] = None,
+    clip_key: Annotated[
+        Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
+    csv_out: Annotated[
+        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices.")] = None,
     device: FO.device = F.device,
 ) -> None:
@@ -183,17 +209,22 @@ def evaluate(
 
 @app.command("fit-head")
 def fit_head(
-    caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher features (rows are concatenated).")],
-    head_out: Annotated[Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")],
+    caches: Annotated[
+        list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher "
+        "features (rows are concatenated).")],
+    head_out: Annotated[
+        Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")],
     clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
-    instruction: Annotated[Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
+    instruction: Annotated[
+        Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
     lr: FO.lr = F.lr,
     momentum: FO.momentum = F.momentum,
     weight_decay: FO.weight_decay = F.weight_decay,
     batch_size: FO.batch_size = F.batch_size,
     epochs: FO.epochs = F.epochs,
-    milestones: Annotated[str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(map(str, F.milestones)),
+    milestones: Annotated[
+        str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(map(str, F.milestones)),
     gamma: FO.gamma = F.gamma,
     seed: FO.seed = F.seed,
     optimizer: FO.optimizer = F.optimizer,
@@ -203,8 +234,11 @@ def fit_head(
     device: FO.device = F.device,
     precision: FO.precision = F.precision,
     max_memory: FO.max_memory = F.max_memory,
-    exclude_near_duplicates_of: Annotated[Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False, help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine for --exclude-near-duplicates-of.")] = NEAR_DUPLICATE,
+    exclude_near_duplicates_of: Annotated[
+        Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False,
+        help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Cosine for --exclude-near-duplicates-of.")] = NEAR_DUPLICATE,
 ) -> None:
     """Stage two: train the head on cached features (the paper's run by default)."""
     from expclip.stages.fit_head import fit_head as run_fit_head
@@ -242,8 +276,8 @@ def fit_head(
         meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key,
                             instruction=instruction, exclude=exclude)
     last = meta["history"][-1]
-    out.print(f"wrote {files[0]} and {files[1]} ({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)",
-              markup=False)
+    out.print(f"wrote {files[0]} and {files[1]} "
+              f"({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)", markup=False)
     out.print(f"final epoch {last['epoch']}: loss {last['loss']:.4f}, in-batch accuracy {100 * last['accuracy']:.1f}%")
 
 
@@ -251,7 +285,9 @@ def fit_head(
 def head_export(
     head: Annotated[Path, typer.Argument(help="HEAD (stem, .safetensors or .json).")],
     target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write, e.g. HEAD.pth.")],
-    to: Annotated[choice(HEAD_FORMATS), typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict {mlp.weight}.")] = "official",
+    to: Annotated[
+        choice(HEAD_FORMATS), typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict "
+        "{mlp.weight}.")] = "official",
 ) -> None:
     """Write a linear head in the official Exp-CLIP .pth format (loadable by the original code)."""
     from expclip.stages.shared.heads import export_official, load_head
@@ -265,15 +301,26 @@ def head_export(
 @app.command()
 def ablate(
     train: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s).")],
-    eval_caches: Annotated[list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")],
-    grid: Annotated[str, typer.Option(help="Space-separated NAME=V1,V2 lists, e.g. 'lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-…'.")],
-    out_dir: Annotated[Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here are reused.")] = Path("ablation"),
-    prompt_set: Annotated[Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the caches.")] = None,
+    eval_caches: Annotated[
+        list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")],
+    grid: Annotated[
+        str, typer.Option(help="Space-separated NAME=V1,V2 lists, e.g. 'lr=1e-3,1e-2 epochs=5,10 head=linear,mlp "
+        "instruction=paper,sha-…'.")],
+    out_dir: Annotated[
+        Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here "
+        "are reused.")] = Path("ablation"),
+    prompt_set: Annotated[
+        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the "
+        "caches.")] = None,
     ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper) or embedding.")] = ENSEMBLE,
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
-    teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
-    instruction: Annotated[Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
-    label_map: Annotated[Optional[str], typer.Option(help=LABEL_MAPS + ", or a label,name file, for numeric class names.")] = None,
+    clip_key: Annotated[
+        Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
+    teacher_key: Annotated[
+        Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
+    instruction: Annotated[
+        Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
+    label_map: Annotated[
+        Optional[str], typer.Option(help=LABEL_MAPS + ", or a label,name file, for numeric class names.")] = None,
     device: FO.device = F.device,
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
@@ -298,8 +345,8 @@ def ablate(
         report.write_json(rows, out_dir / "ablation.json")
         report.write_rows_csv(rows, out_dir / "ablation.csv")
     reused = sum(r["reused"] for r in runs)
-    out.print(f"{len(runs)} runs ({reused} reused); table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}",
-              markup=False)
+    out.print(f"{len(runs)} runs ({reused} reused); "
+              f"table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}", markup=False)
 
 
 def _file(name: str | None) -> list[Path]:
@@ -309,7 +356,9 @@ def _file(name: str | None) -> list[Path]:
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and results.")] = Path("expclip-demo"),
+    workdir: Annotated[
+        Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and "
+        "results.")] = Path("expclip-demo"),
 ) -> None:
     """The whole pipeline offline on synthetic faces and tiny encoders pre-trained on drawn faces (under a minute)."""
     from expclip import report

@@ -7,9 +7,9 @@ import typer
 
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
+from expclip.options import choice
 from expclip.outputs import distinct, head_paths, writable
 from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
-from expclip.options import choice
 
 if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked for
     from expclip.sheets import Locator
@@ -17,16 +17,41 @@ if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked
 
 def search(
     cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Cache to search.")],
-    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text query (repeatable), encoded by the cache's own CLIP.")] = None,
-    image: Annotated[Optional[list[Path]], typer.Option("--image", exists=True, dir_okay=False, help="Image query (repeatable).")] = None,
-    head: Annotated[Optional[Path], typer.Option(help="Search in this head's space (W x, normalised), as zero-shot scores.")] = None,
+    text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="Text query (repeatable), encoded by the cache's own CLIP.")
+    ] = None,
+    image: Annotated[
+        Optional[list[Path]], typer.Option("--image", exists=True, dir_okay=False, help="Image query (repeatable).")
+    ] = None,
+    head: Annotated[
+        Optional[Path], typer.Option(help="Search in this head's space (W x, normalised), as zero-shot scores.")
+    ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per query.")] = 20,
-    exact: Annotated[bool, typer.Option("--exact", help="Exact search (faiss Flat) whatever the cache's size.")] = False,
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key when the cache holds several CLIP encoders.")] = None,
-    device: Annotated[choice(DEVICES), typer.Option(help="Where the query encoder runs (auto = CUDA when there is one).")] = DEVICES[0],
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Exact search (faiss Flat) whatever the cache's size.")
+    ] = False,
+    clip_key: Annotated[
+        Optional[str], typer.Option(help="Image key when the cache holds several CLIP encoders.")
+    ] = None,
+    device: Annotated[
+        choice(DEVICES), typer.Option(help="Where the query encoder runs (auto = CUDA when there is one).")
+    ] = DEVICES[0],
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the hits as JSON.")] = None,
-    sheet: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the hits (PNG; with several queries, one per query: NAME-1.png, ...).")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the cache's images are now (for --sheet, which reads only under it), if not where extract read them.")] = None,
+    sheet: Annotated[
+        Optional[Path],
+        typer.Option(
+            dir_okay=False,
+            help="Write a contact sheet of the hits (PNG; with several queries, one per query: NAME-1.png, ...).",
+        ),
+    ] = None,
+    image_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            file_okay=False,
+            help="Where the cache's images are now (for --sheet, which reads only under it), "
+            "if not where extract read them.",
+        ),
+    ] = None,
 ) -> None:
     """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
     from expclip import neighbour_report as report
@@ -70,17 +95,43 @@ def search(
 
 
 def audit(
-    caches: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache(s) to audit, e.g. training sets.")],
-    against: Annotated[Optional[list[Path]], typer.Option("--against", exists=True, dir_okay=False, help="Cache(s) to compare with, e.g. test sets (repeatable).")] = None,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine at or above which two frames are near-duplicates.")] = NEAR_DUPLICATE,
+    caches: Annotated[
+        list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache(s) to audit, e.g. training sets.")
+    ],
+    against: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--against", exists=True, dir_okay=False, help="Cache(s) to compare with, e.g. test sets (repeatable)."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Cosine at or above which two frames are near-duplicates.")
+    ] = NEAR_DUPLICATE,
     within: Annotated[bool, typer.Option("--within/--no-within", help="Also pairs inside each cache.")] = True,
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key when the caches hold several CLIP encoders.")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every pair (ids, frames, score) as CSV.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write counts and pairs as JSON.")] = None,
-    fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")] = False,
-    device: Annotated[choice(DEVICES), typer.Option(help="Where the products run (auto = CUDA when there is one; faiss on the CPU).")] = DEVICES[0],
-    sheet: Annotated[Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(file_okay=False, help="Where the caches' images are now (for --sheet, which reads only under it), if moved.")] = None,
+    clip_key: Annotated[
+        Optional[str], typer.Option(help="Image key when the caches hold several CLIP encoders.")
+    ] = None,
+    csv_out: Annotated[
+        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every pair (ids, frames, score) as CSV.")
+    ] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", dir_okay=False, help="Write counts and pairs as JSON.")
+    ] = None,
+    fail_on_leak: Annotated[
+        bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")
+    ] = False,
+    device: Annotated[
+        choice(DEVICES), typer.Option(help="Where the products run (auto = CUDA when there is one; faiss on the CPU).")
+    ] = DEVICES[0],
+    sheet: Annotated[
+        Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")
+    ] = None,
+    image_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            file_okay=False, help="Where the caches' images are now (for --sheet, which reads only under it), if moved."
+        ),
+    ] = None,
 ) -> None:
     """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
     from expclip import neighbour_report as report
@@ -92,7 +143,9 @@ def audit(
         for flag, path in written:
             if path is not None:
                 writable(path, flag, create=False, inputs={"CACHES": caches, "--against": against or []})
-        where = _locators([*caches, *(against or [])], image_root, [sheet]) if sheet else {}  # no image root: refused now
+        where = (
+            _locators([*caches, *(against or [])], image_root, [sheet]) if sheet else {}
+        )  # no image root: refused now
         found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
                           device=device)
         out.print(report.audit_table(found))

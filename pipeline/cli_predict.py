@@ -14,20 +14,54 @@ from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, P
 
 
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files, folders, video files or (with --frame-folders) frame folders.")],
-    head: Annotated[Optional[Path], typer.Option(help="A trained head (Exp-CLIP); without one, plain CLIP zero-shot.")] = None,
-    clip_model: Annotated[Optional[str], typer.Option(help=f"open_clip model or local-dir:PATH (default: the head's CLIP, else {PREDICT_CLIP}).")] = None,
-    clip_pretrained: Annotated[Optional[str], typer.Option(help="Pretrained tag or weights file (default: the head's, else openai).")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Comma list of class names, any words (default: the 7 basic expressions).")] = None,
-    prompt_set: Annotated[str, typer.Option(help="Prompt set for the classes' prompts and templates.")] = PREDICT_PROMPT_SET,
-    detector: Annotated[choice(DETECTORS), typer.Option(help="haar: OpenCV's bundled cascade; yunet: --detector-model FILE.onnx; none: pre-cropped faces.")] = DETECTORS[0],
-    detector_model: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="YuNet ONNX file for --detector yunet.")] = None,
-    every: Annotated[int, typer.Option(min=1, help="Score every N-th frame of videos (the whole clip always uses the paper's 16 frames).")] = 1,
-    frame_folders: Annotated[bool, typer.Option("--frame-folders", help="Each folder given is one clip's frames (sorted).")] = False,
+    paths: Annotated[
+        list[Path], typer.Argument(help="Image files, folders, video files or (with --frame-folders) frame folders.")
+    ],
+    head: Annotated[
+        Optional[Path], typer.Option(help="A trained head (Exp-CLIP); without one, plain CLIP zero-shot.")
+    ] = None,
+    clip_model: Annotated[
+        Optional[str],
+        typer.Option(help=f"open_clip model or local-dir:PATH (default: the head's CLIP, else {PREDICT_CLIP})."),
+    ] = None,
+    clip_pretrained: Annotated[
+        Optional[str], typer.Option(help="Pretrained tag or weights file (default: the head's, else openai).")
+    ] = None,
+    classes: Annotated[
+        Optional[str], typer.Option(help="Comma list of class names, any words (default: the 7 basic expressions).")
+    ] = None,
+    prompt_set: Annotated[
+        str, typer.Option(help="Prompt set for the classes' prompts and templates.")
+    ] = PREDICT_PROMPT_SET,
+    detector: Annotated[
+        choice(DETECTORS),
+        typer.Option(
+            help="haar: OpenCV's bundled cascade; yunet: --detector-model FILE.onnx; none: pre-cropped faces."
+        ),
+    ] = DETECTORS[0],
+    detector_model: Annotated[
+        Optional[Path], typer.Option(exists=True, dir_okay=False, help="YuNet ONNX file for --detector yunet.")
+    ] = None,
+    every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Score every N-th frame of videos (the whole clip always uses the paper's 16 frames)."
+        ),
+    ] = 1,
+    frame_folders: Annotated[
+        bool, typer.Option("--frame-folders", help="Each folder given is one clip's frames (sorted).")
+    ] = False,
     device: Annotated[choice(DEVICES), typer.Option(help="auto = CUDA when there is one.")] = DEVICES[0],
-    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
-    annotate_dir: Annotated[Optional[Path], typer.Option("--annotate", file_okay=False, help="Write boxed pictures and video timelines here.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")
+    ] = None,
+    csv_out: Annotated[
+        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")
+    ] = None,
+    annotate_dir: Annotated[
+        Optional[Path],
+        typer.Option("--annotate", file_okay=False, help="Write boxed pictures and video timelines here."),
+    ] = None,
 ) -> None:
     """Expressions of the faces in photos and videos: {class: probability} per face, zero-shot."""
     from expclip.predict import outputs

@@ -18,13 +18,26 @@ OVERRIDE = "Instead of the preset's (for tests or other checkpoints; the run is 
 
 def run(
     preset: Annotated[str, typer.Argument(help=f"A preset ({', '.join(presets.names())}) or a preset JSON file.")],
-    data_root: Annotated[Path, typer.Option(file_okay=False, help="Folder holding the datasets as the preset lays them out (--check lists where).")],
-    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Caches, heads and results; what is already there is reused.")] = Path("expclip-runs"),
-    check: Annotated[bool, typer.Option("--check", help="Only list where each dataset is expected and whether it is there.")] = False,
+    data_root: Annotated[
+        Path,
+        typer.Option(
+            file_okay=False, help="Folder holding the datasets as the preset lays them out (--check lists where)."
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", file_okay=False, help="Caches, heads and results; what is already there is reused.")
+    ] = Path("expclip-runs"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Only list where each dataset is expected and whether it is there.")
+    ] = False,
     clip_model: Annotated[Optional[str], typer.Option(help=f"CLIP model name or local-dir:PATH. {OVERRIDE}")] = None,
-    clip_pretrained: Annotated[Optional[str], typer.Option(help=f"With --clip-model: {help_of(ExtractConfig, 'clip_pretrained')}")] = None,
+    clip_pretrained: Annotated[
+        Optional[str], typer.Option(help=f"With --clip-model: {help_of(ExtractConfig, 'clip_pretrained')}")
+    ] = None,
     teacher: Annotated[Optional[str], typer.Option(help=f"Teacher HF id or folder. {OVERRIDE}")] = None,
-    fit: Annotated[Optional[str], typer.Option(help=f"Head settings, e.g. 'batch_size=64 epochs=1'. {OVERRIDE}")] = None,
+    fit: Annotated[
+        Optional[str], typer.Option(help=f"Head settings, e.g. 'batch_size=64 epochs=1'. {OVERRIDE}")
+    ] = None,
     device: XO.device = ExtractConfig.device,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Encoder batch (default: extract's).")] = None,
     num_workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers (default: extract's).")] = None,
@@ -41,9 +54,15 @@ def run(
             return
         given = {"clip_model": clip_model, "clip_pretrained": clip_pretrained, "teacher": teacher,
                  "batch_size": batch_size, "num_workers": num_workers}
-        result = run_preset(chosen, data_root, out_dir, extract_overrides={k: v for k, v in given.items() if v is not None},
-                            fit_overrides=_fit_settings(fit) if fit else None, device=device,
-                            say=lambda line: err.print(escape(line), highlight=False))
+        result = run_preset(
+            chosen,
+            data_root,
+            out_dir,
+            extract_overrides={k: v for k, v in given.items() if v is not None},
+            fit_overrides=_fit_settings(fit) if fit else None,
+            device=device,
+            say=lambda line: err.print(escape(line), highlight=False),
+        )
     out.print(table2(result))
     out.print(f"wrote {result['results']} ({result['seconds']:.1f} s)", highlight=False, markup=False)
 
@@ -69,7 +88,13 @@ def layout_table(name: str, data_root: Path, planned: list) -> Table:
         table.add_column(column)
     for p in planned:
         status = "[red]" + escape(p.problem) + "[/]" if p.problem else f"[green]ok[/] ({len(p.source.items)} items)"
-        table.add_row(escape(p.label), p.dataset.kind, escape(str(p.path.relative_to(data_root))), escape(p.dataset.layout), status)
+        table.add_row(
+            escape(p.label),
+            p.dataset.kind,
+            escape(str(p.path.relative_to(data_root))),
+            escape(p.dataset.layout),
+            status,
+        )
     return table
 
 
@@ -78,7 +103,7 @@ def _pair(uar: float | None, war: float | None, form: str) -> str:
 
 
 def table2(result: dict) -> Table:
-    """Table 2: per dataset, plain CLIP and Exp-CLIP measured here beside the paper, UAR / WAR (%) and the difference."""
+    """Table 2: per dataset, plain CLIP and Exp-CLIP measured here beside the paper, UAR / WAR (%), difference."""
     table = Table(title=f"Table 2, {escape(result['preset'])} (CLIP {result['paper_column']}), prompt set "
                         f"{result['table_prompt_set']}: zero-shot UAR / WAR (%), here vs the paper")
     table.add_column("dataset")

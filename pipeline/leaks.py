@@ -8,7 +8,9 @@ from expclip.stages.fit_head.data import Exclusion
 from expclip.stages.neighbours import audit, flagged_items
 
 
-def near_duplicates_of(train: list[Path], evals: list[Path], threshold: float, clip_key: str | None = None) -> Exclusion:
+def near_duplicates_of(
+    train: list[Path], evals: list[Path], threshold: float, clip_key: str | None = None
+) -> Exclusion:
     """Rows of each training cache within `threshold` cosine of any frame of `evals`, with what HEAD.json
     should say of them (threshold, CLIP key, the evaluation caches' identities)."""
     train, evals = [Path(p) for p in train], [Path(p) for p in evals]

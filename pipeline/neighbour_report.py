@@ -38,8 +38,13 @@ def audit_table(report: dict) -> Table:
     for name in ("cache", "against", "pairs", "items", "items against"):
         table.add_column(name, justify="right" if name.startswith(("pairs", "items")) else "left")
     for c in report["counts"]:
-        table.add_row(escape(Path(c["a"]).name), "itself" if c["within"] else escape(Path(c["b"]).name), f"{c['pairs']:,}",
-                      f"{c['items_a']:,}", f"{c['items_b']:,}")
+        table.add_row(
+            escape(Path(c["a"]).name),
+            "itself" if c["within"] else escape(Path(c["b"]).name),
+            f"{c['pairs']:,}",
+            f"{c['items_a']:,}",
+            f"{c['items_b']:,}",
+        )
     for p in report["pairs"][:SHOWN_PAIRS]:
         table.add_row(escape(f"{p['a_id']}{_frame(p['a_frame'])}"), escape(f"{p['b_id']}{_frame(p['b_frame'])}"),
                       f"{p['score']:.4f}", "", "", style="dim")

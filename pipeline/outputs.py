@@ -82,7 +82,9 @@ def distinct(outputs: Iterable[tuple[str, Path | None]]) -> None:
     for k, (option, path) in enumerate(named):
         for other, earlier in named[:k]:
             if _same(path, earlier):
-                raise ExpclipError(f"{option} {path}: the same file as {other} {earlier}; give each output its own path")
+                raise ExpclipError(
+                    f"{option} {path}: the same file as {other} {earlier}; give each output its own path"
+                )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

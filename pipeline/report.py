@@ -70,7 +70,9 @@ def write_json(records: list[dict] | dict, path: Path) -> None:
     try:
         text = json.dumps(records, indent=1, allow_nan=False) + "\n"
     except ValueError:  # NaN or inf is not JSON: never written, and no traceback either
-        raise ExpclipError(f"{path}: the results hold NaN or infinity, which JSON cannot hold; nothing written") from None
+        raise ExpclipError(
+            f"{path}: the results hold NaN or infinity, which JSON cannot hold; nothing written"
+        ) from None
     write_atomically(path, lambda tmp: tmp.write_text(text, "utf-8"))
 
 
@@ -102,15 +104,19 @@ def write_confusion_pngs(records: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    caches_per_dataset = {d: {r["cache"] for r in records if r["dataset"] == d} for d in {r["dataset"] for r in records}}
+    caches_per_dataset = {
+        d: {r["cache"] for r in records if r["dataset"] == d} for d in {r["dataset"] for r in records}
+    }
     for r in records:
         size = 2.5 + 0.6 * len(r["classes"])
         fig = Figure(figsize=(size + 1, size), layout="constrained")
         display = ConfusionMatrixDisplay(np.asarray(r["confusion"]), display_labels=r["classes"])
         display.plot(ax=fig.subplots(), xticks_rotation=45, colorbar=True, cmap="Blues")
-        display.ax_.set_title(f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}")
+        display.ax_.set_title(
+            f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}"
+        )
         path = out_dir / png_name(r, with_cache=len(caches_per_dataset[r["dataset"]]) > 1)  # never overwrite
-        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        write_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
         written.append(path)
     return written
 
@@ -128,7 +134,9 @@ def grid_table(rows: list[dict]) -> Table:
     for (_, prompt_set), by_dataset in grouped.items():
         first = next(iter(by_dataset.values()))
         cells = [_cell(by_dataset.get(d)) for d in datasets]
-        table.add_row(*[escape(str(first[p])) for p in params], escape(prompt_set), *cells, "yes" if first["reused"] else "no")
+        table.add_row(
+            *[escape(str(first[p])) for p in params], escape(prompt_set), *cells, "yes" if first["reused"] else "no"
+        )
     return table
 
 
@@ -137,6 +145,7 @@ GRID_ROW_FIELDS = ("run", "dataset", "prompt_set", "uar", "war", "n", "reused")
 
 def write_rows_csv(rows: list[dict], path: Path) -> None:
     """Flat rows (all with the same keys) as CSV, header first."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")

@@ -32,8 +32,7 @@ from expclip.outputs import writable
 from expclip.presets import Dataset, Preset, paper_numbers
 from expclip.report import write_json
 from expclip.stages.evaluate import evaluate
-from expclip.stages.extract import counts, extract
-from expclip.stages.extract import sources
+from expclip.stages.extract import counts, extract, sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.extract.plan import clip_identity_for, teacher_identity_for

@@ -21,8 +21,8 @@ import sklearn
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
-from expclip.cache.reader import CacheReader
 from expclip.base.errors import ExpclipError
+from expclip.cache.reader import CacheReader
 from expclip.stages.shared import protocol
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head
@@ -123,7 +123,8 @@ def _resolve_sets(cache: CacheReader, key: str, wanted: list[str] | None) -> lis
     """Requested prompt sets (all by default), protocol sets first, each present in the cache."""
     available = cache.text_sets(key)
     order = list(protocol.prompt_sets())
-    how = f"add it with `expclip extract SOURCE --out {cache.path} --no-teacher --prompts FILE.json` (same SOURCE and --clip-model)"
+    how = (f"add it with `expclip extract SOURCE --out {cache.path} --no-teacher --prompts FILE.json` "
+           "(same SOURCE and --clip-model)")
     if wanted is None:
         if not available:
             raise ExpclipError(f"{cache.path}: no text features under /text/{key}; {how}")
@@ -132,7 +133,7 @@ def _resolve_sets(cache: CacheReader, key: str, wanted: list[str] | None) -> lis
     if missing:
         raise ExpclipError(
             f"--prompt-set: {cache.path} has no prompt set {', '.join(missing)} for {key} "
-            f"(it has: {', '.join(available) or 'none'}); {how} ({{\"set-name\": {{\"Happiness\": [...], ...}}}})"
+            f'(it has: {", ".join(available) or "none"}); {how} ({{"set-name": {{"Happiness": [...], ...}}}})'
         )
     return list(dict.fromkeys(wanted))
 

@@ -8,6 +8,14 @@ import pytest
 
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
 
+KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))
+
+
+def clip_attrs(**changes) -> dict:
+    """Attributes of a hand-written cache's CLIP image group (what extract records), with `changes`."""
+    return {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model",
+            "logit_scale": 20.0, **changes}
+
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:

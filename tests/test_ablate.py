@@ -3,25 +3,24 @@
 import dataclasses
 import json
 from pathlib import Path
-import typing
 
 import numpy as np
-import torch
 import pytest
+import torch
+from conftest import KEY, clip_attrs
 from typer.testing import CliRunner
 
 from expclip import ablate
+from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.base.errors import ExpclipError
-from expclip.stages.shared import protocol
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig, fit_head
+from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import load_head
 
-KEY = "ViT-T@test"
-CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 20.0, "embed_dim": 8}
+CLIP = clip_attrs(embed_dim=8)
 runner = CliRunner()
 
 
@@ -33,16 +32,25 @@ def caches(tmp_path_factory):
     n = 48
     items = fmt.Items(ids=[f"t{i}" for i in range(n)], labels=np.full(n, -1), class_names=[])
     image = rng.standard_normal((n, 8)).astype(np.float32)
-    teacher = {fmt.teacher_path("tiny-t5", k): (rng.standard_normal((n, 12)).astype(np.float32), {"model": "t5", "instruction": k})
-               for k in ("paper", "sha-0123456789")}
+    teacher = {
+        fmt.teacher_path("tiny-t5", k): (
+            rng.standard_normal((n, 12)).astype(np.float32),
+            {"model": "t5", "instruction": k},
+        )
+        for k in ("paper", "sha-0123456789")
+    }
     train = folder / "train.h5"
     write_arrays(train, items, file_attrs={"dataset": "train"}, aligned={fmt.image_path(KEY): (image, CLIP), **teacher})
     names = protocol.class_order()[:3]
     labels = rng.integers(0, 3, 30)
     eval_items = fmt.Items(ids=[f"e{i}" for i in range(30)], labels=labels, class_names=names)
     order = protocol.class_order()
-    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
-                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    text = {
+        fmt.text_path(KEY, "class_name"): (
+            rng.standard_normal((11, 8)).astype(np.float32),
+            {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))},
+        )
+    }
     evals = folder / "eval.h5"
     write_arrays(evals, eval_items, file_attrs={"dataset": "toy-eval"},
                  aligned={fmt.image_path(KEY): (rng.standard_normal((30, 8)).astype(np.float32), CLIP)}, small=text)
@@ -50,7 +58,9 @@ def caches(tmp_path_factory):
 
 
 def test_parse_grid_types_and_errors():
-    grid = ablate.parse_grid("lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-0123456789 logit-scale=learnable,50")
+    grid = ablate.parse_grid(
+        "lr=1e-3,1e-2 epochs=5,10 head=linear,mlp instruction=paper,sha-0123456789 logit-scale=learnable,50"
+    )
     assert grid == {"lr": [1e-3, 1e-2], "epochs": [5, 10], "head": ["linear", "mlp"],
                     "instruction": ["paper", "sha-0123456789"], "logit_scale": ["learnable", 50.0]}
     with pytest.raises(ExpclipError, match="unknown name 'lrr'; choose from lr, momentum"):
@@ -64,12 +74,16 @@ def test_parse_grid_types_and_errors():
 def test_grid_values_take_their_field_type():
     """"3" becomes an int for int fields, a float for float fields, and stays text for text fields (whether
     3 is in the field's range is parse_grid's next question, tested below)."""
-    hints = typing.get_type_hints(FitConfig)
-    for name in ablate.GRID_NAMES:
+    expected = {  # written out, not read from FitConfig's annotations: a changed field type must show here
+        "lr": float, "momentum": float, "weight_decay": float, "gamma": float, "logit_scale": float,
+        "batch_size": int, "epochs": int, "seed": int,
+        "optimizer": str, "head": str, "precision": str, "max_memory": str,
+        "instruction": str, "teacher_key": str, "clip_key": str,
+    }
+    assert set(ablate.GRID_NAMES) == set(expected)
+    for name, kind in expected.items():
         value = ablate._convert(name, "3")
-        kind = hints.get(name, str)
-        expected = {int: int, float: float, str: str, str | None: str}.get(kind, float)  # logit_scale: float | str | None
-        assert type(value) is expected, (name, value)
+        assert type(value) is kind and value == kind("3"), (name, value)
     assert ablate.parse_grid("seed=1,2 optimizer=sgd precision=bf16") == {
         "seed": [1, 2], "optimizer": ["sgd"], "precision": ["bf16"]}
     with pytest.raises(ExpclipError, match="is not NAME=V1,V2"):
@@ -122,7 +136,9 @@ def test_grid_runs_equal_direct_fit_and_evaluate_and_are_reused(caches, tmp_path
     base = FitConfig(batch_size=16, epochs=2, device="cpu")
     runs = ablate.run_grid([train], [evals], grid, tmp_path / "abl", base=base)
     assert len(runs) == 4 and not any(r["reused"] for r in runs)
-    assert [r["grid"] for r in runs] == [{"lr": a, "instruction": b} for a in (1e-2, 1e-1) for b in ("paper", "sha-0123456789")]
+    assert [r["grid"] for r in runs] == [
+        {"lr": a, "instruction": b} for a in (1e-2, 1e-1) for b in ("paper", "sha-0123456789")
+    ]
     direct = tmp_path / "direct"
     fit_head([train], direct, FitConfig(batch_size=16, epochs=2, device="cpu", lr=1e-1), instruction="sha-0123456789")
     expected = evaluate(load_head(direct), [evals])
@@ -133,7 +149,9 @@ def test_grid_runs_equal_direct_fit_and_evaluate_and_are_reused(caches, tmp_path
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(ablate, "fit_heads", no_training)
-    again = ablate.run_grid([train], [evals], ablate.parse_grid("lr=1e-1 instruction=sha-0123456789"), tmp_path / "abl", base=base)
+    again = ablate.run_grid(
+        [train], [evals], ablate.parse_grid("lr=1e-1 instruction=sha-0123456789"), tmp_path / "abl", base=base
+    )
     assert again[0]["reused"] and again[0]["records"] == runs[3]["records"]
     rows = ablate.rows(runs)
     assert len(rows) == 4 and {r["dataset"] for r in rows} == {"toy-eval"}
@@ -152,16 +170,38 @@ def test_configurations_sharing_the_data_order_train_together_and_each_equals_it
         config = dataclasses.replace(base, **run["grid"])
         fit_head([train], alone, config, instruction="paper")
         assert torch.equal(load_head(Path(run["head"])).module.weight, load_head(alone).module.weight), run["grid"]
-        assert json.loads(Path(run["head"] + ".json").read_text())["history"] == json.loads(alone.with_suffix(".json").read_text())["history"]
-    mixed = ablate.run_grid([train], [evals], ablate.parse_grid("head=linear,mlp lr=0.5"), tmp_path / "mixed", base=base,
-                            select={"instruction": "paper"})
+        assert (
+            json.loads(Path(run["head"] + ".json").read_text())["history"]
+            == json.loads(alone.with_suffix(".json").read_text())["history"]
+        )
+    mixed = ablate.run_grid(
+        [train],
+        [evals],
+        ablate.parse_grid("head=linear,mlp lr=0.5"),
+        tmp_path / "mixed",
+        base=base,
+        select={"instruction": "paper"},
+    )
     assert [r["trained_together"] for r in mixed] == [1, 1]
 
 
 def test_ablate_cli_writes_table_csv_and_json(caches, tmp_path):
     train, evals = caches
     out = tmp_path / "abl"
-    args = ["ablate", str(train), "--eval", str(evals), "--grid", "epochs=1,2 batch_size=16", "--out-dir", str(out), "--device", "cpu", "--instruction", "paper"]
+    args = [
+        "ablate",
+        str(train),
+        "--eval",
+        str(evals),
+        "--grid",
+        "epochs=1,2 batch_size=16",
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--instruction",
+        "paper",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "2 runs (0 reused)" in result.output and "toy-eval" in result.output
@@ -181,14 +221,30 @@ def test_ablate_label_map_reaches_evaluate(caches, tmp_path):
     order = protocol.class_order()
     numeric = tmp_path / "numeric.h5"
     items = fmt.Items(ids=[f"e{i}" for i in range(12)], labels=np.arange(12) % 2, class_names=["0", "1"])
-    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
-                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    text = {
+        fmt.text_path(KEY, "class_name"): (
+            rng.standard_normal((11, 8)).astype(np.float32),
+            {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))},
+        )
+    }
     write_arrays(numeric, items, file_attrs={"dataset": "numeric"},
                  aligned={fmt.image_path(KEY): (rng.standard_normal((12, 8)).astype(np.float32), CLIP)}, small=text)
     label_map = tmp_path / "map.csv"
     label_map.write_text("0,Neutral\n1,Happiness\n")
-    args = ["ablate", str(train), "--eval", str(numeric), "--grid", "epochs=1 batch_size=16", "--out-dir", str(tmp_path / "a"),
-            "--device", "cpu", "--instruction", "paper"]
+    args = [
+        "ablate",
+        str(train),
+        "--eval",
+        str(numeric),
+        "--grid",
+        "epochs=1 batch_size=16",
+        "--out-dir",
+        str(tmp_path / "a"),
+        "--device",
+        "cpu",
+        "--instruction",
+        "paper",
+    ]
     without = runner.invoke(app, args)
     assert without.exit_code == 2 and "--label-map" in without.output
     result = runner.invoke(app, [*args, "--label-map", str(label_map)])
@@ -203,14 +259,20 @@ def test_re_extracting_with_other_labels_at_the_same_path_recomputes(caches, tmp
     rng = np.random.default_rng(2)
     order = protocol.class_order()
     image = rng.standard_normal((20, 8)).astype(np.float32)
-    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
-                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    text = {
+        fmt.text_path(KEY, "class_name"): (
+            rng.standard_normal((11, 8)).astype(np.float32),
+            {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))},
+        )
+    }
     evals = tmp_path / "eval.h5"
 
     def extract(class_names: list[str]) -> None:
         evals.unlink(missing_ok=True)
         items = fmt.Items(ids=[f"e{i}" for i in range(20)], labels=np.arange(20) % 2, class_names=class_names)
-        write_arrays(evals, items, file_attrs={"dataset": "relabelled"}, aligned={fmt.image_path(KEY): (image, CLIP)}, small=text)
+        write_arrays(
+            evals, items, file_attrs={"dataset": "relabelled"}, aligned={fmt.image_path(KEY): (image, CLIP)}, small=text
+        )
 
     grid = ablate.parse_grid("epochs=1 batch_size=16")
     extract(["happy", "sad"])
@@ -220,7 +282,9 @@ def test_re_extracting_with_other_labels_at_the_same_path_recomputes(caches, tmp
     assert not second["reused"] and second["key"] != first["key"]
     recall = lambda run: run["records"][0]["per_class"]  # noqa: E731
     # The items of each label now count as the other class; with two classes scored, recall flips to 100 - recall.
-    assert recall(second) == pytest.approx({"Happiness": 100 - recall(first)["Sadness"], "Sadness": 100 - recall(first)["Happiness"]})
+    assert recall(second) == pytest.approx(
+        {"Happiness": 100 - recall(first)["Sadness"], "Sadness": 100 - recall(first)["Happiness"]}
+    )
     [third] = ablate.run_grid([train], [evals], grid, tmp_path / "abl", select={"instruction": "paper"})
     assert third["reused"] and third["key"] == second["key"]
 
@@ -231,13 +295,31 @@ def test_grid_over_teacher_keys_compares_teachers_of_one_cache(caches, tmp_path)
     rng = np.random.default_rng(3)
     n = 32
     items = fmt.Items(ids=[f"t{i}" for i in range(n)], labels=np.full(n, -1), class_names=[])
-    teachers = {fmt.teacher_path("blip2-t5", "paper"): (rng.standard_normal((n, 12)).astype(np.float32), {"model": "t5", "instruction": "x"}),
-                fmt.teacher_path("blip2-opt", "paper"): (rng.standard_normal((n, 10)).astype(np.float32), {"model": "opt", "instruction": "x"})}
+    teachers = {
+        fmt.teacher_path("blip2-t5", "paper"): (
+            rng.standard_normal((n, 12)).astype(np.float32),
+            {"model": "t5", "instruction": "x"},
+        ),
+        fmt.teacher_path("blip2-opt", "paper"): (
+            rng.standard_normal((n, 10)).astype(np.float32),
+            {"model": "opt", "instruction": "x"},
+        ),
+    }
     train = tmp_path / "two-teachers.h5"
     write_arrays(train, items, file_attrs={"dataset": "train"},
                  aligned={fmt.image_path(KEY): (rng.standard_normal((n, 8)).astype(np.float32), CLIP), **teachers})
-    args = ["ablate", str(train), "--eval", str(evals), "--grid", "teacher_key=blip2-t5,blip2-opt epochs=1 batch_size=16",
-            "--out-dir", str(tmp_path / "abl"), "--device", "cpu"]
+    args = [
+        "ablate",
+        str(train),
+        "--eval",
+        str(evals),
+        "--grid",
+        "teacher_key=blip2-t5,blip2-opt epochs=1 batch_size=16",
+        "--out-dir",
+        str(tmp_path / "abl"),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "abl" / "ablation.json").read_text())

@@ -142,12 +142,24 @@ def test_every_stage_is_a_room_and_shared_parts_are_named():
     "file, line, rule",
     [
         ("cache/reader.py", "from expclip.cli import app", "cache imports expclip.cli"),
-        ("cache/format.py", "from expclip.stages.shared import protocol", "cache imports expclip.stages.shared.protocol"),
+        (
+            "cache/format.py",
+            "from expclip.stages.shared import protocol",
+            "cache imports expclip.stages.shared.protocol",
+        ),
         ("base/errors.py", "import expclip.cache.format", "base imports expclip.cache.format"),
-        ("stages/evaluate.py", "from expclip.stages.fit_head import FitConfig", "stages.evaluate imports expclip.stages.fit_head"),
+        (
+            "stages/evaluate.py",
+            "from expclip.stages.fit_head import FitConfig",
+            "stages.evaluate imports expclip.stages.fit_head",
+        ),
         ("stages/shared/heads.py", "from expclip.report import tables", "stages.shared imports expclip.report"),
         ("stages/fit_head/train.py", "import open_clip", "imports open_clip; only stage one's encoders may"),
-        ("cache/format.py", "from expclip.cache import reader", "import cycle: expclip.cache.format -> expclip.cache.reader -> expclip.cache.format"),
+        (
+            "cache/format.py",
+            "from expclip.cache import reader",
+            "import cycle: expclip.cache.format -> expclip.cache.reader -> expclip.cache.format",
+        ),
     ],
 )
 def test_a_forbidden_import_is_caught(tmp_path, file, line, rule):

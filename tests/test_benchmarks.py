@@ -24,7 +24,9 @@ def _script(name: str, monkeypatch):
 def test_stage_one_smoke(tmp_path, capsys, monkeypatch):
     """The tiny path runs the real `extract` with injected encoders and prints every row of the table."""
     faces = 128
-    rows = _script("stage_one", monkeypatch).main(["--tiny", "--faces", str(faces), "--batch-size", "32", "--workdir", str(tmp_path)])
+    rows = _script("stage_one", monkeypatch).main(
+        ["--tiny", "--faces", str(faces), "--batch-size", "32", "--workdir", str(tmp_path)]
+    )
 
     printed = capsys.readouterr().out
     assert "expclip extract (stage one)" in printed and "torch " in printed
@@ -50,8 +52,22 @@ def test_stage_one_smoke(tmp_path, capsys, monkeypatch):
 
 def test_audit_scale_smoke(tmp_path, capsys, monkeypatch):
     """2,000 planted-into rows against 300 on the CPU, in a child process: every planted pair found, nothing else."""
-    (run,) = _script("audit_scale", monkeypatch).main(["--rows", "2000", "--against", "300", "--planted", "20", "--devices", "cpu",
-                                          "--block-rows", "512", "--workdir", str(tmp_path)])
+    (run,) = _script("audit_scale", monkeypatch).main(
+        [
+            "--rows",
+            "2000",
+            "--against",
+            "300",
+            "--planted",
+            "20",
+            "--devices",
+            "cpu",
+            "--block-rows",
+            "512",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
 
     printed = capsys.readouterr().out
     assert "expclip audit at scale" in printed and "faiss " in printed and "20 / 20" in printed

@@ -15,10 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
+from expclip.base.errors import ExpclipError
 from expclip.cache.format import Items, partial_dir
 from expclip.cache.reader import CacheReader, open_cache
 from expclip.cache.writer import Extraction, write_arrays
-from expclip.base.errors import ExpclipError
 
 
 def _items(n=10):
@@ -28,9 +28,18 @@ def _items(n=10):
 def test_layout_matches_docs(tmp_path):
     path = tmp_path / "c.h5"
     img = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
-    write_arrays(path, _items(), file_attrs={"dataset": "toy", "source": "src"},
-                 aligned={"image/m@t": (img, {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
-                 small={"text/m@t/class_name": (np.ones((2, 8), np.float32), {"prompts": ["x.", "y."], "class_names": ["Happiness", "Sadness"], "class_index": [0, 1]})})
+    write_arrays(
+        path,
+        _items(),
+        file_attrs={"dataset": "toy", "source": "src"},
+        aligned={"image/m@t": (img, {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
+        small={
+            "text/m@t/class_name": (
+                np.ones((2, 8), np.float32),
+                {"prompts": ["x.", "y."], "class_names": ["Happiness", "Sadness"], "class_index": [0, 1]},
+            )
+        },
+    )
     with h5py.File(path, "r") as f:  # plain h5py, as a user's script would read it
         assert f.attrs["format"] == "expclip-cache" and f.attrs["format_version"] == 2 and f.attrs["complete"]
         assert f.attrs["kind"] == "images" and f.attrs["dataset"] == "toy"
@@ -52,7 +61,10 @@ def test_extending_keeps_groups_and_refuses_other_config_under_same_key(tmp_path
     with CacheReader(path) as r:
         assert r.image_keys() == ["k"] and r.teacher_keys() == [("t", "paper")]
         assert (r.teacher("t", "paper") == 2).all()
-    with pytest.raises(ExpclipError, match=r"/image/k was made by \[model=A, pretrained=p\]; this run asks for \[model=B, pretrained=p\]"):
+    with pytest.raises(
+        ExpclipError,
+        match=r"/image/k was made by \[model=A, pretrained=p\]; this run asks for \[model=B, pretrained=p\]",
+    ):
         write_arrays(path, _items(), file_attrs={}, aligned={"image/k": (img, {"model": "B", "pretrained": "p"})})
     with pytest.raises(ExpclipError, match="differ from this source"):
         write_arrays(path, _items(9), file_attrs={}, aligned={"image/j": (img[:9], {"model": "B"})})
@@ -91,12 +103,14 @@ def _dataset_digests(path):
     """sha256 of every dataset's bytes and attributes in a file: equal digests = byte-equal groups."""
     found = {}
     with h5py.File(path, "r") as f:
+
         def note(name, obj):
             if isinstance(obj, h5py.Dataset):
                 data = obj[()]
                 raw = b"\0".join(data.tolist()) if data.dtype.kind == "O" else data.tobytes()  # strings by value
                 attrs = sorted((k, str(v)) for k, v in obj.attrs.items())
                 found[name] = (hashlib.sha256(raw).hexdigest(), obj.dtype.str, obj.shape, attrs)
+
         f.visititems(note)
     return found
 
@@ -107,8 +121,14 @@ def test_two_writers_of_disjoint_shards_then_one_merge_equal_one_writer(tmp_path
     image[4] = np.nan
     text = np.arange(6, dtype=np.float32).reshape(3, 2)
     text_attrs = {"model": "m", "prompts": ["a.", "b.", "c."], "class_index": [0, 0, 1]}
-    write_arrays(tmp_path / "one.h5", _items(n), file_attrs={"dataset": "toy"}, failures={4: "not an image"},
-                 aligned={"image/k": (image, {"model": "m"})}, small={"text/k/s": (text, text_attrs)})
+    write_arrays(
+        tmp_path / "one.h5",
+        _items(n),
+        file_attrs={"dataset": "toy"},
+        failures={4: "not an image"},
+        aligned={"image/k": (image, {"model": "m"})},
+        small={"text/k/s": (text, text_attrs)},
+    )
 
     path = tmp_path / "two.h5"
     a = Extraction(path, _items(n), {"dataset": "toy"}, shard_size=2)
@@ -124,8 +144,13 @@ def test_two_writers_of_disjoint_shards_then_one_merge_equal_one_writer(tmp_path
     b.describe("text/k/s", text_attrs, (2,), "float32")
     b.write_shard("text/k/s", 0, 3, text)
     spec_files = sorted(p.relative_to(partial_dir(path)).as_posix() for p in partial_dir(path).rglob("*.json"))
-    assert spec_files == ["image/k/group.json", "image/k/layout.json", "manifest.json",
-                          "text/k/s/group.json", "text/k/s/layout.json"]
+    assert spec_files == [
+        "image/k/group.json",
+        "image/k/layout.json",
+        "manifest.json",
+        "text/k/s/group.json",
+        "text/k/s/layout.json",
+    ]
     assert a.unfinished() == [] and a.finalize() == {"c1/4.png": "not an image"}
     assert _dataset_digests(path) == _dataset_digests(tmp_path / "one.h5")
     assert not partial_dir(path).exists()
@@ -141,8 +166,12 @@ def test_only_dead_processes_temporaries_of_this_host_are_removed(tmp_path):
         shard = partial_dir(path) / "image" / "k" / "000000000-000000002.h5"
         shard.parent.mkdir(parents=True)
         dead = [tmp_path / f"c.h5.tmp-{host}-{done.pid}", shard.with_name(f"{shard.name}.tmp-{host}-{done.pid}")]
-        kept = [tmp_path / f"c.h5.tmp-{host}-{sleeper.pid}", shard.with_name(f"{shard.name}.tmp-{host}-{os.getpid()}"),
-                tmp_path / f"c.h5.tmp-another-host-{done.pid}", tmp_path / f"other.h5.tmp-{host}-{done.pid}"]
+        kept = [
+            tmp_path / f"c.h5.tmp-{host}-{sleeper.pid}",
+            shard.with_name(f"{shard.name}.tmp-{host}-{os.getpid()}"),
+            tmp_path / f"c.h5.tmp-another-host-{done.pid}",
+            tmp_path / f"other.h5.tmp-{host}-{done.pid}",
+        ]
         for tmp in dead + kept:
             tmp.write_bytes(b"half a file")
         Extraction(path, _items(), {})
@@ -158,7 +187,10 @@ def test_configuration_keys_added_later_are_not_compared(tmp_path):
     write_arrays(path, _items(), file_attrs={}, aligned={"teacher/t/paper": (rows, {"model": "T", "instruction": "x"})})
     job = Extraction(path, _items(), {})
     assert job.register("teacher/t/paper", {"model": "T", "instruction": "x", "family": "blip2-t5"}) == []
-    with pytest.raises(ExpclipError, match=r"/teacher/t/paper was made by \[instruction=x, model=T\]; this run asks for \[instruction=y, model=T\]"):
+    with pytest.raises(
+        ExpclipError,
+        match=r"/teacher/t/paper was made by \[instruction=x, model=T\]; this run asks for \[instruction=y, model=T\]",
+    ):
         job.register("teacher/t/paper", {"model": "T", "instruction": "y", "family": "blip2-t5"})
     # The same rule for a group begun in the partial folder by an older run.
     job.register("teacher/u/paper", {"model": "U"})
@@ -262,8 +294,12 @@ def test_cache_info_cli_shows_groups_and_completeness(tmp_path):
     from expclip.cli import app
 
     path = tmp_path / "c.h5"
-    write_arrays(path, _items(), file_attrs={"dataset": "toy"},
-                 aligned={"image/m@t": (np.ones((10, 8), np.float32), {"model": "m", "pretrained": "t", "logit_scale": 50.0})})
+    write_arrays(
+        path,
+        _items(),
+        file_attrs={"dataset": "toy"},
+        aligned={"image/m@t": (np.ones((10, 8), np.float32), {"model": "m", "pretrained": "t", "logit_scale": 50.0})},
+    )
     result = CliRunner().invoke(app, ["cache", "info", str(path)])
     assert result.exit_code == 0, result.output
     for text in ("complete", "True", "image/m@t", "10×8", "float16", "logit_scale=50.0", "10 (10 labelled, 0 failed)"):
@@ -289,18 +325,27 @@ def test_a_cache_of_an_older_format_version_is_one_line_and_left_untouched(tmp_p
     cache.write_bytes(GOLDEN.read_bytes())
     with h5py.File(GOLDEN, "r") as f:
         assert f.attrs["format_version"] == 1 and "metadata_sha256" not in f.attrs  # as 0.1.0 wrote it
-    line = (f"error: {cache}: format_version 1 is older than this expclip reads (2); re-extract it: "
-            f"delete {cache} and re-run `expclip extract SOURCE --out {cache}`")
-    for args in (["cache", "info", str(cache)], ["cache", "verify", str(cache)],
-                 ["fit-head", str(cache), "--out", str(tmp_path / "head")]):
+    line = (
+        f"error: {cache}: format_version 1 is older than this expclip reads (2); re-extract it: "
+        f"delete {cache} and re-run `expclip extract SOURCE --out {cache}`"
+    )
+    for args in (
+        ["cache", "info", str(cache)],
+        ["cache", "verify", str(cache)],
+        ["fit-head", str(cache), "--out", str(tmp_path / "head")],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and result.output.strip() == line, result.output
-    items = Items(ids=[f"{c}/{i}.png" for c in ("happy", "sad") for i in range(3)], labels=np.array([0, 0, 0, 1, 1, 1]),
-                  class_names=["happy", "sad"])
+    items = Items(
+        ids=[f"{c}/{i}.png" for c in ("happy", "sad") for i in range(3)],
+        labels=np.array([0, 0, 0, 1, 1, 1]),
+        class_names=["happy", "sad"],
+    )
     with pytest.raises(ExpclipError) as refused:  # extending it too
         write_arrays(cache, items, file_attrs={}, aligned={"image/o": (np.zeros((6, 3), np.float32), {"model": "o"})})
     assert f"error: {refused.value}" == line
     assert cache.read_bytes() == GOLDEN.read_bytes() and sorted(tmp_path.iterdir()) == [cache]
+
 
 def test_a_cache_of_a_newer_format_version_or_none_is_refused(tmp_path):
     path = tmp_path / "c.h5"

@@ -82,11 +82,16 @@ def test_predict_takes_one_path_or_picture_and_refuses_other_types_in_one_line(f
     whole = fer.predict([PHOTO])
     assert fer.predict(str(PHOTO)) == whole and fer.predict(PHOTO) == whole  # a bare path is one picture
     assert fer.predict(Image.open(PHOTO)) == whole and fer.predict((p for p in [str(PHOTO)])) == whole
-    for given, message in ((5, "images: got int; give PIL images or paths of picture files"),
-                           (np.zeros((4, 4, 3), np.uint8), "images: got a numpy array; give PIL images or paths of "
-                                                          "picture files (Image.fromarray makes one of an array)"),
-                           ([PHOTO, 3.0], "images[1]: got float; give PIL images or paths of picture files"),
-                           ([np.zeros((4, 4, 3))], "images[0]: got ndarray; give PIL images or paths of picture files")):
+    for given, message in (
+        (5, "images: got int; give PIL images or paths of picture files"),
+        (
+            np.zeros((4, 4, 3), np.uint8),
+            "images: got a numpy array; give PIL images or paths of "
+            "picture files (Image.fromarray makes one of an array)",
+        ),
+        ([PHOTO, 3.0], "images[1]: got float; give PIL images or paths of picture files"),
+        ([np.zeros((4, 4, 3))], "images[0]: got ndarray; give PIL images or paths of picture files"),
+    ):
         with pytest.raises(ExpclipError) as refused:
             fer.predict(given)
         assert str(refused.value) == message
@@ -102,7 +107,9 @@ def test_predict_raises_on_an_unreadable_file_or_records_it_and_keeps_the_others
         fer.predict([PHOTO, tmp_path / "cut.jpg"])
     shutil.copy(PHOTO, tmp_path / "good.jpg")
     found = fer.predict([tmp_path / "cut.jpg", tmp_path / "good.jpg", missing], on_error="record")
-    assert found[0]["image"] == 0 and found[0]["error"].startswith(f"{tmp_path / 'cut.jpg'}: cannot be read as an image")
+    assert found[0]["image"] == 0 and found[0]["error"].startswith(
+        f"{tmp_path / 'cut.jpg'}: cannot be read as an image"
+    )
     assert found[1] == {**fer.predict([PHOTO])[0], "image": 1}  # the good picture scored as alone
     assert found[2] == {"image": 2, "error": f"{missing}: cannot be read as an image (missing file)"}
 

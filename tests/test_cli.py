@@ -48,11 +48,24 @@ def test_fixed_value_options_list_their_choices_and_refuse_others(command, optio
 def test_extract_passes_the_config_defaults(monkeypatch, tmp_path):
     """Every ExtractConfig field the command sets has the dataclass's default when no option is given."""
     seen = {}
-    monkeypatch.setattr("expclip.stages.extract.sources.resolve", lambda *a, **k: Source(None, [], "x", Path("."), Path(".")))
+    monkeypatch.setattr(
+        "expclip.stages.extract.sources.resolve", lambda *a, **k: Source(None, [], "x", Path("."), Path("."))
+    )
 
     def fake_extract(source, out, cfg):
         seen["cfg"] = cfg
-        return {"cache": str(out), "rows": 0, "encoded_rows": 0, "failures": {}, "loaded": [], "merged": False, "ignored_files": 0, "seconds": {}, "rank": 0, "part": None}
+        return {
+            "cache": str(out),
+            "rows": 0,
+            "encoded_rows": 0,
+            "failures": {},
+            "loaded": [],
+            "merged": False,
+            "ignored_files": 0,
+            "seconds": {},
+            "rank": 0,
+            "part": None,
+        }
 
     monkeypatch.setattr("expclip.stages.extract.stage.extract", fake_extract)
     result = runner.invoke(app, ["extract", str(tmp_path), "--out", str(tmp_path / "c.h5")])
@@ -65,7 +78,12 @@ def test_fit_head_passes_the_config_defaults(monkeypatch, tmp_path):
 
     def fake_fit(caches, out, config, **select):
         seen["config"] = config
-        return {"history": [{"epoch": 1, "loss": 0.0, "accuracy": 0.0}], "n_train": 0, "mode": "in-memory", "wall_seconds": 0.0}
+        return {
+            "history": [{"epoch": 1, "loss": 0.0, "accuracy": 0.0}],
+            "n_train": 0,
+            "mode": "in-memory",
+            "wall_seconds": 0.0,
+        }
 
     monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake_fit)
     (tmp_path / "c.h5").write_bytes(b"")
@@ -76,7 +94,9 @@ def test_fit_head_passes_the_config_defaults(monkeypatch, tmp_path):
 
 
 def _option_names(command: str) -> set[str]:
-    return set(re.findall(r"--([a-z-]+)", _plain(runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}).output)))
+    return set(
+        re.findall(r"--([a-z-]+)", _plain(runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}).output))
+    )
 
 
 def test_help_does_not_import_torch():

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_fit_head import make_cache
 from typer.testing import CliRunner
 
 from expclip.cache.reader import CacheReader
@@ -18,7 +19,6 @@ from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.fit_head.train import fit_heads
 from expclip.stages.shared.heads import load_head
-from test_fit_head import make_cache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 BASE = dict(lr=0.5, momentum=0.9, weight_decay=1e-3, batch_size=128, epochs=3, seed=3)
@@ -66,14 +66,19 @@ def test_heads_trained_together_on_cuda_equal_each_alone(cache, tmp_path):
 
 def test_streaming_on_cuda_is_deterministic_and_follows_the_cpu(cache, tmp_path):
     small = dict(BASE, max_memory="200KB")
-    runs = [fit_head([cache], tmp_path / f"s{i}", FitConfig(**small, device=d)) for i, d in enumerate(("cuda", "cuda", "cpu"))]
+    runs = [
+        fit_head([cache], tmp_path / f"s{i}", FitConfig(**small, device=d))
+        for i, d in enumerate(("cuda", "cuda", "cpu"))
+    ]
     assert {r["mode"] for r in runs} == {"streaming"}
     assert torch.equal(_weight(tmp_path / "s0"), _weight(tmp_path / "s1"))
     torch.testing.assert_close(_weight(tmp_path / "s0"), _weight(tmp_path / "s2"), rtol=1e-4, atol=1e-5)
 
 
 def test_evaluate_on_cuda_equals_the_cpu(cache, tmp_path):
-    from test_evaluate import ALPHABETICAL, CLIP, D, KEY, make_cache as eval_cache, synthetic, text_groups
+    from test_evaluate import ALPHABETICAL, CLIP, KEY, D, synthetic, text_groups
+    from test_evaluate import make_cache as eval_cache
+
     from expclip.stages.shared import protocol
     from expclip.stages.shared.heads import Head, build_head
 
@@ -108,6 +113,7 @@ def test_extract_on_cuda_matches_the_cpu(tmp_path, tiny_clip, tiny_blip2):
 
 def test_audit_on_cuda_finds_the_cpus_pairs(tmp_path):
     from test_neighbours import planted, write_cache
+
     from expclip.stages.neighbours import audit
 
     rng = np.random.default_rng(7)
@@ -116,4 +122,6 @@ def test_audit_on_cuda_finds_the_cpus_pairs(tmp_path):
     cpu, gpu = (audit([ca], [cb], threshold=0.9, device=d, block_rows=1000) for d in ("cpu", "cuda"))
     key = lambda r: [(p["a"], p["a_id"], p["a_frame"], p["b"], p["b_id"], p["b_frame"]) for p in r["pairs"]]  # noqa: E731
     assert sorted(key(cpu)) == sorted(key(gpu)) and len(key(cpu)) >= 3
-    np.testing.assert_allclose(sorted(p["score"] for p in gpu["pairs"]), sorted(p["score"] for p in cpu["pairs"]), atol=1e-5)
+    np.testing.assert_allclose(
+        sorted(p["score"] for p in gpu["pairs"]), sorted(p["score"] for p in cpu["pairs"]), atol=1e-5
+    )

@@ -7,19 +7,18 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from blip_reference import blip2_image_tokens
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from expclip.base.errors import ExpclipError
+from expclip.demo.checkpoints import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
+from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
 from expclip.stages.extract.encoders.clip import kept_loaded, load_clip
 from expclip.stages.extract.encoders.provenance import sha256_file
 from expclip.stages.extract.encoders.teacher import instruction_key, load_teacher
-from expclip.demo.checkpoints import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
 from expclip.stages.extract.encoders.transforms import official_transform
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
-from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
-
-from blip_reference import blip2_image_tokens
 
 CPU = torch.device("cpu")
 PROMPTS = ["a photo of a happy face", "an expression of anger", "sadness"]
@@ -167,8 +166,9 @@ def test_workers_ship_uint8_and_the_device_finishes_them_exactly_as_open_clip(cl
         assert shipped.dtype == torch.uint8
         torch.testing.assert_close(clip.on_device(shipped), preprocess(face), rtol=0, atol=0)
     batch = torch.stack([clip.transform(face) for face in faces])
-    torch.testing.assert_close(clip.encode_images(batch), clip.encode_images(torch.stack([preprocess(f) for f in faces])),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        clip.encode_images(batch), clip.encode_images(torch.stack([preprocess(f) for f in faces])), rtol=0, atol=0
+    )
 
 
 def test_bfloat16_clip_is_close_to_float32(clip, tiny_clip, faces):

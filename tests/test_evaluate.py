@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.base.errors import ExpclipError
-from expclip.stages.shared import protocol
 from expclip.stages.evaluate import evaluate
+from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import Head, build_head, export_official, save_head
 from expclip.stages.shared.scoring import GramSpace
 
@@ -144,7 +144,8 @@ def test_gram_path_equals_mapping_every_frame():
     np.testing.assert_allclose((images @ prompts.T).numpy(), direct, rtol=0, atol=1e-12)
     mean_text = space.unit(prompts[:5].mean(dim=0, keepdim=True))
     direct_mean = norm(norm(texts[:5] @ wn.T).mean(axis=0, keepdims=True))
-    np.testing.assert_allclose((images @ mean_text.T).numpy(), norm((frames.astype(np.float64) @ wn.T).mean(axis=1)) @ direct_mean.T, atol=1e-12)
+    direct_clips = norm((frames.astype(np.float64) @ wn.T).mean(axis=1))
+    np.testing.assert_allclose((images @ mean_text.T).numpy(), direct_clips @ direct_mean.T, atol=1e-12)
 
 
 def test_mlp_head_is_applied_per_frame(tmp_path):
@@ -171,11 +172,21 @@ KNOWN = ["angry", "fear", "happy", "sad"]  # folder order; Fear has no items
 def known_answer_cache(tmp_path, failed=(), unlabelled=(), stored_names=KNOWN):
     """One-hot prompts and images: the predictions are chosen, so WAR and UAR are known by hand."""
     names = KNOWN
-    truth_pred = [("happy", "happy")] * 3 + [("happy", "sad"), ("sad", "sad"), ("sad", "sad")] + [("angry", "angry")] + [("angry", "happy")] * 3
+    truth_pred = (
+        [("happy", "happy")] * 3
+        + [("happy", "sad"), ("sad", "sad"), ("sad", "sad")]
+        + [("angry", "angry")]
+        + [("angry", "happy")] * 3
+    )
     labels = [-1 if i in unlabelled else names.index(t) for i, (t, _) in enumerate(truth_pred)]
     order = protocol.class_order()
     image = np.stack([np.eye(11)[order.index(protocol.canonical_class(p))] for _, p in truth_pred]).astype(np.float16)
-    texts = {fmt.text_path(KEY, "class_name"): (np.eye(11, dtype=np.float32), {"prompts": order, "class_names": order, "class_index": list(range(11))})}
+    texts = {
+        fmt.text_path(KEY, "class_name"): (
+            np.eye(11, dtype=np.float32),
+            {"prompts": order, "class_names": order, "class_index": list(range(11))},
+        )
+    }
     return make_cache(tmp_path / "known.h5", stored_names, labels, image, texts, failed=failed)
 
 
@@ -193,7 +204,19 @@ def test_numeric_class_names_through_a_label_map(tmp_path):
     cache = known_answer_cache(tmp_path, stored_names=["0", "1", "2", "3"])
     label_map = tmp_path / "map.csv"
     label_map.write_text("label,name\n0,Anger\n1,Fear\n2,Happiness\n3,Sadness\n")
-    result = CliRunner().invoke(app, ["evaluate", "--baseline", "--cache", str(cache), "--label-map", str(label_map), "--json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--baseline",
+            "--cache",
+            str(cache),
+            "--label-map",
+            str(label_map),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     [r] = json.loads((tmp_path / "r.json").read_text())
     assert r["war"] == pytest.approx(60.0) and r["per_class"]["Anger"] == 25.0
@@ -204,7 +227,9 @@ def test_numeric_class_names_through_a_label_map(tmp_path):
 def test_builtin_rafdb_label_map_by_name(tmp_path):
     cache = known_answer_cache(tmp_path, stored_names=["6", "2", "4", "5"])  # RAF-DB: Anger, Fear, Happiness, Sadness
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["evaluate", "--baseline", "--cache", str(cache), "--label-map", "rafdb", "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--baseline", "--cache", str(cache), "--label-map", "rafdb", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     [r] = json.loads(out.read_text())
     assert r["classes"] == ["Happiness", "Sadness", "Anger", "Fear"] and r["war"] == pytest.approx(60.0)
@@ -222,7 +247,15 @@ def test_head_of_another_encoder_is_refused(tmp_path):
     rng = np.random.default_rng(3)
     centers, labels, image = synthetic(rng, 20, ALPHABETICAL)
     other = {**CLIP, "model": "ViT-Other"}
-    cache = make_cache(tmp_path / "e.h5", ALPHABETICAL, labels, image, text_groups({"class_name": protocol.prompt_sets()["class_name"]}, centers, rng, "ViT-Other@test"), key="ViT-Other@test", clip=other)
+    cache = make_cache(
+        tmp_path / "e.h5",
+        ALPHABETICAL,
+        labels,
+        image,
+        text_groups({"class_name": protocol.prompt_sets()["class_name"]}, centers, rng, "ViT-Other@test"),
+        key="ViT-Other@test",
+        clip=other,
+    )
     with pytest.raises(ExpclipError) as e:
         evaluate(linear_head(rng), [cache])
     assert "ViT-T" in str(e.value) and "ViT-Other@test" in str(e.value)
@@ -231,7 +264,13 @@ def test_head_of_another_encoder_is_refused(tmp_path):
 def test_official_head_is_accepted_with_a_warning_and_dimensions_checked(tmp_path):
     rng = np.random.default_rng(4)
     centers, labels, image = synthetic(rng, 20, ALPHABETICAL)
-    cache = make_cache(tmp_path / "e.h5", ALPHABETICAL, labels, image, text_groups({"class_name": protocol.prompt_sets()["class_name"]}, centers, rng))
+    cache = make_cache(
+        tmp_path / "e.h5",
+        ALPHABETICAL,
+        labels,
+        image,
+        text_groups({"class_name": protocol.prompt_sets()["class_name"]}, centers, rng),
+    )
     official = Head(module=linear_head(rng).module, kind="linear", meta={})
     with pytest.warns(UserWarning, match="no provenance"):
         [r] = evaluate(official, [cache])
@@ -265,17 +304,38 @@ def test_cli_writes_reports_and_errors_exit_2(tmp_path, reference_sets):
     head = linear_head(rng)
     save_head(head.module, "linear", head.meta, tmp_path / "head")
     runner = CliRunner()
-    args = ["evaluate", "--head", str(tmp_path / "head"), "--cache", str(cache), "--baseline", "--prompt-set", "ensemble_five"]
-    result = runner.invoke(app, args + ["--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"), "--out-dir", str(tmp_path / "png")])
+    args = [
+        "evaluate",
+        "--head",
+        str(tmp_path / "head"),
+        "--cache",
+        str(cache),
+        "--baseline",
+        "--prompt-set",
+        "ensemble_five",
+    ]
+    result = runner.invoke(
+        app,
+        args
+        + ["--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"), "--out-dir", str(tmp_path / "png")],
+    )
     assert result.exit_code == 0, result.output
     assert "Exp-CLIP" in result.output and "Δ" in result.output
     records = json.loads((tmp_path / "r.json").read_text())
-    assert [(r["method"], r["prompt_set"]) for r in records] == [("clip", "ensemble_five"), ("exp-clip", "ensemble_five")]
+    assert [(r["method"], r["prompt_set"]) for r in records] == [
+        ("clip", "ensemble_five"),
+        ("exp-clip", "ensemble_five"),
+    ]
     assert (tmp_path / "r.csv").read_text().startswith("dataset,method,prompt_set")
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["rafdb__clip__ensemble_five.png", "rafdb__exp-clip__ensemble_five.png"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [
+        "rafdb__clip__ensemble_five.png",
+        "rafdb__exp-clip__ensemble_five.png",
+    ]
 
     export_official(head, tmp_path / "official.pth")
-    result = runner.invoke(app, ["evaluate", "--head", str(tmp_path / "official.pth"), "--cache", str(cache), "--prompt-set", "class_name"])
+    result = runner.invoke(
+        app, ["evaluate", "--head", str(tmp_path / "official.pth"), "--cache", str(cache), "--prompt-set", "class_name"]
+    )
     assert result.exit_code == 0 and "warning" in result.output and "no provenance" in result.output
 
     for bad, message in (
@@ -298,8 +358,14 @@ def test_large_caches_are_read_in_blocks_with_the_same_records(tmp_path, referen
 
     rng = np.random.default_rng(5)
     centers, labels, image = synthetic(rng, 50, ALPHABETICAL, frames)
-    cache = make_cache(tmp_path / "big.h5", ALPHABETICAL, labels, image, text_groups(reference_sets, centers, rng),
-                       failed=(0, 13, 14, 49))
+    cache = make_cache(
+        tmp_path / "big.h5",
+        ALPHABETICAL,
+        labels,
+        image,
+        text_groups(reference_sets, centers, rng),
+        failed=(0, 13, 14, 49),
+    )
     head = linear_head(rng)
     whole = evaluate(head, [cache], baseline=True)
     reads = []

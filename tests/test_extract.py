@@ -19,14 +19,13 @@ from typer.testing import CliRunner
 from expclip.cache.format import partial_dir
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
-from expclip.stages.shared import protocol
-from expclip.stages.extract import sources
+from expclip.demo.synthetic import write_clips, write_faces
+from expclip.stages.extract import ExtractConfig, extract, sources
 from expclip.stages.extract.encoders import clip as clip_module
 from expclip.stages.extract.encoders import teacher as teacher_module
 from expclip.stages.extract.encoders.teacher import load_teacher
-from expclip.stages.extract import ExtractConfig, extract
 from expclip.stages.extract.loading import load_image
-from expclip.demo.synthetic import write_clips, write_faces
+from expclip.stages.shared import protocol
 
 runner = CliRunner()
 
@@ -44,7 +43,9 @@ def faces(tmp_path_factory) -> Path:
 
 
 def _extract_cli(*args: str):
-    return runner.invoke(app, ["extract", *map(str, args), "--num-workers", "0", "--batch-size", "4", "--shard-size", "4"])
+    return runner.invoke(
+        app, ["extract", *map(str, args), "--num-workers", "0", "--batch-size", "4", "--shard-size", "4"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,11 @@ def test_rerun_on_complete_cache_runs_no_encoder(train_cache, faces, tiny_clip, 
 def test_other_configuration_under_existing_key_is_refused(train_cache, faces, tiny_clip):
     result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--precision", "bf16")
     assert result.exit_code == 2
-    assert "was made by [" in result.output and "precision=float32" in result.output and "precision=bfloat16" in result.output
+    assert (
+        "was made by [" in result.output
+        and "precision=float32" in result.output
+        and "precision=bfloat16" in result.output
+    )
     assert "Traceback" not in result.output
 
 
@@ -143,7 +148,9 @@ def test_clip_list_samples_frames_by_the_protocol(tmp_path, tiny_clip):
     annotations = write_clips(tmp_path, [0, 3, 1], frames=[40, 9, 17], size=32)
     src = sources.resolve(annotations, dataset="DFEW")
     out = tmp_path / "clips.h5"
-    extract(src, out, ExtractConfig(clip_model=tiny_clip, teacher=None, num_workers=0, batch_size=2, store_dtype="float32"))
+    extract(
+        src, out, ExtractConfig(clip_model=tiny_clip, teacher=None, num_workers=0, batch_size=2, store_dtype="float32")
+    )
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
     with CacheReader(out) as r:
         items = r.items()
@@ -154,7 +161,9 @@ def test_clip_list_samples_frames_by_the_protocol(tmp_path, tiny_clip):
         assert features.shape == (3, 16, 32)
         frames = sorted((tmp_path / "clips" / "00000").iterdir())
         with torch.no_grad():
-            expected = model.encode_image(torch.stack([preprocess(load_image(frames[i])) for i in items.frame_index[0]]))
+            expected = model.encode_image(
+                torch.stack([preprocess(load_image(frames[i])) for i in items.frame_index[0]])
+            )
         np.testing.assert_allclose(features[0], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -212,7 +221,9 @@ def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_p
     clip_name = save_tiny_clip(tmp_path / "clip224", image_size=224)
     blip = save_tiny_blip2(tmp_path / "blip224", image_size=224)
     out = tmp_path / "official.h5"
-    result = _extract_cli(faces, "--out", out, "--clip-model", clip_name, "--teacher", blip, "--transform", "exp-clip-official")
+    result = _extract_cli(
+        faces, "--out", out, "--clip-model", clip_name, "--teacher", blip, "--transform", "exp-clip-official"
+    )
     assert result.exit_code == 0, result.output
     model, _, _ = open_clip.create_model_and_transforms(clip_name)
     teacher = load_teacher(str(blip), protocol.DEFAULT_INSTRUCTION, device=torch.device("cpu"),
@@ -227,20 +238,33 @@ def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_p
         with torch.no_grad():
             expected_image = model.encode_image(pixels).numpy()
         expected_teacher = teacher.encode_images(pixels).numpy()  # the very same tensor, not the processor's
-        np.testing.assert_allclose(r.image("clip224+official")[items.ok].astype(np.float32), expected_image, rtol=2e-3, atol=2e-3)
-        np.testing.assert_allclose(r.teacher("blip224+official", "paper")[items.ok].astype(np.float32), expected_teacher, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            r.image("clip224+official")[items.ok].astype(np.float32), expected_image, rtol=2e-3, atol=2e-3
+        )
+        np.testing.assert_allclose(
+            r.teacher("blip224+official", "paper")[items.ok].astype(np.float32), expected_teacher, rtol=2e-3, atol=2e-3
+        )
 
 
 def test_prompt_sets_are_keyed_by_prompts_and_their_classes(train_cache, faces, tiny_clip, tmp_path):
     prompts = tmp_path / "moved.json"
     prompts.write_text(json.dumps({"moved": {"Happiness": ["a", "b"], "Sadness": ["c"]}}))
-    assert _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts).exit_code == 0
-    prompts.write_text(json.dumps({"moved": {"Happiness": ["a"], "Sadness": ["b", "c"]}}))  # same prompts, other classes
+    assert (
+        _extract_cli(
+            faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts
+        ).exit_code
+        == 0
+    )
+    prompts.write_text(
+        json.dumps({"moved": {"Happiness": ["a"], "Sadness": ["b", "c"]}})
+    )  # same prompts, other classes
     result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts)
     assert result.exit_code == 2 and "/text/" in result.output and "prompts_sha256" in result.output
     for bad, message in (({"a/b": {"Happiness": ["x"]}}, "must use only letters"), ({"empty": {}}, "is empty")):
         prompts.write_text(json.dumps(bad))
-        result = _extract_cli(faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts)
+        result = _extract_cli(
+            faces, "--out", train_cache, "--clip-model", tiny_clip, "--no-teacher", "--prompts", prompts
+        )
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 

@@ -61,7 +61,9 @@ def test_a_foreign_hdf5_file_is_named_so_and_left_untouched(command, libver, tmp
     before = _state(path)
     result = runner.invoke(app, _commands(path, faces, tiny_clip)[command])
     assert result.exit_code == 2, result.output
-    reason = REASON.replace("no format attribute 'expclip-cache'", "format attribute 'lab-notebook', not 'expclip-cache'")
+    reason = REASON.replace(
+        "no format attribute 'expclip-cache'", "format attribute 'lab-notebook', not 'expclip-cache'"
+    )
     assert result.output.strip() == _message(path, reason) and "Traceback" not in result.output
     assert _state(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.h5", "faces"]  # no lock, partial folder, index, head
@@ -84,5 +86,6 @@ def test_a_cache_whose_marker_is_gone_is_damaged_not_foreign(tmp_path):
         f.attrs["complete"] = True
     with pytest.raises(DamagedCache) as raised:
         open_cache(path)
-    assert str(raised.value).startswith(f"{path}: the file's format marker is damaged (no format attribute 'expclip-cache'); "
-                                        f"delete {path} and re-run")
+    assert str(raised.value).startswith(
+        f"{path}: the file's format marker is damaged (no format attribute 'expclip-cache'); delete {path} and re-run"
+    )

@@ -53,7 +53,9 @@ def test_dimensions_and_encoder_identity_are_properties_of_the_head(kind):
     head = Head(module=build_head(kind, 16, 24), kind=kind, meta={"clip_key": "tiny-clip", "clip": clip})
     assert (head.d, head.dt) == (16, 24)
     assert head.encoder == ("tiny-clip", "ab12") and head.has_provenance  # a folder by its name, weights by hash
-    tagged = Head(module=build_head(kind, 16, 24), kind=kind, meta={"clip": {"model": "ViT-B-32", "pretrained": "openai"}})
+    tagged = Head(
+        module=build_head(kind, 16, 24), kind=kind, meta={"clip": {"model": "ViT-B-32", "pretrained": "openai"}}
+    )
     assert tagged.encoder == ("ViT-B-32", "openai")
     keyed = Head(module=build_head(kind, 16, 24), kind=kind, meta={"clip_key": "ViT-B-32@openai"})
     assert keyed.encoder is None and keyed.has_provenance
@@ -131,7 +133,9 @@ def test_missing_and_unknown_files(tmp_path):
         build_head("conv", 2, 2)
 
 
-@pytest.mark.parametrize("text, found", [("{not json", "not a readable head card"), ("[1, 2]", "a head card is a JSON object")])
+@pytest.mark.parametrize(
+    "text, found", [("{not json", "not a readable head card"), ("[1, 2]", "a head card is a JSON object")]
+)
 def test_damaged_head_card_is_named(tmp_path, text, found):
     weights, card = save_head(build_head("linear", 4, 6), "linear", {"clip_key": "k"}, tmp_path / "h")
     card.write_text(text)
@@ -181,7 +185,9 @@ def test_flipped_weight_or_header_bytes_are_refused_by_the_cards_sha256(tmp_path
 
 
 def test_an_edited_or_pre_checksum_card_is_refused(tmp_path):
-    weights, card = save_head(build_head("linear", 4, 6), "linear", {"clip_key": "k", "logit_scale": 20.0}, tmp_path / "h")
+    weights, card = save_head(
+        build_head("linear", 4, 6), "linear", {"clip_key": "k", "logit_scale": 20.0}, tmp_path / "h"
+    )
     fields = _card(card)
     card.write_text(json.dumps({**fields, "logit_scale": -5.0}))  # an edit that would invert every verdict
     with pytest.raises(ExpclipError) as info:

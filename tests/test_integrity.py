@@ -1,33 +1,33 @@
-"""Cache integrity: checksums written by the merge, checked on open and on read, `expclip cache verify`, and a fuzz test.
+"""Cache integrity: checksums written by the merge, checked on open and on read, `expclip cache verify`, a fuzz test.
 
-The fuzz test flips bytes of a small cache (seeded; in HDF5's metadata and in
-feature data) and runs `cache info`, `fit-head` and `evaluate` on each damaged
-copy: each must give exactly the clean result or exit 2 with one error line.
-The copies run in one child process, so that a crash or a hang inside HDF5
-fails the test (naming the byte) instead of killing or stalling pytest.
+The fuzz tests flip bytes of a small cache (seeded; in HDF5's metadata and in
+feature data): `cache verify` runs in-process on every damaged copy and must
+report it clean, damaged or unreadable in one line; `cache info`, `fit-head`
+and `evaluate` each run on one damaged copy in a child process, so that a
+crash inside HDF5 fails the test (naming the byte) instead of killing pytest.
 """
 
+import faulthandler
 import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import KEY
 from typer.testing import CliRunner
 
 from expclip.cache import format as fmt
 from expclip.cache import h5files
-from expclip.cache.checksums import STRINGS, METADATA, DamagedCache, values_digest
+from expclip.cache.checksums import METADATA, STRINGS, DamagedCache, values_digest
 from expclip.cache.reader import CacheReader, open_cache
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.stages.shared import protocol
 
-KEY = "ViT-T@test"
 TEACHER = ("tiny", "paper")
 TEXT = fmt.text_path(KEY, "class_name")
 
@@ -43,8 +43,16 @@ def build(path: Path, n: int = 24, d: int = 8, dt: int = 12) -> Path:
     image = rng.standard_normal((n, d)).astype(np.float32)
     image[5] = np.nan
     versions = '{"torch": "2.10", "open_clip": "3.0", "expclip": "0.1.0"}'
-    clip = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "precision": "float32",
-            "logit_scale": 50.0, "embed_dim": d, "versions": versions}
+    clip = {
+        "model": "ViT-T",
+        "pretrained": "test",
+        "pretrained_sha256": "",
+        "transform": "model",
+        "precision": "float32",
+        "logit_scale": 50.0,
+        "embed_dim": d,
+        "versions": versions,
+    }
     teacher = {"model": "tiny", "instruction": "Describe the face.", "family": "blip2-t5", "pooling": "mean",
                "transform": "model", "precision": "float32", "weights_sha256": "", "versions": versions}
     text = {"prompts": prompts, "class_names": order, "class_index": index, "model": "ViT-T", "pretrained": "test",
@@ -87,8 +95,18 @@ def test_new_caches_carry_checksums_and_keep_their_chunk_shapes(tmp_path):
     path = build(tmp_path / "c.h5", n=3000, d=64)
     with h5py.File(path, "r") as f:
         numeric = []
-        f.visititems(lambda name, obj: numeric.append(obj) if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" else None)
-        assert {ds.name for ds in numeric} == {"/items/label", "/items/ok", f"/image/{KEY}", "/teacher/tiny/paper", f"/{TEXT}"}
+        f.visititems(
+            lambda name, obj: (
+                numeric.append(obj) if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" else None
+            )
+        )
+        assert {ds.name for ds in numeric} == {
+            "/items/label",
+            "/items/ok",
+            f"/image/{KEY}",
+            "/teacher/tiny/paper",
+            f"/{TEXT}",
+        }
         assert all(ds.fletcher32 and ds.chunks for ds in numeric)
         assert f[fmt.image_path(KEY)].chunks == (3000, 64)  # ~1 MiB of float16 rows, as before (all 3000 fit)
         assert f["teacher/tiny/paper"].chunks == (3000, 12)
@@ -102,15 +120,21 @@ def test_new_caches_carry_checksums_and_keep_their_chunk_shapes(tmp_path):
 def test_a_flipped_byte_in_image_or_teacher_data_names_the_group(cache, tmp_path):
     image_chunk = chunks(cache, fmt.image_path(KEY))[1]
     teacher_chunk = chunks(cache, fmt.teacher_path(*TEACHER))[0]
-    clean = CliRunner().invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--epochs", "1", "--batch-size", "8"])
+    clean = CliRunner().invoke(
+        app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--epochs", "1", "--batch-size", "8"]
+    )
     assert clean.exit_code == 0, clean.output
     flip(cache, image_chunk[0] + 3)
     for args in (["fit-head", str(cache), "--out", str(tmp_path / "h2"), "--epochs", "1", "--batch-size", "8"],
                  ["evaluate", "--cache", str(cache), "--head", str(tmp_path / "h"), "--baseline"]):
-        one_error_line(CliRunner().invoke(app, args), str(cache), f"/image/{KEY} is damaged", "Fletcher-32", "expclip extract")
+        one_error_line(
+            CliRunner().invoke(app, args), str(cache), f"/image/{KEY} is damaged", "Fletcher-32", "expclip extract"
+        )
     flip(cache, image_chunk[0] + 3)  # repaired
     flip(cache, teacher_chunk[0] + teacher_chunk[1] - 1)
-    result = CliRunner().invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h3"), "--epochs", "1", "--batch-size", "8"])
+    result = CliRunner().invoke(
+        app, ["fit-head", str(cache), "--out", str(tmp_path / "h3"), "--epochs", "1", "--batch-size", "8"]
+    )
     one_error_line(result, "/teacher/tiny/paper is damaged")
 
 
@@ -144,7 +168,12 @@ def test_extending_a_damaged_cache_is_refused(cache):
     items = CacheReader(cache).items()
     flip(cache, chunks(cache, "items/ok")[0][0])
     with pytest.raises(DamagedCache, match="/items is damaged"):
-        write_arrays(cache, items, file_attrs={}, aligned={"image/other": (np.zeros((len(items), 2), np.float32), {"model": "o"})})
+        write_arrays(
+            cache,
+            items,
+            file_attrs={},
+            aligned={"image/other": (np.zeros((len(items), 2), np.float32), {"model": "o"})},
+        )
 
 
 def test_cache_verify_reports_each_damaged_group(cache, tmp_path):
@@ -189,49 +218,32 @@ def test_cache_info_says_which_checksums_a_cache_carries(cache):
 
 FUZZ_WORKER = textwrap.dedent(
     """
-    import hashlib, json, shutil, sys, warnings
+    import json, sys, warnings
     from pathlib import Path
-    from safetensors.numpy import load_file
     from typer.testing import CliRunner
     from expclip.cli import app
 
     warnings.simplefilter("ignore")
-    work, positions = Path(sys.argv[1]), json.loads(sys.argv[2])
+    work, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
     clean, cache, runner = (work / "clean.h5").read_bytes(), work / "cache.h5", CliRunner()
-
-    def fit(out):
-        return runner.invoke(app, ["fit-head", str(cache), "--out", str(out), "--epochs", "1", "--batch-size", "8"])
-
-    def weights(path):  # the tensors (the file's metadata is a dict in no fixed order)
-        tensors = load_file(path)
-        return hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
-
-    def outcome(result, ok):
-        return [result.exit_code, ok() if result.exit_code == 0 else result.output]
-
-    def run_all():
-        found = {}
-        r = runner.invoke(app, ["cache", "info", str(cache)])
-        found["info"] = outcome(r, lambda: r.output)
-        r = fit(work / "head")
-        found["fit-head"] = outcome(r, lambda: weights(work / "head.safetensors"))
-        (work / "r.json").unlink(missing_ok=True)
-        r = runner.invoke(app, ["evaluate", "--cache", str(cache), "--head", str(work / "clean-head"), "--baseline",
-                                "--json", str(work / "r.json")])
-        found["evaluate"] = outcome(r, lambda: (work / "r.json").read_text())
-        return found
-
+    commands = {
+        "info": ["cache", "info", str(cache)],
+        "fit-head": ["fit-head", str(cache), "--out", str(work / "head"), "--epochs", "1", "--batch-size", "8"],
+        "evaluate": ["evaluate", "--cache", str(cache), "--head", str(work / "clean-head"), "--baseline"],
+    }
     cache.write_bytes(clean)
-    assert fit(work / "clean-head").exit_code == 0
-    with open(work / "results.jsonl", "w") as log:
-        for offset, mask in [(None, 0)] + positions:
-            data = bytearray(clean)
-            if offset is not None:
-                data[offset] ^= mask
-            cache.write_bytes(bytes(data))
-            print(offset, file=open(work / "current", "w"), flush=True)
-            log.write(json.dumps([offset, mask, run_all()]) + "\\n")
-            log.flush()
+    head = ["fit-head", str(cache), "--out", str(work / "clean-head"), "--epochs", "1", "--batch-size", "8"]
+    fit = runner.invoke(app, head)
+    assert fit.exit_code == 0, fit.output
+    found = {}
+    for command, (offset, mask) in cases.items():
+        data = bytearray(clean)
+        data[offset] ^= mask
+        cache.write_bytes(bytes(data))
+        print(command, offset, file=open(work / "current", "w"), flush=True)
+        r = runner.invoke(app, commands[command])
+        found[command] = [r.exit_code, r.output]
+    (work / "results.json").write_text(json.dumps(found))
     """
 )
 
@@ -240,7 +252,11 @@ def fuzz_positions(path: Path, seed: int = 7, metadata: int = 40, data: int = 16
     """(offset, xor mask) pairs: some in HDF5 metadata (everything outside chunk data), some in chunks."""
     with h5py.File(path, "r") as f:
         ranges = []
-        f.visititems(lambda name, obj: ranges.extend(chunks(path, name)) if isinstance(obj, h5py.Dataset) and obj.chunks else None)
+        f.visititems(
+            lambda name, obj: (
+                ranges.extend(chunks(path, name)) if isinstance(obj, h5py.Dataset) and obj.chunks else None
+            )
+        )
     in_data = np.zeros(path.stat().st_size, dtype=bool)
     for offset, size in ranges:
         in_data[offset:offset + size] = True
@@ -250,31 +266,68 @@ def fuzz_positions(path: Path, seed: int = 7, metadata: int = 40, data: int = 16
     return [(int(o), int(rng.integers(1, 256))) for o in picks]
 
 
-def test_fuzz_damaged_copies_give_the_clean_result_or_one_error_line(cache, tmp_path):
+def test_fuzz_verify_names_every_damaged_copy_or_finds_it_clean(cache, tmp_path):
+    """`cache verify` in-process over every damaged copy: OK with the clean report (the byte was unused), or
+    `damaged:` lines naming the file (exit 1), or one error line (exit 2). Every flip in chunk data is found.
+    faulthandler turns a hang inside HDF5 into a failure with a traceback instead of a stalled suite."""
+    positions, clean = fuzz_positions(cache), cache.read_bytes()
+    copy, runner = tmp_path / "cache.h5", CliRunner()
+    copy.write_bytes(clean)
+    ok = runner.invoke(app, ["cache", "verify", str(copy)])
+    assert ok.exit_code == 0 and f"{copy}: OK, 3 feature groups" in ok.output, ok.output
+    codes = []
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        for offset, mask in positions:
+            data = bytearray(clean)
+            data[offset] ^= mask
+            copy.write_bytes(bytes(data))
+            result = runner.invoke(app, ["cache", "verify", str(copy)])
+            where = f"byte {offset} ^ {mask:#x}: {result.output}"
+            if result.exit_code == 0:
+                assert result.output.split(" MB in ")[0] == ok.output.split(" MB in ")[0], where  # less the time
+            elif result.exit_code == 1:
+                damaged = [line for line in result.output.splitlines() if line.startswith("damaged:")]
+                assert damaged and all(line.startswith(f"damaged: {copy}: ") for line in damaged), where
+            else:
+                one_error_line(result, "cache.h5")
+            codes.append(result.exit_code)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    in_data = codes[-16:]  # fuzz_positions puts the 16 flips in chunk data last
+    assert all(code != 0 for code in in_data), in_data
+    assert sum(code != 0 for code in codes[:-16]) >= 10, codes  # most metadata flips are found too
+
+
+def test_fuzz_each_command_gives_one_error_line_in_a_child_process(cache, tmp_path):
+    """One damaged copy per command in a child process, so that a crash inside HDF5 fails the test (naming the
+    byte) instead of killing pytest: info on a metadata flip, fit-head and evaluate on a feature-data flip."""
+    positions = fuzz_positions(cache)
+    metadata = next(p for p in positions[:-16] if verify_code(cache, *p) != 0)
+    image_chunk = chunks(cache, fmt.image_path(KEY))[0][0]
+    cases = {"info": metadata, "fit-head": (image_chunk + 3, 0x21), "evaluate": (image_chunk + 3, 0x21)}
     work = tmp_path / "fuzz"
     work.mkdir()
     (work / "clean.h5").write_bytes(cache.read_bytes())
-    positions = fuzz_positions(cache)
-    started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-c", FUZZ_WORKER, str(work), json.dumps(positions)],
+        proc = subprocess.run([sys.executable, "-c", FUZZ_WORKER, str(work), json.dumps(cases)],
                               capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, f"worker died (rc {proc.returncode}) at byte {(work / 'current').read_text().strip()}: {proc.stderr[-2000:]}"
     except subprocess.TimeoutExpired:
-        pytest.fail(f"HDF5 hung at byte {(work / 'current').read_text().strip()}")
-    runs = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
-    assert len(runs) == len(positions) + 1
-    _, _, clean = runs[0]
-    assert all(code == 0 for code, _ in clean.values()), clean
-    errors = 0
-    for offset, mask, found in runs[1:]:
-        for command, (code, got) in found.items():
-            if code == 0:
-                assert got == clean[command][1], f"byte {offset} ^ {mask:#x}: {command} exits 0 with another result"
-            else:
-                lines = [line for line in got.splitlines() if line.strip()]
-                assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), f"byte {offset} ^ {mask:#x}: {command}: {got}"
-                assert "cache.h5" in lines[0]
-                errors += 1
-    assert errors >= len(positions)  # most damage is met by some command (the rest fell on unused bytes)
-    print(f"fuzz: {len(positions)} damaged copies x 3 commands, {errors} one-line errors, {time.monotonic() - started:.1f} s")
+        pytest.fail(f"HDF5 hung at {(work / 'current').read_text().strip()}")
+    at = (work / "current").read_text().strip() if (work / "current").exists() else "start"
+    assert proc.returncode == 0, f"worker died (rc {proc.returncode}) at {at}: {proc.stderr[-2000:]}"
+    found = json.loads((work / "results.json").read_text())
+    assert sorted(found) == ["evaluate", "fit-head", "info"]
+    for command, (code, output) in found.items():
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (command, cases[command], output)
+        assert "cache.h5" in lines[0] and "Traceback" not in output
+
+
+def verify_code(cache: Path, offset: int, mask: int) -> int:
+    """Exit code of `cache verify` on a copy of `cache` with one byte flipped."""
+    copy = cache.with_name("verify-copy.h5")
+    data = bytearray(cache.read_bytes())
+    data[offset] ^= mask
+    copy.write_bytes(bytes(data))
+    return CliRunner().invoke(app, ["cache", "verify", str(copy)]).exit_code

@@ -10,7 +10,16 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.labels import canonical_names, dataset_labels, read_label_map
 
 RAFDB = {"1": "Surprise", "2": "Fear", "3": "Disgust", "4": "Happiness", "5": "Sadness", "6": "Anger", "7": "Neutral"}
-AFFECTNET = {"0": "Neutral", "1": "Happy", "2": "Sad", "3": "Surprise", "4": "Fear", "5": "Disgust", "6": "Anger", "7": "Contempt"}
+AFFECTNET = {
+    "0": "Neutral",
+    "1": "Happy",
+    "2": "Sad",
+    "3": "Surprise",
+    "4": "Fear",
+    "5": "Disgust",
+    "6": "Anger",
+    "7": "Contempt",
+}
 
 
 def test_alphabetical_folders_are_reordered_by_name():
@@ -18,12 +27,28 @@ def test_alphabetical_folders_are_reordered_by_name():
     labels = np.array([0, 3, 5, -1, 6, 4])
     got = dataset_labels(names, labels)
     assert got.classes == protocol.class_order()[:7]  # Happiness, Sadness, Neutral, Anger, Surprise, Disgust, Fear
-    assert [got.classes[i] if i >= 0 else None for i in got.y] == ["Anger", "Happiness", "Sadness", None, "Surprise", "Neutral"]
+    assert [got.classes[i] if i >= 0 else None for i in got.y] == [
+        "Anger",
+        "Happiness",
+        "Sadness",
+        None,
+        "Surprise",
+        "Neutral",
+    ]
 
 
 def test_synonyms_and_case_are_accepted():
-    assert canonical_names(["HAPPY", "Sadness", "angry", "Surprised", "disgusted", "scared", "calm", "contemptuous"]) == [
-        "Happiness", "Sadness", "Anger", "Surprise", "Disgust", "Fear", "Neutral", "Contempt",
+    assert canonical_names(
+        ["HAPPY", "Sadness", "angry", "Surprised", "disgusted", "scared", "calm", "contemptuous"]
+    ) == [
+        "Happiness",
+        "Sadness",
+        "Anger",
+        "Surprise",
+        "Disgust",
+        "Fear",
+        "Neutral",
+        "Contempt",
     ]
 
 
@@ -88,7 +113,12 @@ def test_txt_label_map_whitespace_and_comments(tmp_path):
         ("bad.json", '{\n "1": "Surprise",\n "2": 3\n}', 3, "the value is not a class name (a string)"),
         ("bad.json", '["Surprise"]', 1, "JSON object"),
         ("bad.json", '{\n "1": "Surprise",\n "1": "Fear"\n}', 3, "a label appears twice (the key)"),
-        ("bad.csv", "1,Surprise\n2,Fear,extra\n", 2, "expected two columns `label,name`, both non-empty (found 3 fields)"),
+        (
+            "bad.csv",
+            "1,Surprise\n2,Fear,extra\n",
+            2,
+            "expected two columns `label,name`, both non-empty (found 3 fields)",
+        ),
         ("bad.csv", "1,Surprise\n\n3,Grumpy\n", 3, "field 2 (name) is not a class; valid: Happiness"),
         ("bad.txt", "1 Surprise\n1 Fear\n", 2, "field 1 (label) repeats the label of line 1"),
         ("bad.txt", "1 Surprise\nlonely\n", 2, "(found 1 field)"),
@@ -112,10 +142,27 @@ def test_empty_label_map(tmp_path):
 def test_builtin_label_maps_follow_the_datasets_published_layouts():
     # RAF-DB basic: 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral.
     rafdb = read_label_map("rafdb")
-    assert [rafdb[str(i)] for i in range(1, 8)] == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+    assert [rafdb[str(i)] for i in range(1, 8)] == [
+        "Surprise",
+        "Fear",
+        "Disgust",
+        "Happiness",
+        "Sadness",
+        "Anger",
+        "Neutral",
+    ]
     # AffectNet: 0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger, 7 Contempt.
     affectnet = read_label_map("AffectNet")
-    assert [affectnet[str(i)] for i in range(8)] == ["Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+    assert [affectnet[str(i)] for i in range(8)] == [
+        "Neutral",
+        "Happiness",
+        "Sadness",
+        "Surprise",
+        "Fear",
+        "Disgust",
+        "Anger",
+        "Contempt",
+    ]
     labels = dataset_labels([str(i) for i in range(8)], np.array([4, 1, -1, 7]), rafdb)
     assert labels.classes == ["Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust", "Fear"]
     assert labels.y.tolist() == [0, 4, -1, 2]  # 4 = Happiness, 1 = Surprise, 7 = Neutral

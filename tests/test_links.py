@@ -58,7 +58,9 @@ def test_a_dangling_link_gets_its_target_and_chains_are_followed(tmp_path):
 def test_a_cache_and_a_link_to_it_share_lock_partial_and_index_folders(tmp_path):
     link, target = _linked(tmp_path)
     real = followed(link)
-    assert fmt.partial_dir(link) == real.with_name("real.partial") and fmt.partial_dir(target) == target.with_name("real.partial")
+    assert fmt.partial_dir(link) == real.with_name("real.partial") and fmt.partial_dir(target) == target.with_name(
+        "real.partial"
+    )
     assert lock_path(link) == real.with_name("real.lock")
     assert index_files(link, "k", None, "Flat")[0].parent == real.with_name("real.faiss")
     assert real.resolve() == target.resolve()
@@ -94,9 +96,21 @@ def test_fit_head_through_linked_head_files_writes_their_targets(tmp_path):
     rng = np.random.default_rng(0)
     items = fmt.Items(ids=[f"t{i}" for i in range(8)], labels=np.full(8, -1), class_names=[])
     train = tmp_path / "train.h5"
-    write_arrays(train, items, file_attrs={}, aligned={
-        "image/m@t": (rng.standard_normal((8, 4)).astype(np.float32), {"model": "m", "pretrained": "t", "logit_scale": 20.0}),
-        "teacher/t5/paper": (rng.standard_normal((8, 6)).astype(np.float32), {"model": "t5", "instruction": "paper"})})
+    write_arrays(
+        train,
+        items,
+        file_attrs={},
+        aligned={
+            "image/m@t": (
+                rng.standard_normal((8, 4)).astype(np.float32),
+                {"model": "m", "pretrained": "t", "logit_scale": 20.0},
+            ),
+            "teacher/t5/paper": (
+                rng.standard_normal((8, 6)).astype(np.float32),
+                {"model": "t5", "instruction": "paper"},
+            ),
+        },
+    )
     (tmp_path / "store").mkdir()
     for suffix in (".safetensors", ".json"):
         (tmp_path / f"head{suffix}").symlink_to(tmp_path / "store" / f"kept{suffix}")

@@ -11,8 +11,7 @@ from PIL import Image
 
 from expclip.cache.reader import CacheReader
 from expclip.demo.synthetic import write_faces
-from expclip.stages.extract import ExtractConfig, extract, sources
-from expclip.stages.extract import loading
+from expclip.stages.extract import ExtractConfig, extract, loading, sources
 from expclip.stages.extract.loading import DecodeError, load_image
 
 RNG = np.random.default_rng(7)
@@ -50,7 +49,9 @@ def write_png(path: Path, samples: np.ndarray, color_type: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -60,24 +61,40 @@ def write_tiff(path: Path, samples: np.ndarray, sample_format: int) -> Path:
     height, width = samples.shape
     tags = [(256, 4, width), (257, 4, height), (258, 3, samples.dtype.itemsize * 8), (259, 3, 1), (262, 3, 1),
             (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(data)), (339, 3, sample_format)]
-    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<I" if kind == 4 else "<HH", value, *([0] if kind == 3 else []))
-                       for tag, kind, value in tags)
-    path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + struct.pack("<H", len(tags)) + entries + b"\0" * 4)
+    entries = b"".join(
+        struct.pack("<HHI", tag, kind, 1)
+        + struct.pack("<I" if kind == 4 else "<HH", value, *([0] if kind == 3 else []))
+        for tag, kind, value in tags
+    )
+    path.write_bytes(
+        b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + struct.pack("<H", len(tags)) + entries + b"\0" * 4
+    )
     return path
 
 
 # --- bit depth -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, write, mode", [
-    ("gray16-pil.png", lambda p: Image.fromarray(GRAY8.astype(np.uint16) * 257).save(p), "I;16"),
-    ("gray16.png", lambda p: write_png(p, GRAY8.astype(np.uint16) * 257, 0), "I;16"),
-    ("gray16-big-endian.tif", lambda p: Image.fromarray((GRAY8.astype(np.uint16) * 257).astype(">u2")).save(p), "I;16B"),
-    ("gray16.pgm", lambda p: p.write_bytes(b"P5 7 9 65535\n" + (GRAY8.astype(">u2") * np.uint16(257)).tobytes()), "I"),
-    ("gray-signed16.tif", lambda p: write_tiff(p, GRAY8.astype(np.int16) * 128, 2), "I"),
-    ("gray-unsigned32.tif", lambda p: write_tiff(p, GRAY8.astype(np.uint32) * 0x01010101, 1), "I"),
-    ("gray-signed32.tif", lambda p: Image.fromarray(GRAY8.astype(np.int32) * 0x00808080).save(p), "I"),
-])
+@pytest.mark.parametrize(
+    "name, write, mode",
+    [
+        ("gray16-pil.png", lambda p: Image.fromarray(GRAY8.astype(np.uint16) * 257).save(p), "I;16"),
+        ("gray16.png", lambda p: write_png(p, GRAY8.astype(np.uint16) * 257, 0), "I;16"),
+        (
+            "gray16-big-endian.tif",
+            lambda p: Image.fromarray((GRAY8.astype(np.uint16) * 257).astype(">u2")).save(p),
+            "I;16B",
+        ),
+        (
+            "gray16.pgm",
+            lambda p: p.write_bytes(b"P5 7 9 65535\n" + (GRAY8.astype(">u2") * np.uint16(257)).tobytes()),
+            "I",
+        ),
+        ("gray-signed16.tif", lambda p: write_tiff(p, GRAY8.astype(np.int16) * 128, 2), "I"),
+        ("gray-unsigned32.tif", lambda p: write_tiff(p, GRAY8.astype(np.uint32) * 0x01010101, 1), "I"),
+        ("gray-signed32.tif", lambda p: Image.fromarray(GRAY8.astype(np.int32) * 0x00808080).save(p), "I"),
+    ],
+)
 def test_deep_grayscale_copies_of_an_8_bit_image_give_its_pixels(tmp_path, name, write, mode):
     path = tmp_path / name
     write(path)
@@ -235,7 +252,11 @@ def test_large_jpeg_is_decoded_at_reduced_size(large, monkeypatch):
     assert SIDE * SIDE > loading.MAX_PIXELS
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIDE * SIDE // 3)  # Pillow alone would refuse before drafting
     image = load_image(large / "large.jpg")
-    assert image.mode == "RGB" and max(image.size) >= loading.DRAFT_SIDE and image.size[0] * image.size[1] <= loading.MAX_PIXELS
+    assert (
+        image.mode == "RGB"
+        and max(image.size) >= loading.DRAFT_SIDE
+        and image.size[0] * image.size[1] <= loading.MAX_PIXELS
+    )
     assert image.size == (-(-SIDE // 8),) * 2  # DCT scaling by 1/8, rounded up
     assert np.abs(np.asarray(image).astype(int) - 90).max() <= 1
     assert Image.MAX_IMAGE_PIXELS == SIDE * SIDE // 3  # Pillow's setting is left as it was

@@ -125,7 +125,9 @@ def _empty_png(path: Path) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -174,15 +176,22 @@ def test_a_label_map_error_never_prints_the_files_content(tmp_path):
     cache = tmp_path / "c.h5"
     cache.write_bytes(b"")
     secret = tmp_path / "shadow"
-    for text, why in (("root:$6$hunter2:19000:0:99999:7:::\n", "expected two columns `label,name`, both non-empty "
-                                                                 "(found 1 field)"),
-                      ("# a comment\nroot,hunter2\n", "field 2 (name) is not a class; valid: Happiness, Sadness, "
-                                                      "Neutral, Anger, Surprise, Disgust, Fear, Contempt, Anxiety, "
-                                                      "Helplessness, Disappointment (case-insensitive, usual synonyms)"),
-                      ("1,Happy\n1,hunter2\n", "field 1 (label) repeats the label of line 1")):
+    for text, why in (
+        ("root:$6$hunter2:19000:0:99999:7:::\n", "expected two columns `label,name`, both non-empty (found 1 field)"),
+        (
+            "# a comment\nroot,hunter2\n",
+            "field 2 (name) is not a class; valid: Happiness, Sadness, "
+            "Neutral, Anger, Surprise, Disgust, Fear, Contempt, Anxiety, "
+            "Helplessness, Disappointment (case-insensitive, usual synonyms)",
+        ),
+        ("1,Happy\n1,hunter2\n", "field 1 (label) repeats the label of line 1"),
+    ):
         secret.write_text(text)
         line = 2 if text.startswith(("#", "1,")) else 1
-        for command in (["evaluate", "--cache", str(cache)], ["ablate", str(cache), "--eval", str(cache), "--grid", "lr=0.1"]):
+        for command in (
+            ["evaluate", "--cache", str(cache)],
+            ["ablate", str(cache), "--eval", str(cache), "--grid", "lr=0.1"],
+        ):
             result = runner.invoke(app, [*command, "--label-map", str(secret)])
             assert result.exit_code == 2 and result.output == f"error: {secret}:{line}: {why}\n"
             assert "hunter2" not in result.output

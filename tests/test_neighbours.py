@@ -2,10 +2,10 @@
 
 import csv
 import hashlib
-import sys
 import importlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import faiss
@@ -14,11 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.base.errors import ExpclipError
-from expclip.stages.neighbours import audit, index as index_module, search
+from expclip.stages.neighbours import audit, search
+from expclip.stages.neighbours import index as index_module
 from expclip.stages.shared.heads import Head, build_head
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
@@ -32,7 +33,9 @@ def write_cache(path: Path, features: np.ndarray, *, labels=None, failed=(), tea
     """Images (n, D) or clips (n, T, D) stored as float16; `failed` rows NaN with items/ok False."""
     n = len(features)
     labels = np.arange(n) % 3 if labels is None else labels
-    items = fmt.Items(ids=[f"{path.stem}/{i}" for i in range(n)], labels=np.asarray(labels), class_names=["a", "b", "c"])
+    items = fmt.Items(
+        ids=[f"{path.stem}/{i}" for i in range(n)], labels=np.asarray(labels), class_names=["a", "b", "c"]
+    )
     if features.ndim == 3:
         items.frame_index = np.tile(np.arange(features.shape[1], dtype=np.int32), (n, 1))
         items.num_frames = np.full(n, features.shape[1], dtype=np.int32)
@@ -180,6 +183,13 @@ def test_spec_follows_size_and_memory():
     assert index_module.spec_for(10**7, 768, exact=True, budget=10**9) == "Flat"
     assert index_module.spec_for(10**6, 768, exact=False, budget=10**10) == "HNSW32,Flat"
     assert index_module.spec_for(10**7, 768, exact=False, budget=10**9) == "IVF16384,PQ64"
+    # Boundaries by hand: exact up to 200,000 rows; HNSW32 takes 768 * 4 + 32 * 2 * 4 = 3,328 bytes a row;
+    # IVF lists = 2 ** round(log2(4 * sqrt(rows))) (10**6 rows: 4,000 -> 4,096); PQ: largest of 64, 48, ... that
+    # divides the width and is at most half of it (12 -> 4).
+    assert index_module.spec_for(200_000, 768, exact=False, budget=0) == "Flat"
+    assert index_module.spec_for(200_001, 12, exact=False, budget=0) == "IVF2048,PQ4"
+    assert index_module.spec_for(10**6, 768, exact=False, budget=3_328_000_000) == "HNSW32,Flat"
+    assert index_module.spec_for(10**6, 768, exact=False, budget=3_327_999_999) == "IVF4096,PQ64"
 
 
 def planted(rng, n_a: int, n_b: int, copies: list[tuple[int, int]], frames: int = 0, noise: float = 0.02):
@@ -220,7 +230,9 @@ def test_audit_equals_brute_force_across_and_within(tmp_path, frames):
     want = named(brute_pairs(a, b, 0.9, False), ca, cb) | named(brute_pairs(a, a, 0.9, True), ca, ca) \
         | named(brute_pairs(b, b, 0.9, True), cb, cb)
     assert got == want and len(want) >= 4
-    assert {(c["a"], c["b"]): c["pairs"] for c in report["counts"]}[(str(ca), str(cb))] == len(brute_pairs(a, b, 0.9, False))
+    assert {(c["a"], c["b"]): c["pairs"] for c in report["counts"]}[(str(ca), str(cb))] == len(
+        brute_pairs(a, b, 0.9, False)
+    )
     assert [p["score"] for p in report["pairs"]] == sorted((p["score"] for p in report["pairs"]), reverse=True)
 
 
@@ -244,8 +256,12 @@ def test_exact_products_equal_faiss_range_search(monkeypatch):
 def test_caches_of_different_encoders_are_refused(tmp_path):
     a = write_cache(tmp_path / "a.h5", np.ones((4, D), np.float32))
     items = fmt.Items(ids=["x"], labels=np.zeros(1, np.int64), class_names=["a"])
-    write_arrays(tmp_path / "b.h5", items, file_attrs={"dataset": "b", "source": "s"},
-                 aligned={fmt.image_path("ViT-U@other"): (np.ones((1, D), np.float32), {"model": "ViT-U", "embed_dim": D})})
+    write_arrays(
+        tmp_path / "b.h5",
+        items,
+        file_attrs={"dataset": "b", "source": "s"},
+        aligned={fmt.image_path("ViT-U@other"): (np.ones((1, D), np.float32), {"model": "ViT-U", "embed_dim": D})},
+    )
     with pytest.raises(ExpclipError, match="different ones: .*a.h5 \\(ViT-T@nn\\), .*b.h5 \\(ViT-U@other\\)"):
         audit([a], [tmp_path / "b.h5"])
 
@@ -324,7 +340,9 @@ def test_cli_search_encodes_queries_with_the_caches_own_clip(tmp_path, tiny_clip
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     result = runner.invoke(app, ["search", str(cache), "--image", str(bad), "--device", "cpu"])
-    assert result.exit_code == 2 and "--image " + str(bad) + ": cannot be read as an image" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "--image " + str(bad) + ": cannot be read as an image" in " ".join(
+        result.output.split()
+    )
     result = runner.invoke(app, ["search", str(cache)])
     assert result.exit_code == 2 and "give a query with --text or --image" in result.output
 

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import KEY, clip_attrs
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -40,8 +41,7 @@ from expclip.stages.shared import protocol
 
 runner = CliRunner()
 ROOT = os.geteuid() == 0
-KEY = "ViT-T@test"
-CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 20.0, "embed_dim": 8}
+CLIP = clip_attrs(embed_dim=8)
 
 
 class Disk:
@@ -50,7 +50,9 @@ class Disk:
     def __init__(self, path: Path, options: str):
         self.path = path
         path.mkdir(exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): root writes through permissions, "
                         "so a read-only or full folder must be a mount")
@@ -116,14 +118,23 @@ def data(tmp_path_factory, tiny_clip):
     rng = np.random.default_rng(0)
     n = 32
     items = fmt.Items(ids=[f"t{i}" for i in range(n)], labels=np.full(n, -1), class_names=[])
-    teacher = {fmt.teacher_path("tiny-t5", "paper"): (rng.standard_normal((n, 12)).astype(np.float32), {"model": "t5", "instruction": "paper"})}
+    teacher = {
+        fmt.teacher_path("tiny-t5", "paper"): (
+            rng.standard_normal((n, 12)).astype(np.float32),
+            {"model": "t5", "instruction": "paper"},
+        )
+    }
     train = folder / "train.h5"
     write_arrays(train, items, file_attrs={"dataset": "train"},
                  aligned={fmt.image_path(KEY): (rng.standard_normal((n, 8)).astype(np.float32), CLIP), **teacher})
     order = protocol.class_order()
     eval_items = fmt.Items(ids=[f"e{i}" for i in range(20)], labels=rng.integers(0, 3, 20), class_names=order[:3])
-    text = {fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32),
-                                               {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})}
+    text = {
+        fmt.text_path(KEY, "class_name"): (
+            rng.standard_normal((11, 8)).astype(np.float32),
+            {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))},
+        )
+    }
     evals = folder / "eval.h5"
     write_arrays(evals, eval_items, file_attrs={"dataset": "toy-eval"},
                  aligned={fmt.image_path(KEY): (rng.standard_normal((20, 8)).astype(np.float32), CLIP)}, small=text)
@@ -156,14 +167,26 @@ def _commands(d: dict, ro: Path) -> dict[str, list[str]]:
         "evaluate --csv": [*evaluate, "--csv", str(ro / "r.csv")],
         "evaluate --out-dir": [*evaluate, "--out-dir", str(ro / "png")],
         "head export --out": ["head", "export", str(d["head"]), "--out", str(ro / "head.pth")],
-        "ablate --out-dir": ["ablate", str(d["train"]), "--eval", str(d["eval"]), "--grid", "epochs=1", "--out-dir", str(ro / "grid")],
+        "ablate --out-dir": [
+            "ablate",
+            str(d["train"]),
+            "--eval",
+            str(d["eval"]),
+            "--grid",
+            "epochs=1",
+            "--out-dir",
+            str(ro / "grid"),
+        ],
         "demo --workdir": ["demo", "--workdir", str(ro / "demo")],
     }
 
 
-@pytest.mark.parametrize("command", list(_commands({k: Path(k) for k in ("eval", "faces", "train", "head")}, Path("ro"))))
+@pytest.mark.parametrize(
+    "command", list(_commands({k: Path(k) for k in ("eval", "faces", "train", "head")}, Path("ro")))
+)
 def test_an_unwritable_output_is_refused_before_any_work(command, data, read_only, monkeypatch):
-    import expclip.ablate, expclip.demo.run  # noqa: F401 - imported before any patch: they bind functions on import
+    import expclip.ablate
+    import expclip.demo.run  # noqa: F401 - imported before any patch: they bind functions on import
 
     def work(*args, **kwargs):
         raise AssertionError("work began before the output was checked")
@@ -175,7 +198,9 @@ def test_an_unwritable_output_is_refused_before_any_work(command, data, read_onl
     result = runner.invoke(app, _commands(data, read_only)[command])
     assert result.exit_code == 2, result.output
     line = _error_line(result)
-    assert line.startswith(f"error: {command.split(' in ')[0].split()[-1]} {read_only}") and line.endswith(tuple(f"({r})" for r in REFUSED))
+    assert line.startswith(f"error: {command.split(' in ')[0].split()[-1]} {read_only}") and line.endswith(
+        tuple(f"({r})" for r in REFUSED)
+    )
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
@@ -201,7 +226,21 @@ def test_a_write_refused_after_the_check_is_one_line(data, lockable, monkeypatch
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(fit_train, "fit_head", fit_then_lock)
-    result = runner.invoke(app, ["fit-head", str(data["train"]), "--out", str(out / "head"), "--device", "cpu", "--epochs", "1", "--batch-size", "16"])
+    result = runner.invoke(
+        app,
+        [
+            "fit-head",
+            str(data["train"]),
+            "--out",
+            str(out / "head"),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert _error_line(result) in {f"error: {out / 'head.safetensors'}: cannot write ({r})" for r in REFUSED}
     refused = "|".join(REFUSED)
@@ -223,10 +262,15 @@ def test_a_full_disk_is_one_line_and_the_old_file_stays(disk):
         "h.pth": lambda tmp: torch.save({"mlp.weight": torch.ones(50_000)}, tmp),
     }
     for name, write in writers.items():
-        with pytest.raises(atomic.DiskFull, match=rf"{name}: no space left on the device \((needs more than the .* written, )?[\d.]+ (B|KiB) free\)$"):
+        with pytest.raises(
+            atomic.DiskFull,
+            match=rf"{name}: no space left on the device \((needs more than the .* written, )?[\d.]+ (B|KiB) free\)$",
+        ):
             atomic.write_atomically(full / name, write)
     assert [p.name for p in full.iterdir()] == ["r.json"] and (full / "r.json").read_text() == "finished"
-    with pytest.raises(atomic.DiskFull, match=r"big\.h5: no space left on the device \(needs about 1\.0 MiB, .* free\)"):
+    with pytest.raises(
+        atomic.DiskFull, match=r"big\.h5: no space left on the device \(needs about 1\.0 MiB, .* free\)"
+    ):
         atomic.require_space(full / "big.h5", 1 << 20)
 
 
@@ -278,7 +322,10 @@ def test_hdf5_on_a_full_disk_exits_2_without_a_segfault(disk, size, where):
     shards = sorted(fmt.partial_dir(cache).rglob("*.h5"))
     assert not _temporaries(d.path) and not cache.exists()
     if where == "shards":
-        assert f"{fmt.partial_dir(cache)}/image/" in done.stderr and "no space left on the device (needs about" in done.stderr
+        assert (
+            f"{fmt.partial_dir(cache)}/image/" in done.stderr
+            and "no space left on the device (needs about" in done.stderr
+        )
         assert 1 <= len(shards) < 8
     else:
         assert done.stderr.startswith(f"error: {cache}: no space left on the device (needs about")
@@ -299,7 +346,9 @@ def test_extract_on_a_full_disk_keeps_its_shards_and_a_rerun_merges(data, disk):
     first = runner.invoke(app, args)
     assert first.exit_code == 2, first.output
     line = _error_line(first)
-    assert f"{fmt.partial_dir(out)}/" in line and "no space left on the device (needs about" in line and "are kept" in line
+    assert (
+        f"{fmt.partial_dir(out)}/" in line and "no space left on the device (needs about" in line and "are kept" in line
+    )
     kept = sorted(fmt.partial_dir(out).rglob("*.h5"))
     assert kept and not _temporaries(d.path)
 
@@ -335,9 +384,11 @@ def test_extract_refuses_before_encoding_when_the_disk_clearly_lacks_the_space(d
     assert first.exit_code == 2, first.output
     line = _error_line(first)
     new = 9 * 2048 * 2 + 198 * 2048 * 4  # image rows, prompt rows: 1.58 MiB; twice, plus /items, ~3.2 MiB
-    assert line.startswith(f"error: {fmt.partial_dir(out)}: no space left on the device (needs about "
-                           f"{2 * new / 2**20:.1f} MiB, 2.0 MiB free), estimated for 9 rows of features as float16 "
-                           "and the prompts, then the merged cache beside the old one; free space or choose another --out")
+    assert line.startswith(
+        f"error: {fmt.partial_dir(out)}: no space left on the device (needs about "
+        f"{2 * new / 2**20:.1f} MiB, 2.0 MiB free), estimated for 9 rows of features as float16 "
+        "and the prompts, then the merged cache beside the old one; free space or choose another --out"
+    )
     assert not list(fmt.partial_dir(out).rglob("*.h5")) and not _temporaries(d.path)  # nothing encoded
 
     d.remount("size=8m")

@@ -51,11 +51,18 @@ def data(tmp_path_factory):
                                                {"model": "t5", "instruction": "paper"})})
     order = protocol.class_order()
     evals = folder / "eval.h5"
-    write_arrays(evals, fmt.Items(ids=[f"e{i}" for i in range(12)], labels=rng.integers(0, 3, 12), class_names=order[:3]),
-                 file_attrs={"dataset": "toy-eval"},
-                 aligned={fmt.image_path(KEY): (rng.standard_normal((12, 8)).astype(np.float32), CLIP)},
-                 small={fmt.text_path(KEY, "class_name"): (rng.standard_normal((11, 8)).astype(np.float32), {
-                     "prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))})})
+    write_arrays(
+        evals,
+        fmt.Items(ids=[f"e{i}" for i in range(12)], labels=rng.integers(0, 3, 12), class_names=order[:3]),
+        file_attrs={"dataset": "toy-eval"},
+        aligned={fmt.image_path(KEY): (rng.standard_normal((12, 8)).astype(np.float32), CLIP)},
+        small={
+            fmt.text_path(KEY, "class_name"): (
+                rng.standard_normal((11, 8)).astype(np.float32),
+                {"prompts": [c.lower() + "." for c in order], "class_names": order, "class_index": list(range(11))},
+            )
+        },
+    )
     head = folder / "head"
     fit_train.fit_head([train], head, FitConfig(epochs=1, batch_size=8, device="cpu"))
     faces = folder / "faces"
@@ -98,45 +105,77 @@ def _cases(d: dict, tmp: Path) -> dict[str, tuple[list[str], Path, str]]:
     shutil.copy(inside, inside.with_name(inside.name + ".png"))  # an input named like the annotation of another
     return {
         "evaluate --json onto the cache": (
-            [*evaluate, "--json", str(ev)], ev, _file_message("--json", ev, "--cache", ev)),
+            [*evaluate, "--json", str(ev)],
+            ev,
+            _file_message("--json", ev, "--cache", ev),
+        ),
         "evaluate --json onto a symbolic link to the cache": (
-            [*evaluate, "--json", str(link)], ev, _file_message("--json", link, "--cache", ev)),
+            [*evaluate, "--json", str(link)],
+            ev,
+            _file_message("--json", link, "--cache", ev),
+        ),
         "evaluate --csv onto a hard link of the cache": (
-            [*evaluate, "--csv", str(hard)], ev, _file_message("--csv", hard, "--cache", ev)),
+            [*evaluate, "--csv", str(hard)],
+            ev,
+            _file_message("--csv", hard, "--cache", ev),
+        ),
         "evaluate --json onto the head's card": (
-            [*evaluate, "--head", str(head), "--json", f"{head}.json"], Path(f"{head}.json"),
-            _file_message("--json", Path(f"{head}.json"), "--head", Path(f"{head}.json"))),
+            [*evaluate, "--head", str(head), "--json", f"{head}.json"],
+            Path(f"{head}.json"),
+            _file_message("--json", Path(f"{head}.json"), "--head", Path(f"{head}.json")),
+        ),
         "fit-head --out onto --init-from": (
             ["fit-head", str(train), "--out", str(head), "--init-from", str(head), "--device", "cpu"],
-            Path(f"{head}.safetensors"), _file_message("--out", Path(f"{head}.safetensors"), "--init-from",
-                                                       Path(f"{head}.safetensors"))),
+            Path(f"{head}.safetensors"),
+            _file_message("--out", Path(f"{head}.safetensors"), "--init-from", Path(f"{head}.safetensors")),
+        ),
         "head export --out onto the head": (
-            ["head", "export", str(head), "--out", f"{head}.json"], Path(f"{head}.json"),
-            _file_message("--out", Path(f"{head}.json"), "HEAD", Path(f"{head}.json"))),
+            ["head", "export", str(head), "--out", f"{head}.json"],
+            Path(f"{head}.json"),
+            _file_message("--out", Path(f"{head}.json"), "HEAD", Path(f"{head}.json")),
+        ),
         "search --json onto the cache": (
-            ["search", str(ev), "--text", "a smile", "--json", str(link)], ev,
-            _file_message("--json", link, "CACHE", ev)),
+            ["search", str(ev), "--text", "a smile", "--json", str(link)],
+            ev,
+            _file_message("--json", link, "CACHE", ev),
+        ),
         "audit --csv onto --against": (
-            ["audit", str(train), "--against", str(ev), "--csv", str(hard)], ev,
-            _file_message("--csv", hard, "--against", ev)),
+            ["audit", str(train), "--against", str(ev), "--csv", str(hard)],
+            ev,
+            _file_message("--csv", hard, "--against", ev),
+        ),
         "ablate --out-dir holding a link of an input": (
-            ["ablate", str(train), "--eval", str(ev), "--grid", "epochs=1", "--out-dir", str(grid)], ev,
+            ["ablate", str(train), "--eval", str(ev), "--grid", "epochs=1", "--out-dir", str(grid)],
+            ev,
             f"error: --out-dir {grid}: would write {grid / 'ablation.csv'}, the same file as the input --eval {ev}; "
-            "give another folder"),
+            "give another folder",
+        ),
         "extract --out onto its list": (
-            ["extract", str(listing), "--out", str(listing)], listing, _file_message("--out", listing, "SOURCE", listing)),
+            ["extract", str(listing), "--out", str(listing)],
+            listing,
+            _file_message("--out", listing, "SOURCE", listing),
+        ),
         "predict --csv onto the picture": (
-            ["predict", str(picture), "--csv", str(picture)], picture,
-            _file_message("--csv", picture, "INPUT", picture)),
+            ["predict", str(picture), "--csv", str(picture)],
+            picture,
+            _file_message("--csv", picture, "INPUT", picture),
+        ),
         "predict --json onto a picture of a folder": (
-            ["predict", str(photos), "--json", str(inside)], inside, _file_message("--json", inside, "INPUT", inside)),
+            ["predict", str(photos), "--json", str(inside)],
+            inside,
+            _file_message("--json", inside, "INPUT", inside),
+        ),
         "predict --annotate onto an input": (
-            ["predict", str(photos), "--annotate", str(photos)], Path(f"{inside}.png"),
+            ["predict", str(photos), "--annotate", str(photos)],
+            Path(f"{inside}.png"),
             f"error: --annotate {photos}: would write {inside}.png, the same file as the input INPUT {inside}.png; "
-            "give another folder"),
+            "give another folder",
+        ),
         "evaluate --json and --csv one file": (
-            [*evaluate, "--json", str(tmp / "r.txt"), "--csv", str(tmp / "r.txt")], ev,
-            f"error: --csv {tmp / 'r.txt'}: the same file as --json {tmp / 'r.txt'}; give each output its own path"),
+            [*evaluate, "--json", str(tmp / "r.txt"), "--csv", str(tmp / "r.txt")],
+            ev,
+            f"error: --csv {tmp / 'r.txt'}: the same file as --json {tmp / 'r.txt'}; give each output its own path",
+        ),
     }
 
 
@@ -150,7 +189,8 @@ CASES = ["evaluate --json onto the cache", "evaluate --json onto a symbolic link
 
 @pytest.mark.parametrize("case", CASES)
 def test_an_output_that_is_an_input_is_refused_before_any_work(case, data, tmp_path, monkeypatch):
-    import expclip.ablate, expclip.predict.api  # noqa: F401 - imported before the patch: they bind names on import
+    import expclip.ablate
+    import expclip.predict.api  # noqa: F401 - imported before the patch: they bind names on import
 
     def work(*args, **kwargs):
         raise AssertionError("work began before the outputs were checked")
@@ -170,7 +210,9 @@ def test_a_folder_output_may_hold_inputs_it_does_not_write(data, tmp_path):
     """The folder rule is exact: an input under another name than the outputs' stays and the command runs."""
     shutil.copy(data["eval"], tmp_path / "eval.h5")
     before = _sha(tmp_path / "eval.h5")
-    result = runner.invoke(app, ["evaluate", "--baseline", "--cache", str(tmp_path / "eval.h5"), "--out-dir", str(tmp_path)])
+    result = runner.invoke(
+        app, ["evaluate", "--baseline", "--cache", str(tmp_path / "eval.h5"), "--out-dir", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert _sha(tmp_path / "eval.h5") == before and [p.name for p in tmp_path.glob("*.png")] == [
         "toy-eval__clip__class_name.png"]
@@ -214,7 +256,10 @@ def test_two_outputs_of_one_run_never_share_a_path(tmp_path, monkeypatch):
     with pytest.raises(ExpclipError) as raised:
         annotation_names([Path("in/x.jpg"), Path("in/../in/x.jpg")])
     name = Path(*tmp_path.parts[1:], "in", "x.jpg.png")
-    assert str(raised.value) == f"--annotate: in/x.jpg and in/../in/x.jpg would both be written as {name}; give each input once"
+    assert (
+        str(raised.value)
+        == f"--annotate: in/x.jpg and in/../in/x.jpg would both be written as {name}; give each input once"
+    )
     with pytest.raises(ExpclipError) as raised:
         distinct([("--json", tmp_path / "r"), ("--csv", None), ("--sheet", tmp_path / "in" / ".." / "r")])
     assert str(raised.value) == f"--sheet {tmp_path / 'in' / '..' / 'r'}: the same file as --json {tmp_path / 'r'}; " \

@@ -117,7 +117,10 @@ def test_parts_then_a_plain_run_merge_to_the_single_process_cache(job, tmp_path)
         assert second.exit_code == 0 and "part 2/2" in second.output and ": 8 items encoded" in second.output
         merged = runner.invoke(app, args)
     assert merged.exit_code == 0, merged.output
-    assert f"wrote {out} ({ITEMS} items: 0 encoded, {ITEMS} encoded earlier; merged the shards of an earlier run)\n" in merged.output
+    assert (
+        f"wrote {out} ({ITEMS} items: 0 encoded, {ITEMS} encoded earlier; merged the shards of an earlier run)\n"
+        in merged.output
+    )
     assert_same_cache(job["reference"], out)
 
 
@@ -153,7 +156,9 @@ def test_a_killed_rank_then_a_run_with_other_process_count_resumes(job, tmp_path
     with one_thread():
         resumed = runner.invoke(app, args)
     assert resumed.exit_code == 0, resumed.output
-    encoded, earlier = map(int, re.search(rf"\({ITEMS} items: (\d+) encoded, (\d+) encoded earlier\)", resumed.output).groups())
+    encoded, earlier = map(
+        int, re.search(rf"\({ITEMS} items: (\d+) encoded, (\d+) encoded earlier\)", resumed.output).groups()
+    )
     assert encoded + earlier == ITEMS and earlier > 0  # kept shards reused
     assert_same_cache(job["reference"], out)
 
@@ -260,7 +265,9 @@ def test_a_second_ctrl_c_stops_at_once_without_a_corrupt_shard(job, tmp_path):
     assert_same_cache(job["reference"], out)
 
 
-@pytest.mark.parametrize("cores, ranks, workers", [(16, "1", 8), (16, "4", 4), (16, "8", 2), (2, "4", 1), (64, None, 8)])
+@pytest.mark.parametrize(
+    "cores, ranks, workers", [(16, "1", 8), (16, "4", 4), (16, "8", 2), (2, "4", 1), (64, None, 8)]
+)
 def test_decode_workers_default_shares_the_cores_among_this_machines_ranks(monkeypatch, cores, ranks, workers):
     from expclip.stages.extract.config import default_workers
 
@@ -285,5 +292,8 @@ def test_a_filesystem_without_locks_is_said_and_the_run_goes_on(job, tmp_path, m
     with one_thread():
         result = runner.invoke(app, [*job["args"], "--out", str(out), "--batch-size", "4", "--shard-size", "4"])
     assert result.exit_code == 0, result.output
-    assert f"note: {tmp_path} does not support file locks: nothing stops another run on this cache at the same time" in result.output
+    assert (
+        f"note: {tmp_path} does not support file locks: nothing stops another run on this cache at the same time"
+        in result.output
+    )
     assert_same_cache(job["reference"], out)

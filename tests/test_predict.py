@@ -16,16 +16,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
+from yunet_format import write_yunet_like
 
 from expclip import ZeroShotFER
-from expclip.cli import app
 from expclip.base.errors import ExpclipError
+from expclip.cli import app
 from expclip.predict.api import class_prompts
 from expclip.predict.faces import Box, Detector
 from expclip.predict.tracks import iou, link
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, load_head, save_head
-from yunet_format import write_yunet_like
 
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 runner = CliRunner()
@@ -125,9 +125,28 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     frames.mkdir()
     for i in range(5):
         shutil.copy(PHOTO, frames / f"{i:03d}.jpg")
-    result = runner.invoke(app, ["predict", str(video), str(PHOTO), "--head", str(head), "--every", "10",
-                                 "--json", str(tmp_path / "p.json"), "--csv", str(tmp_path / "p.csv"),
-                                 "--annotate", str(tmp_path / "ann"), "--device", "cpu", "--classes", "happy,sad,angry"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(video),
+            str(PHOTO),
+            "--head",
+            str(head),
+            "--every",
+            "10",
+            "--json",
+            str(tmp_path / "p.json"),
+            "--csv",
+            str(tmp_path / "p.csv"),
+            "--annotate",
+            str(tmp_path / "ann"),
+            "--device",
+            "cpu",
+            "--classes",
+            "happy,sad,angry",
+        ],
+    )
     assert result.exit_code == 0, result.output  # no --clip-model: the head's recorded CLIP
     work = len(set(range(0, 40, 10)) | set(protocol.frame_indices(40))) + 1  # the video's frames read, the photo
     assert f"{work}/{work}" in result.output and "frames/s" in result.output  # the bar moves per frame
@@ -139,7 +158,9 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     [photo] = [r for r in records if r["file"] == str(PHOTO)]
     assert photo["frame"] is None and abs(photo["box"][0] - 155) <= 3
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0] == "kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry,reason" and len(lines) == 1 + len(records)
+    assert lines[0] == "kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry,reason" and len(lines) == 1 + len(
+        records
+    )
     [track] = [r for r in records if r["kind"] == "track"]  # one person: one track, the same faces as the clip's
     assert track["frames"] == whole["frames"] and len(track["boxes"]) == 16 and track["track"] == 0
     assert track["probabilities"] == whole["probabilities"]
@@ -236,7 +257,9 @@ def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     bad = runner.invoke(app, ["predict", str(tmp_path / "broken.jpg"), "--clip-model", tiny_clip, "--device", "cpu"])
     assert bad.exit_code == 2 and "broken.jpg: cannot be read as an image" in " ".join(bad.output.split())
-    bad = runner.invoke(app, ["predict", str(PHOTO), "--clip-model", tiny_clip, "--detector", "yunet", "--device", "cpu"])
+    bad = runner.invoke(
+        app, ["predict", str(PHOTO), "--clip-model", tiny_clip, "--detector", "yunet", "--device", "cpu"]
+    )
     assert bad.exit_code == 2 and "--detector yunet needs --detector-model FILE.onnx" in bad.output
     with pytest.raises(ExpclipError, match="name at least two classes"):
         ZeroShotFER(tiny_clip, classes=["happy"], device="cpu")

@@ -50,7 +50,19 @@ def test_json_is_the_record_list(records, tmp_path):
     path = tmp_path / "r.json"
     report.write_json(records, path)
     assert json.loads(path.read_text()) == records
-    assert set(records[0]) >= {"dataset", "method", "prompt_set", "uar", "war", "n", "per_class", "confusion", "classes", "cache", "clip_key"}
+    assert set(records[0]) >= {
+        "dataset",
+        "method",
+        "prompt_set",
+        "uar",
+        "war",
+        "n",
+        "per_class",
+        "confusion",
+        "classes",
+        "cache",
+        "clip_key",
+    }
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
 
 
@@ -67,10 +79,28 @@ def test_json_never_holds_nan_and_says_so_in_one_line(records, tmp_path, bad):
 
 def test_csv_columns(records, tmp_path):
     path = tmp_path / "r.csv"
-    report.write_csv(records + [record("MAFW", "clip", 13.39, 15.48, classes=("Happiness", "Contempt", "Sadness"))], path)
+    report.write_csv(
+        records + [record("MAFW", "clip", 13.39, 15.48, classes=("Happiness", "Contempt", "Sadness"))], path
+    )
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == report.CSV_FIELDS + ["recall_Happiness", "recall_Sadness", "recall_Anger", "recall_Contempt"]
-    assert report.CSV_FIELDS == ["dataset", "method", "prompt_set", "ensemble", "uar", "war", "n", "skipped", "clip_key", "cache"]
+    assert list(rows[0]) == report.CSV_FIELDS + [
+        "recall_Happiness",
+        "recall_Sadness",
+        "recall_Anger",
+        "recall_Contempt",
+    ]
+    assert report.CSV_FIELDS == [
+        "dataset",
+        "method",
+        "prompt_set",
+        "ensemble",
+        "uar",
+        "war",
+        "n",
+        "skipped",
+        "clip_key",
+        "cache",
+    ]
     assert len(rows) == 6 and float(rows[1]["war"]) == 42.14 and rows[1]["method"] == "exp-clip"
     assert rows[0]["recall_Happiness"] == "50.0" and rows[0]["recall_Anger"] == "" and rows[0]["recall_Contempt"] == ""
     assert rows[5]["recall_Contempt"] == "50.0" and rows[5]["recall_Anger"] == ""

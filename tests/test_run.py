@@ -41,7 +41,17 @@ def test_the_registry_holds_the_three_paper_runs_and_names_them_when_asked_for_a
         assert set(presets.paper_numbers(preset)["exp-clip"]) == set(paper["datasets"])
         assert preset.extract.transform == OFFICIAL_TRANSFORM and preset.extract.teacher == protocol.DEFAULT_TEACHER
         assert preset.extract.instruction == protocol.DEFAULT_INSTRUCTION and preset.frames == protocol.DEFAULT_FRAMES
-        official = ("lr", "momentum", "weight_decay", "batch_size", "epochs", "milestones", "gamma", "optimizer", "head")
+        official = (
+            "lr",
+            "momentum",
+            "weight_decay",
+            "batch_size",
+            "epochs",
+            "milestones",
+            "gamma",
+            "optimizer",
+            "head",
+        )
         assert {k: getattr(preset.fit, k) for k in official} == {k: getattr(FitConfig(), k) for k in official}
     with pytest.raises(ExpclipError, match="paper-vit-b-16, paper-vit-b-32, paper-vit-l-14"):
         presets.load("paper-vit-h-14")
@@ -70,7 +80,12 @@ def test_a_preset_file_may_extend_the_paper_part_and_bad_keys_name_the_choices(t
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps({"extends": "_paper", "extract": {"clip_model": "ViT-B-16"}, "fit": {"epochs": 2}}))
     preset = presets.load(str(mine))
-    assert (preset.name, preset.fit.epochs, preset.fit.lr, preset.extract.teacher) == ("mine", 2, 1e-3, protocol.DEFAULT_TEACHER)
+    assert (preset.name, preset.fit.epochs, preset.fit.lr, preset.extract.teacher) == (
+        "mine",
+        2,
+        1e-3,
+        protocol.DEFAULT_TEACHER,
+    )
     mine.write_text(json.dumps({"extends": "_paper", "fit": {"learning_rate": 0.1}}))
     with pytest.raises(ExpclipError, match=r"unknown key\(s\) fit.learning_rate; valid: fit.lr"):
         presets.load(str(mine))
@@ -113,15 +128,21 @@ def _clips(data: Path, work: Path, folder: str, lists: dict[str, list[tuple[str,
 def data_root(tmp_path_factory) -> Path:
     """A few items of every dataset (one per class, one clip per fold), laid out as the real ones are."""
     data, work = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("work")
-    write_faces(data / "CAER-S" / "train", ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"], 3, size=32)
+    write_faces(
+        data / "CAER-S" / "train", ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"], 3, size=32
+    )
     write_faces(data / "RAF-DB" / "test", [str(k) for k in range(1, 8)], 1, size=32, seed=1)  # RAF-DB's 1-7
     write_faces(data / "AffectNet" / "val", [str(k) for k in range(8)], 1, size=32, seed=2)  # AffectNet's 0-7
     write_faces(data / "FERPlus" / "test", ["neutral", "happiness", "surprise", "sadness", "anger", "disgust",
                                             "fear", "contempt"], 1, size=32, seed=3)
-    _clips(data, work, "DFEW", {f"DFEW_set_{k}_test.txt": [(f"DFEW_Frame_Face/{k:05d}", k)] for k in range(1, 6)}, seed=4)
+    _clips(
+        data, work, "DFEW", {f"DFEW_set_{k}_test.txt": [(f"DFEW_Frame_Face/{k:05d}", k)] for k in range(1, 6)}, seed=4
+    )
     _clips(data, work, "FERV39k", {"FERV39k_test.txt": [("2_ClipsforFaceCrop/Action/Happy/0015", 0),
                                                         ("2_ClipsforFaceCrop/Argue/Angry/0003", 3)]}, seed=5)
-    _clips(data, work, "MAFW", {f"MAFW_set_{k}_test.txt": [(f"data/faces/{k:05d}", 2 * k)] for k in range(1, 6)}, seed=6)
+    _clips(
+        data, work, "MAFW", {f"MAFW_set_{k}_test.txt": [(f"data/faces/{k:05d}", 2 * k)] for k in range(1, 6)}, seed=6
+    )
     _clips(data, work, "AFEW", {"AFEW_validation.txt": [("AFEW_Face/validation/Sadness/1_1_002916200", 1),
                                                         ("AFEW_Face/validation/Fear/1_6_000502567", 6)]}, seed=7)
     return data

@@ -6,10 +6,12 @@ import pytest
 from PIL import Image
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared import protocol
 from expclip.stages.extract.sources import resolve
+from expclip.stages.shared import protocol
 
-SAMPLES = Path(__file__).resolve().parent / "data" / "annotation_samples"  # copies of ../shared/reference/annotation_samples (tests/test_reference.py)
+SAMPLES = (
+    Path(__file__).resolve().parent / "data" / "annotation_samples"
+)  # copies of ../shared/reference/annotation_samples (tests/test_reference.py)
 
 
 def _png(path: Path) -> Path:
@@ -58,7 +60,9 @@ def test_list_file_with_names_numbers_and_root(tmp_path):
 def test_malformed_list_lines_name_file_and_line(tmp_path, text, message):
     lst = tmp_path / "bad.csv"
     lst.write_text(text)
-    with pytest.raises(ExpclipError, match=str(lst).replace(".", r"\.") + message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ExpclipError, match=str(lst).replace(".", r"\.") + message.replace("[", r"\[").replace("]", r"\]")
+    ):
         resolve(lst)
 
 
@@ -68,13 +72,13 @@ def test_reference_annotation_samples_parse_and_rebase(tmp_path):
     first = path.read_text().split("\n")[0].split()
     prefix = "/data/EECS-IoannisLab/datasets/DFEW"
     src = resolve(path, strip_prefix=prefix, root=tmp_path, dataset="DFEW")
-    lines = [l.split() for l in path.read_text().splitlines() if l.strip()]
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
     assert len(src.items) == len(lines)
     assert src.paths[0] == tmp_path / first[0][len(prefix) + 1:]
     assert src.items.ids[0] == "DFEW_Frame_Face/00001"
-    assert src.items.labels.tolist() == [int(l[2]) for l in lines]
+    assert src.items.labels.tolist() == [int(row[2]) for row in lines]
     assert src.items.class_names == protocol.class_order()[:7]
-    assert src.items.num_frames.tolist() == [int(l[1]) for l in lines]
+    assert src.items.num_frames.tolist() == [int(row[1]) for row in lines]
     assert src.items.frame_index[0].tolist() == protocol.frame_indices(int(first[1]))
     assert src.items.frame_index.shape == (len(lines), 16)
     mafw = resolve(SAMPLES / "MAFW_set_1_test.txt", strip_prefix="/data", root=tmp_path, dataset="MAFW")

@@ -13,14 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache import h5files
 from expclip.cache.reader import CacheReader
-from expclip.base.errors import ExpclipError
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.stages.fit_head import FitConfig, fit_head
-from expclip.stages.fit_head import data
+from expclip.stages.fit_head import FitConfig, data, fit_head
 from expclip.stages.shared.heads import load_head
 from expclip.stages.shared.memory import parse_size
 
@@ -39,7 +38,9 @@ def numbered(tmp_path_factory) -> Path:
     e = np.zeros((N, DT), dtype=np.float32)
     e[:, 0], e[:, 1] = np.arange(N), 1.0
     e[:, 2:] = rng.standard_normal((N, DT - 2)) * 0.01
-    items = fmt.Items(ids=[f"f{i}.png" for i in range(N)], labels=np.zeros(N, dtype=np.int64), class_names=["Happiness"])
+    items = fmt.Items(
+        ids=[f"f{i}.png" for i in range(N)], labels=np.zeros(N, dtype=np.int64), class_names=["Happiness"]
+    )
     x[list(BAD)] = np.nan
     e[list(BAD)] = np.nan
     with pytest.MonkeyPatch.context() as m:
@@ -95,7 +96,10 @@ def test_batches_mix_rows_of_the_blocks_in_one_buffer(numbered, monkeypatch):
 
 def test_the_same_seed_gives_the_same_batches_and_another_seed_others(numbered, monkeypatch):
     s = stream(numbered, monkeypatch, blocks_per_buffer=3)
-    run = lambda seed: np.concatenate([rows_of(*b) for b in s.epoch(64, torch.Generator().manual_seed(seed))])
+
+    def run(seed: int) -> np.ndarray:
+        return np.concatenate([rows_of(*b) for b in s.epoch(64, torch.Generator().manual_seed(seed))])
+
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.array_equal(run(7), run(8))
 
@@ -109,9 +113,15 @@ def test_fit_head_streams_when_the_selection_exceeds_max_memory(numbered, tmp_pa
     assert a["mode"] == "streaming" and a["steps_per_epoch"] == (N - len(BAD)) // 64
     assert torch.equal(load_head(tmp_path / "a").module.weight, load_head(tmp_path / "b").module.weight)
     stored = json.loads((tmp_path / "a.json").read_text())
-    assert stored["mode"] == "streaming" and stored["block_rows"] == 64 and stored["config"]["max_memory"] == str(needed - 1)
+    assert (
+        stored["mode"] == "streaming"
+        and stored["block_rows"] == 64
+        and stored["config"]["max_memory"] == str(needed - 1)
+    )
 
-    roomy = fit_head([numbered], tmp_path / "c", FitConfig(epochs=2, batch_size=64, device="cpu", max_memory=str(needed)))
+    roomy = fit_head(
+        [numbered], tmp_path / "c", FitConfig(epochs=2, batch_size=64, device="cpu", max_memory=str(needed))
+    )
     default = fit_head([numbered], tmp_path / "d", FitConfig(epochs=2, batch_size=64, device="cpu"))
     assert roomy["mode"] == default["mode"] == "in-memory"  # what fits trains exactly as before
     assert torch.equal(load_head(tmp_path / "c").module.weight, load_head(tmp_path / "d").module.weight)

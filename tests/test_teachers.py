@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from blip_reference import blip2_image_tokens
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from transformers import (
@@ -31,8 +32,6 @@ from expclip.stages.extract.encoders.base import ImageEncoder, Teacher, TextEnco
 from expclip.stages.extract.encoders.clip import load_clip
 from expclip.stages.extract.encoders.teacher import FAMILIES, family_of, identity, load_teacher
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
-
-from blip_reference import blip2_image_tokens
 
 CPU = torch.device("cpu")
 TINY_LLAMA = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
@@ -147,8 +146,14 @@ def test_family_is_read_from_the_checkpoint_config(folders):
     ("config", "found"),
     [
         (T5Config(vocab_size=32, d_model=8, d_ff=16, num_layers=1, num_heads=1, d_kv=8), "model_type 't5')"),
-        (Blip2Config(text_config=LlamaConfig(**TINY_LLAMA).to_dict()), "model_type 'blip-2', text_config.model_type 'llama'"),
-        (InstructBlipConfig(text_config=LlamaConfig(**TINY_LLAMA).to_dict()), "model_type 'instructblip', text_config.model_type 'llama'"),
+        (
+            Blip2Config(text_config=LlamaConfig(**TINY_LLAMA).to_dict()),
+            "model_type 'blip-2', text_config.model_type 'llama'",
+        ),
+        (
+            InstructBlipConfig(text_config=LlamaConfig(**TINY_LLAMA).to_dict()),
+            "model_type 'instructblip', text_config.model_type 'llama'",
+        ),
     ],
     ids=["plain-t5", "blip2-llama", "instructblip-vicuna"],
 )
@@ -219,7 +224,9 @@ def test_keys_differ_per_family(teachers):
 
 def test_every_encoder_satisfies_the_protocols(teachers, tiny_clip):
     clip = load_clip(tiny_clip, None, device=CPU, precision="fp32", transform="model")
-    assert isinstance(clip, ImageEncoder) and isinstance(clip, TextEncoder) and not isinstance(clip, Teacher)  # no instruction key
+    assert (
+        isinstance(clip, ImageEncoder) and isinstance(clip, TextEncoder) and not isinstance(clip, Teacher)
+    )  # no instruction key
     assert all(isinstance(t, Teacher) and isinstance(t, ImageEncoder) for t in teachers.values())
 
 

@@ -42,7 +42,10 @@ def write_yunet_like(path: Path) -> Path:
             helper.make_node("Add", [f"none_{s}", "no_points"], [f"kps_{s}"]),
         ]
         widths = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}
-        outputs += [helper.make_tensor_value_info(f"{k}_{s}", TensorProto.FLOAT, [1, f"cells_{s}", n]) for k, n in widths.items()]
+        outputs += [
+            helper.make_tensor_value_info(f"{k}_{s}", TensorProto.FLOAT, [1, f"cells_{s}", n])
+            for k, n in widths.items()
+        ]
     graph = helper.make_graph(
         nodes, "yunet_like",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])], outputs,

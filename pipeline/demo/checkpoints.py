@@ -16,7 +16,6 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers.utils import logging as hf_logging
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
@@ -33,9 +32,10 @@ from transformers import (
     PreTrainedTokenizerFast,
     T5Config,
 )
+from transformers.utils import logging as hf_logging
 
-from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
 from expclip.stages.shared.clip_identity import LOCAL_DIR
+from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
 
 # Not 100 (OpenAI's value): tests prove logit_scale is read from the model, not assumed.
 TINY_LOGIT_SCALE = 50.0
@@ -106,7 +106,9 @@ def _tiny_bpe(specials: list[str], single: str, pair: str, added: str) -> Tokeni
 def _tiny_t5_tokenizer() -> PreTrainedTokenizerFast:
     """Appends `</s>` like T5's."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=_tiny_bpe(_T5_SPECIALS, "$A </s>", "$A </s> $B </s>", "</s>"), pad_token="<pad>", eos_token="</s>",
+        tokenizer_object=_tiny_bpe(_T5_SPECIALS, "$A </s>", "$A </s> $B </s>", "</s>"),
+        pad_token="<pad>",
+        eos_token="</s>",
         unk_token="<unk>",
     )
 
@@ -114,8 +116,11 @@ def _tiny_t5_tokenizer() -> PreTrainedTokenizerFast:
 def _tiny_opt_tokenizer() -> PreTrainedTokenizerFast:
     """Prepends `</s>` like OPT's (its BOS is `</s>`)."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=_tiny_bpe(_OPT_SPECIALS, "</s> $A", "</s> $A </s> $B", "</s>"), pad_token="<pad>", bos_token="</s>",
-        eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=_tiny_bpe(_OPT_SPECIALS, "</s> $A", "</s> $A </s> $B", "</s>"),
+        pad_token="<pad>",
+        bos_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
     )
 
 
@@ -180,7 +185,9 @@ def save_tiny_blip2(
     tokenizer = processor.tokenizer  # now holds the `<image>` placeholder token too
     config = Blip2Config(
         vision_config=Blip2VisionConfig(**{**_tiny_vision(image_size), **(vision or {})}).to_dict(),
-        qformer_config=Blip2QFormerConfig(**{**_TINY_QFORMER, "vocab_size": len(tokenizer), **(qformer or {})}).to_dict(),
+        qformer_config=Blip2QFormerConfig(
+            **{**_TINY_QFORMER, "vocab_size": len(tokenizer), **(qformer or {})}
+        ).to_dict(),
         text_config=T5Config(**{**_tiny_t5(tokenizer), **(text or {})}).to_dict(),
         num_query_tokens=32,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),

@@ -16,15 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from expclip.stages.shared import protocol
-from expclip.stages.extract import sources
 from expclip.demo import synthetic
 from expclip.demo.pretrain import Schedule, drawn_faces, save_pretrained_clip, save_pretrained_teacher
-from expclip.stages.shared.clip_identity import LOCAL_DIR
 from expclip.stages.evaluate import evaluate
-from expclip.stages.extract import ExtractConfig, extract
+from expclip.stages.extract import ExtractConfig, extract, sources
 from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.fit_head import FitConfig, fit_head
+from expclip.stages.shared import protocol
+from expclip.stages.shared.clip_identity import LOCAL_DIR
 from expclip.stages.shared.heads import load_head
 
 DEMO_CLASSES = protocol.class_order()[:7]
@@ -42,7 +41,7 @@ class DemoRun:
 
 
 def run_demo(workdir: Path, *, train_per_class: int = 40, eval_per_class: int = 12, clips: int = 21, seed: int = 0,
-             schedule: Schedule = Schedule()) -> DemoRun:
+             schedule: Schedule = Schedule()) -> DemoRun:  # noqa: B008 (frozen: one shared default is safe)
     """Generate data and pre-trained tiny checkpoints under `workdir` (both kept for a re-run), then extract, fit
     and evaluate."""
     workdir = Path(workdir)
@@ -77,8 +76,11 @@ def run_demo(workdir: Path, *, train_per_class: int = 40, eval_per_class: int = 
                 ExtractConfig(teacher=str(files["teacher"]), **common))
         extract(sources.resolve(files["eval_faces"], dataset="demo-images"), files["eval_images_cache"],
                 ExtractConfig(teacher=None, **common))
-        extract(sources.resolve(files["eval_clips"] / "annotations.txt", dataset="demo-clips"), files["eval_clips_cache"],
-                ExtractConfig(teacher=None, **common))
+        extract(
+            sources.resolve(files["eval_clips"] / "annotations.txt", dataset="demo-clips"),
+            files["eval_clips_cache"],
+            ExtractConfig(teacher=None, **common),
+        )
 
     # Keys named, not guessed: a workdir of an older demo (random encoders in other folders) holds their groups too.
     fit_head([files["train_cache"]], files["head"],
@@ -110,6 +112,7 @@ REAL_RUN = """\
 # A real run (GPU, pretrained weights downloaded by open_clip / transformers):
 expclip extract CAER-S/train --out caer_train.h5 --clip-model ViT-B-16
 expclip extract RAF-DB/test --out rafdb.h5 --no-teacher --clip-model ViT-B-16 --dataset RAFDB
-expclip extract DFEW/set_1_test.txt --strip-prefix /data/DFEW --root /my/DFEW --dataset DFEW --out dfew.h5 --no-teacher --clip-model ViT-B-16
+expclip extract DFEW/set_1_test.txt --strip-prefix /data/DFEW --root /my/DFEW --dataset DFEW --out dfew.h5 \
+--no-teacher --clip-model ViT-B-16
 expclip fit-head caer_train.h5 --out heads/b16
 expclip evaluate --head heads/b16 --cache rafdb.h5 --cache dfew.h5 --baseline --json results.json"""

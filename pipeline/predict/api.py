@@ -38,6 +38,7 @@ from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head, load_head
 from expclip.stages.shared.scoring import Space, class_targets, head_space
 from expclip.stages.shared.vocabulary import AUTO, DETECTORS, MODEL_TRANSFORM, PREDICT_CLIP, PREDICT_PROMPT_SET
+
 BASIC = protocol.class_order()[:7]  # the seven basic expressions
 BATCH = 64
 
@@ -54,7 +55,11 @@ class ZeroShotFER:
         self.device = resolve_device(device)
         self.head = load_head(Path(head)) if isinstance(head, (str, Path)) else head
         self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform)
-        if self.head is not None and self.head.encoder is not None and self.head.encoder != clip_identity(self.encoder.attrs):
+        if (
+            self.head is not None
+            and self.head.encoder is not None
+            and self.head.encoder != clip_identity(self.encoder.attrs)
+        ):
             raise ExpclipError(f"--head was trained on CLIP {self.head.describe_encoder()}, not on {clip_model} "
                                f"{self.encoder.attrs.get('pretrained', '')}; load the CLIP it was trained on")
         self.space: Space = head_space(self.head, self.device)
@@ -77,8 +82,12 @@ class ZeroShotFER:
 
     def encode_images(self, faces: Sequence[Image.Image]) -> torch.Tensor:
         """(n, d) raw CLIP features of face crops (the encoder's own transform)."""
-        parts = [self.encoder.encode_images(torch.stack([self.encoder.transform(f.convert("RGB")) for f in faces[a:a + BATCH]]))
-                 for a in range(0, len(faces), BATCH)]
+        parts = [
+            self.encoder.encode_images(
+                torch.stack([self.encoder.transform(f.convert("RGB")) for f in faces[a : a + BATCH]])
+            )
+            for a in range(0, len(faces), BATCH)
+        ]
         return torch.cat(parts).float() if parts else torch.empty(0, self.encoder.width)
 
     def scores(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared.vocabulary import DETECTORS
+
 MARGIN = 0.2
 MIN_FACE = 24  # pixels: smaller detections are noise at Haar's scales
 
@@ -52,13 +53,17 @@ class Detector:
         if kind == "haar":
             if not hasattr(cv2, "CascadeClassifier"):
                 raise ExpclipError(f"OpenCV {cv2.__version__} has no Haar cascades; install opencv-python-headless<5")
-            self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+            self.cascade = cv2.CascadeClassifier(
+                str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
+            )
         else:
             self.model = Path(model)
             try:
                 self.yunet = cv2.FaceDetectorYN.create(str(model), "", (320, 320))
             except cv2.error as e:
-                raise ExpclipError(f"--detector-model {model}: OpenCV cannot read it as an ONNX model ({_reason(e)})") from None
+                raise ExpclipError(
+                    f"--detector-model {model}: OpenCV cannot read it as an ONNX model ({_reason(e)})"
+                ) from None
 
     def detect(self, picture: Image.Image) -> list[Box]:
         width, height = picture.size
@@ -77,7 +82,10 @@ class Detector:
                 _, found = self.yunet.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             except cv2.error as e:  # an ONNX file without YuNet's twelve outputs
                 raise ExpclipError(f"--detector-model {self.model}: not a YuNet face detector ({_reason(e)})") from None
-            boxes = [Box(int(f[0]), int(f[1]), int(f[2]), int(f[3]), float(f[-1])) for f in (found if found is not None else [])]
+            boxes = [
+                Box(int(f[0]), int(f[1]), int(f[2]), int(f[3]), float(f[-1]))
+                for f in (found if found is not None else [])
+            ]
         return sorted(boxes, key=lambda b: -b.w * b.h)
 
 

@@ -44,11 +44,17 @@ def table(records: list[dict]) -> Table:
             found.add_row(escape(Path(r["file"]).name), "skipped", "", escape(r["reason"]), "", "")
             continue
         if r["kind"] == "face":
-            where, face, box = "" if r["frame"] is None else str(r["frame"]), str(r["face"]), " ".join(map(str, r["box"]))
+            where, face, box = (
+                "" if r["frame"] is None else str(r["frame"]),
+                str(r["face"]),
+                " ".join(map(str, r["box"])),
+            )
         else:
             where = "whole clip" if r["kind"] == "clip" else f"track {r['track']}"
             face = box = ""
-        found.add_row(escape(Path(r["file"]).name), where, face, box, escape(r["top"]), f"{r['probabilities'][r['top']]:.3f}")
+        found.add_row(
+            escape(Path(r["file"]).name), where, face, box, escape(r["top"]), f"{r['probabilities'][r['top']]:.3f}"
+        )
     return found
 
 
@@ -119,7 +125,7 @@ def annotate(records: list[dict], classes: list[str], folder: Path, names: dict[
             draw.text((x + 3, y + 3), f"{r['top']} {r['probabilities'][r['top']]:.2f}", fill=(255, 40, 40))
         target = folder / names[file]
         ensure_folder(target.parent)
-        write_atomically(target, lambda tmp: image.save(tmp, format="PNG"))
+        write_atomically(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
         written.append(target)
     for file in sorted({r["file"] for r in records if r["kind"] != "face" or r["frame"] is not None}):
         faces = [r for r in records if r["file"] == file and r["kind"] == "face"]

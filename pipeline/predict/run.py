@@ -58,7 +58,9 @@ def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: int = 1,
     failures = [r for r in records if r["kind"] == "failed"]
     if found and len(failures) == len(found):
         first = f"{failures[0]['file']}: {failures[0]['reason']}"
-        raise ExpclipError(first if len(found) == 1 else f"none of the {len(found)} inputs could be read ({first}, ...)")
+        raise ExpclipError(
+            first if len(found) == 1 else f"none of the {len(found)} inputs could be read ({first}, ...)"
+        )
     return records, len(found)
 
 

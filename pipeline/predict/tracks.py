@@ -46,8 +46,10 @@ def link(faces_per_frame: Sequence[Sequence[tuple[Box, Any]]], min_iou: float = 
     """Tracks over the frames' (box, face) pairs, longest first (ties: the one that began first)."""
     tracks: list[Track] = []
     for position, faces in enumerate(faces_per_frame):
-        pairs = sorted(((iou(t.boxes[-1], box), k, j) for k, t in enumerate(tracks) for j, (box, _) in enumerate(faces)),
-                       key=lambda pair: -pair[0])
+        pairs = sorted(
+            ((iou(t.boxes[-1], box), k, j) for k, t in enumerate(tracks) for j, (box, _) in enumerate(faces)),
+            key=lambda pair: -pair[0],
+        )
         joined_tracks, joined_faces = set(), set()
         for overlap, k, j in pairs:
             if overlap < min_iou:

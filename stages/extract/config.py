@@ -30,18 +30,39 @@ class ExtractConfig:
     """Everything stage one can be told; the defaults reproduce the paper's encoders."""
 
     clip_model: str = setting("ViT-B-32", "open_clip model name, or local-dir:PATH.")
-    clip_pretrained: str | None = setting(None, "Pretrained tag or weights file (default: openai where the model has it).")
-    teacher: str | None = setting(protocol.DEFAULT_TEACHER, "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.")
+    clip_pretrained: str | None = setting(
+        None, "Pretrained tag or weights file (default: openai where the model has it)."
+    )
+    teacher: str | None = setting(
+        protocol.DEFAULT_TEACHER,
+        "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.",
+    )
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
-    transform: str = setting(MODEL_TRANSFORM, "Each model's own preprocessing, or the official code's one tensor for both.", choices=TRANSFORMS)
-    batch_size: int | None = setting(None, "Images per encoder pass, and images or clips per decoded batch, fewer when a batch would pass 256 MiB of pixels (default: 256 on CUDA, 64 on the CPU).")
-    num_workers: int = setting(default_workers(), "DataLoader workers decoding images (default: one per core, shared among the ranks on this machine, at most 8).")
+    transform: str = setting(
+        MODEL_TRANSFORM,
+        "Each model's own preprocessing, or the official code's one tensor for both.",
+        choices=TRANSFORMS,
+    )
+    batch_size: int | None = setting(
+        None,
+        "Images per encoder pass, and images or clips per decoded batch, fewer when a batch would pass 256 MiB "
+        "of pixels (default: 256 on CUDA, 64 on the CPU).",
+    )
+    num_workers: int = setting(
+        default_workers(),
+        "DataLoader workers decoding images "
+        "(default: one per core, shared among the ranks on this machine, at most 8).",
+    )
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
     precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
     store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)
     prompts: Path | None = setting(None, "JSON file of extra prompt sets.")
     shard_size: int = setting(1024, "Rows per resumable shard.")
-    part: str | None = setting(None, "K/N: encode only the shards whose index % N is K-1, without merging (job arrays); then run without --part to merge.")
+    part: str | None = setting(
+        None,
+        "K/N: encode only the shards whose index % N is K-1, without merging (job arrays); "
+        "then run without --part to merge.",
+    )
 
     def check(self) -> None:
         """Refuse values outside their choices or ranges, naming the option."""

@@ -62,7 +62,11 @@ class Plan:
     def share(self, part: tuple[int, int] | None, rank: int, size: int, leader: bool) -> Plan:
         """The work of one process: `--part K/N` keeps the shards whose index % N is K-1 (text groups count
         as shard 0: part 1's), then rank r of `size` takes every size-th of the shards still missing."""
-        keep = (lambda start: True) if part is None else (lambda start: (start // self.job.shard_size) % part[1] == part[0] - 1)
+        keep = (
+            (lambda start: True)
+            if part is None
+            else (lambda start: (start // self.job.shard_size) % part[1] == part[0] - 1)
+        )
         todo = set(sorted({r for ranges in self.shards.values() for r in ranges if keep(r[0])})[rank::size])
         shards = {p: mine for p, ranges in self.shards.items() if (mine := [r for r in ranges if r in todo])}
         texts = self.texts if leader and keep(0) else []

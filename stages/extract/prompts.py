@@ -28,7 +28,9 @@ def load_prompt_file(path: Path) -> dict[str, dict[str, list[str]]]:
         for cls, prompts in classes.items():
             canonical = protocol.canonical_class(cls)
             if canonical is None:
-                raise ExpclipError(f"{path}: set {name!r}: unknown class {cls!r}; known: {', '.join(protocol.class_order())}")
+                raise ExpclipError(
+                    f"{path}: set {name!r}: unknown class {cls!r}; known: {', '.join(protocol.class_order())}"
+                )
             if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
                 raise ExpclipError(f"{path}: set {name!r}, class {cls!r}: expected a non-empty list of strings")
             sets[name][canonical] = prompts

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from expclip.cache.format import Items
 from expclip.base.errors import ExpclipError
+from expclip.cache.format import Items
 from expclip.stages.shared import protocol
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}

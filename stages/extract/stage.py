@@ -23,8 +23,8 @@ from expclip.cache.reader import CacheReader
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.extract.encoders import teacher as teacher_encoder
-from expclip.stages.extract.plan import Plan, make_plan
 from expclip.stages.extract.encoders.base import ImageEncoder
+from expclip.stages.extract.plan import Plan, make_plan
 from expclip.stages.extract.run import encode_shards
 from expclip.stages.extract.sources import Source
 from expclip.stages.extract.team import join
@@ -100,11 +100,16 @@ def _check_space(plan: Plan, encoders: dict[str, ImageEncoder], source: Source, 
     if not encoders:
         return
     new = plan.new_bytes({p: e.width for p, e in encoders.items()}, frames, cfg.store_dtype)
-    plan.job.require_space(new, merging, hint=(
-        f", estimated for {sum(b - a for r in plan.shards.values() for a, b in r)} rows of features as {cfg.store_dtype}"
-        f"{' and the prompts' if plan.texts else ''}{', then the merged cache beside the old one' if merging else ''}"
-        "; free space or choose another --out"
-    ))
+    plan.job.require_space(
+        new,
+        merging,
+        hint=(
+            f", estimated for {sum(b - a for r in plan.shards.values() for a, b in r)} rows of features"
+            f" as {cfg.store_dtype}{' and the prompts' if plan.texts else ''}"
+            f"{', then the merged cache beside the old one' if merging else ''}"
+            "; free space or choose another --out"
+        ),
+    )
 
 
 def _load_encoders(plan: Plan, cfg: ExtractConfig, device: torch.device, precision: str) -> dict[str, ImageEncoder]:

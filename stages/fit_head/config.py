@@ -55,11 +55,22 @@ class FitConfig:
     seed: int = setting(0, "Seeds the head's init and the shuffling.")
     optimizer: str = setting("sgd", "sgd is the official optimizer.", choices=OPTIMIZERS)
     head: str = setting("linear", "linear is the paper's head; mlp adds one hidden layer.", choices=HEAD_KINDS)
-    logit_scale: float | str | None = setting(None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen).")
+    logit_scale: float | str | None = setting(
+        None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen)."
+    )
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
     device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
-    precision: str = setting("fp32", "fp32 (exact); bf16 matrix products (the paper's head: its hand-written gradient's four; other heads: autocast); or tf32 (CUDA only: float32 products on tensor cores).", choices=FIT_PRECISIONS)
-    max_memory: str | None = setting(None, "Memory for the training features, e.g. 1GB or 512MB (default: half of what the training device has free: RAM, or the GPU's memory); larger selections are streamed from the cache.")
+    precision: str = setting(
+        "fp32",
+        "fp32 (exact); bf16 matrix products (the paper's head: its hand-written gradient's four; "
+        "other heads: autocast); or tf32 (CUDA only: float32 products on tensor cores).",
+        choices=FIT_PRECISIONS,
+    )
+    max_memory: str | None = setting(
+        None,
+        "Memory for the training features, e.g. 1GB or 512MB (default: half of what the training device has "
+        "free: RAM, or the GPU's memory); larger selections are streamed from the cache.",
+    )
 
     def check(self) -> None:
         """Refuse options that cannot work, naming the option: the CLI, the API and ablate's grids all come

@@ -223,7 +223,9 @@ class Streamed:
 
     def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(len(self.blocks), generator=generator).tolist()
-        buffers = [[self.blocks[i] for i in order[s:s + self.per_buffer]] for s in range(0, len(order), self.per_buffer)]
+        buffers = [
+            [self.blocks[i] for i in order[s : s + self.per_buffer]] for s in range(0, len(order), self.per_buffer)
+        ]
         readers = [CacheReader(p) for p in self.selection.caches]  # each epoch opens (and checks) them anew
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expclip-stream")
         try:

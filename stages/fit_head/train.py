@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from expclip.base.version import __version__
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import as_json
+from expclip.base.version import __version__
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.fit_head.data import EPS, Exclusion, Selection, batches, select
 from expclip.stages.shared.devices import free_bytes, resolve_device
@@ -121,7 +121,8 @@ def _initial_head(config: FitConfig, d: int, dt: int) -> torch.nn.Module:
     return module
 
 
-PER_HEAD = ("lr", "momentum", "weight_decay", "milestones", "gamma", "logit_scale")  # what heads trained together may differ in
+# what heads trained together may differ in
+PER_HEAD = ("lr", "momentum", "weight_decay", "milestones", "gamma", "logit_scale")
 
 
 def by_hand(config: FitConfig) -> bool:
@@ -136,17 +137,33 @@ def shared_order(config: FitConfig) -> tuple | None:
     return tuple((f.name, str(getattr(config, f.name))) for f in fields(config) if f.name not in PER_HEAD)
 
 
-def fit_head(caches: list[Path], out: Path, config: FitConfig, *, clip_key: str | None = None,
-             teacher_key: str | None = None, instruction: str | None = None, exclude: Exclusion | None = None) -> dict:
+def fit_head(
+    caches: list[Path],
+    out: Path,
+    config: FitConfig,
+    *,
+    clip_key: str | None = None,
+    teacher_key: str | None = None,
+    instruction: str | None = None,
+    exclude: Exclusion | None = None,
+) -> dict:
     """Train a head on the caches' (image, teacher) pairs; write OUT.safetensors + OUT.json; return the JSON.
     `exclude` leaves rows out (recorded in HEAD.json's `excluded`)."""
-    return fit_heads(caches, [out], [config], clip_key=clip_key, teacher_key=teacher_key, instruction=instruction,
-                     exclude=exclude)[0]
+    return fit_heads(
+        caches, [out], [config], clip_key=clip_key, teacher_key=teacher_key, instruction=instruction, exclude=exclude
+    )[0]
 
 
-def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *, clip_key: str | None = None,
-              teacher_key: str | None = None, instruction: str | None = None,
-              exclude: Exclusion | None = None) -> list[dict]:
+def fit_heads(
+    caches: list[Path],
+    outs: list[Path],
+    configs: list[FitConfig],
+    *,
+    clip_key: str | None = None,
+    teacher_key: str | None = None,
+    instruction: str | None = None,
+    exclude: Exclusion | None = None,
+) -> list[dict]:
     """Train one head per configuration in one pass over the data (see the module's docstring); write each."""
     for config in configs:
         config.check()
@@ -155,15 +172,25 @@ def fit_heads(caches: list[Path], outs: list[Path], configs: list[FitConfig], *,
     first = configs[0]
     device = resolve_device(first.device)
     if first.precision == "bf16" and not native_bf16(device):
-        stderr.print("[yellow]warning:[/] this CPU has no native bf16 (avx512_bf16 or AMX): "
-                     "--precision bf16 runs slower than fp32 here", soft_wrap=True)
+        stderr.print(
+            "[yellow]warning:[/] this CPU has no native bf16 (avx512_bf16 or AMX): "
+            "--precision bf16 runs slower than fp32 here",
+            soft_wrap=True,
+        )
     with tensor_cores(first.precision, device):
         return _fit(caches, outs, configs, device, clip_key, teacher_key, instruction, exclude)
 
 
-def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device: torch.device,
-         clip_key: str | None, teacher_key: str | None, instruction: str | None,
-         exclude: Exclusion | None) -> list[dict]:
+def _fit(
+    caches: list[Path],
+    outs: list[Path],
+    configs: list[FitConfig],
+    device: torch.device,
+    clip_key: str | None,
+    teacher_key: str | None,
+    instruction: str | None,
+    exclude: Exclusion | None,
+) -> list[dict]:
     """fit_heads' work once the device and its matrix-product precision are set."""
     first = configs[0]
     started = time.perf_counter()
@@ -186,14 +213,18 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
     learnable = first.logit_scale == LEARNABLE
     log_scale = torch.nn.Parameter(torch.tensor(math.log(scales[0]), device=device))
     opts = [_optimizer(c, list(m.parameters()) + ([log_scale] if learnable else [])) for c, m in zip(configs, modules)]
-    scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(c.milestones), gamma=c.gamma)
-              for c, o in zip(configs, opts)]
+    scheds = [
+        torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(c.milestones), gamma=c.gamma)
+        for c, o in zip(configs, opts)
+    ]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=first.precision == "bf16")
     shuffle = torch.Generator().manual_seed(first.seed)
     target = torch.arange(b, device=device)  # row i of a batch matches column i
     histories: list[list[dict]] = [[] for _ in configs]
     with progress("steps") as bar:
-        task = bar.add_task("fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs)
+        task = bar.add_task(
+            "fit-head" if len(configs) == 1 else f"fit-head x{len(configs)}", total=steps * first.epochs
+        )
         for epoch in range(first.epochs):
             # each step's (K,) losses, kept on the device: no host sync until the epoch ends. Copied into one
             # buffer: a loss may be a view whose storage holds the whole batch's logits.
@@ -216,13 +247,19 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
                 per_step[:, i] = loss.detach()
                 correct += (logits.detach().argmax(-1) == target).sum(-1)
                 bar.advance(task)
-            _refuse_divergence(per_step, [[*m.parameters(), *([log_scale] if learnable else [])] for m in modules],
-                               configs, epoch)
+            _refuse_divergence(
+                per_step, [[*m.parameters(), *([log_scale] if learnable else [])] for m in modules], configs, epoch
+            )
             loss_sum = per_step.sum(1)
             for k, sched in enumerate(scheds):
                 sched.step()
-                histories[k].append({"epoch": epoch + 1, "loss": loss_sum[k].item() / steps,
-                                     "accuracy": correct[k].item() / (steps * b)})
+                histories[k].append(
+                    {
+                        "epoch": epoch + 1,
+                        "loss": loss_sum[k].item() / steps,
+                        "accuracy": correct[k].item() / (steps * b),
+                    }
+                )
             bar.update(task, description=f"fit-head epoch {epoch + 1} loss {histories[0][-1]['loss']:.4f}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the steps run ahead of the host: wait before reading the clock
@@ -230,16 +267,27 @@ def _fit(caches: list[Path], outs: list[Path], configs: list[FitConfig], device:
     metas = []
     for k, (config, module, out) in enumerate(zip(configs, modules, outs, strict=True)):
         scale = float(log_scale.detach().exp()) if learnable else scales[k]
-        meta = _meta(config, selection, data.describe(), device, scale, "by-hand" if hand else "autograd",
-                     histories[k], steps, {"wall_seconds": wall, "read_seconds": round(read, 3)}, len(configs))
+        meta = _meta(
+            config,
+            selection,
+            data.describe(),
+            device,
+            scale,
+            "by-hand" if hand else "autograd",
+            histories[k],
+            steps,
+            {"wall_seconds": wall, "read_seconds": round(read, 3)},
+            len(configs),
+        )
         meta["excluded"] = None if exclude is None else {"rows": exclude.count(), **exclude.provenance}
         save_head(module.cpu(), config.head, meta, out)
         metas.append(meta)
     return metas
 
 
-def _refuse_divergence(losses: torch.Tensor, trained: list[list[torch.Tensor]], configs: list[FitConfig],
-                       epoch: int) -> None:
+def _refuse_divergence(
+    losses: torch.Tensor, trained: list[list[torch.Tensor]], configs: list[FitConfig], epoch: int
+) -> None:
     """Stop, writing no head, when a head's loss (K, steps) or what it trains stopped being finite this epoch."""
     finite = torch.isfinite(losses)
     for k, params in enumerate(trained):
@@ -267,23 +315,47 @@ def _scale(config: FitConfig, selection: Selection, cache: Path) -> float:
 
 def _optimizer(config: FitConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":  # fused: one pass over W per step instead of four
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                               fused=True)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True
+        )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def _meta(config: FitConfig, selection: Selection, data: dict, device: torch.device, scale: float, gradient: str,
-          history: list[dict], steps: int, times: dict, together: int) -> dict:
+def _meta(
+    config: FitConfig,
+    selection: Selection,
+    data: dict,
+    device: torch.device,
+    scale: float,
+    gradient: str,
+    history: list[dict],
+    steps: int,
+    times: dict,
+    together: int,
+) -> dict:
     """HEAD.json: provenance (code, caches, groups, configuration) and what the training did."""
     return {
         "expclip_version": __version__,
-        "kind": config.head, "d": selection.d, "dt": selection.dt,
-        "clip_key": selection.clip_key, "clip": selection.clip,
-        "teacher_key": selection.teacher_key, "teacher": selection.teacher_provenance,
+        "kind": config.head,
+        "d": selection.d,
+        "dt": selection.dt,
+        "clip_key": selection.clip_key,
+        "clip": selection.clip,
+        "teacher_key": selection.teacher_key,
+        "teacher": selection.teacher_provenance,
         "teacher_model": str(selection.teacher_provenance.get("model", "")),
-        "instruction_key": selection.instruction_key, "instruction": str(selection.teacher_provenance.get("instruction", "")),
+        "instruction_key": selection.instruction_key,
+        "instruction": str(selection.teacher_provenance.get("instruction", "")),
         "config": as_json(config),
-        "seed": config.seed, "logit_scale": scale, "device": str(device), "gradient": gradient,
-        "caches": selection.used, "n_train": selection.n, "steps_per_epoch": steps, **data,
-        "trained_together": together, "history": history, **times,
+        "seed": config.seed,
+        "logit_scale": scale,
+        "device": str(device),
+        "gradient": gradient,
+        "caches": selection.used,
+        "n_train": selection.n,
+        "steps_per_epoch": steps,
+        **data,
+        "trained_together": together,
+        "history": history,
+        **times,
     }

@@ -10,6 +10,7 @@ from typing import BinaryIO
 from expclip.cache import format as fmt
 from expclip.cache.checksums import file_blocks
 
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

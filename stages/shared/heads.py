@@ -3,8 +3,8 @@
 A head is saved as `HEAD.safetensors` (weights, plus kind/d/dt in the
 safetensors metadata so the weights alone can be rebuilt) and `HEAD.json`
 (full provenance written by fit_head, with the sha256 of both files:
-`head_card`). The official Exp-CLIP release is a `.pth` state dict `{"mlp.weight": (Dt, d)}`; it is read only through torch's
-weights-only unpickler, so a file that would run code is refused, not run.
+`head_card`). The official Exp-CLIP release is a `.pth` state dict `{"mlp.weight": (Dt, d)}`;
+it is read only through torch's weights-only unpickler, so a file that would run code is refused, not run.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as from_bytes, save as to_bytes
+from safetensors.torch import load as from_bytes
+from safetensors.torch import save as to_bytes
 
-from expclip.cache.atomic import write_atomically
 from expclip.base.errors import ExpclipError
+from expclip.cache.atomic import write_atomically
 from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.digests import sha256_hex
 from expclip.stages.shared.head_card import card_text, read_card
@@ -74,7 +75,9 @@ class Head:
     def describe_encoder(self) -> str:
         """The trained-on CLIP encoder, for messages."""
         if self.clip:
-            return f"{self.clip.get('model')} @ {self.clip.get('pretrained', '')} (key {self.meta.get('clip_key', '?')})"
+            return (
+                f"{self.clip.get('model')} @ {self.clip.get('pretrained', '')} (key {self.meta.get('clip_key', '?')})"
+            )
         return str(self.meta.get("clip_key"))
 
     def linear_weight(self) -> torch.Tensor | None:

@@ -104,7 +104,11 @@ def _checked(path: Path, line: int, field: str, name: str) -> str:
 
 def builtin_label_maps() -> list[str]:
     """Names of the label maps shipped with expclip (`--label-map rafdb`)."""
-    return sorted(p.stem for p in resources.files("expclip.stages.shared").joinpath("label_maps").iterdir() if p.name.endswith(".csv"))
+    return sorted(
+        p.stem
+        for p in resources.files("expclip.stages.shared").joinpath("label_maps").iterdir()
+        if p.name.endswith(".csv")
+    )
 
 
 def read_label_map(path: Path | str) -> dict[str, str]:
@@ -118,7 +122,9 @@ def read_label_map(path: Path | str) -> dict[str, str]:
         path = Path(str(resources.files("expclip.stages.shared").joinpath("label_maps", f"{str(path).lower()}.csv")))
     path = Path(path)
     if not path.exists():
-        raise ExpclipError(f"--label-map {path}: no such file, and not a built-in map ({', '.join(builtin_label_maps())})")
+        raise ExpclipError(
+            f"--label-map {path}: no such file, and not a built-in map ({', '.join(builtin_label_maps())})"
+        )
     try:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -128,13 +134,19 @@ def read_label_map(path: Path | str) -> dict[str, str]:
     return _read_table_map(path, text)
 
 
-def canonical_names(class_names: list[str], label_map: dict[str, str] | None = None, *, where: str = "cache") -> list[str]:
+def canonical_names(
+    class_names: list[str], label_map: dict[str, str] | None = None, *, where: str = "cache"
+) -> list[str]:
     """The canonical class each of a cache's class names means; unknown or doubled names are refused."""
     label_map = label_map or {}
     resolved = [protocol.canonical_class(label_map.get(name, name)) for name in class_names]
     unknown = [n for n, c in zip(class_names, resolved) if c is None]
     if unknown:
-        hint = "" if label_map else f"; numeric class names need --label-map (built-in: {', '.join(builtin_label_maps())}; or a FILE)"
+        hint = (
+            ""
+            if label_map
+            else f"; numeric class names need --label-map (built-in: {', '.join(builtin_label_maps())}; or a FILE)"
+        )
         raise ExpclipError(
             f"{where}: unknown class names {unknown} in /items/class_names; valid: {_valid_names()} "
             f"(case-insensitive, usual synonyms){hint}"
@@ -160,8 +172,11 @@ def dataset_labels(
         raise ExpclipError(f"{where}: /items/label holds {labels[bad][0]}, outside 0..{len(class_names) - 1}")
     used = set(labels[labels >= 0].tolist())
     label_map = label_map or {}
-    kept = [i for i, name in enumerate(class_names)
-            if i in used or protocol.canonical_class(label_map.get(name, name)) is not None]
+    kept = [
+        i
+        for i, name in enumerate(class_names)
+        if i in used or protocol.canonical_class(label_map.get(name, name)) is not None
+    ]
     resolved = dict(zip(kept, canonical_names([class_names[i] for i in kept], label_map, where=where), strict=True))
     classes = [c for c in protocol.class_order() if c in resolved.values()]
     to_dataset = np.array([classes.index(resolved[i]) if i in resolved else -1 for i in range(len(class_names))] + [-1])

@@ -87,7 +87,9 @@ def evaluation_key(reader: CacheReader, head: Head | None, clip_key: str | None)
 def _check_head(reader: CacheReader, key: str, head: Head, dim: int) -> None:
     """Refuse a head of another size; warn where provenance is missing or the transforms differ."""
     if head.d != dim:
-        raise ExpclipError(f"{reader.path}: /image/{key} features are {dim}-d but the head maps {head.d}-d CLIP features")
+        raise ExpclipError(
+            f"{reader.path}: /image/{key} features are {dim}-d but the head maps {head.d}-d CLIP features"
+        )
     if not head.has_provenance:
         what = "an official .pth" if head.official else "no HEAD.json"
         warnings.warn(

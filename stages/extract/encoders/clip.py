@@ -21,11 +21,11 @@ from open_clip.factory import _find_checkpoint_in_dir
 from safetensors import SafetensorError
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.precision import autocast, check_precision, recorded_name
 from expclip.cache.format import encoder_key
-from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
 from expclip.stages.extract.encoders.provenance import sha256_file, versions_json
 from expclip.stages.extract.encoders.transforms import OnDevice, check_transform, official_transform, split_on_device
+from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
+from expclip.stages.shared.precision import autocast, check_precision, recorded_name
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM, OFFICIAL_TRANSFORM
 
 DEFAULT_TAG = "openai"

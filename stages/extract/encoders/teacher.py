@@ -22,9 +22,9 @@ from expclip.cache.format import encoder_key
 from expclip.stages.extract.encoders import blip2_opt, blip2_t5, instructblip_t5
 from expclip.stages.extract.encoders.base import Teacher, TeacherSpec, load_error
 from expclip.stages.extract.encoders.transforms import check_transform
-from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 from expclip.stages.shared.precision import check_precision
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
+from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ def family_of(source: str) -> Family:
             return family
     found = f"model_type {types[0]!r}" + (f", text_config.model_type {types[1]!r}" if types[1] else "")
     supported = ", ".join(f"{f.name} ({f.model_type} + {f.text_model_type})" for f in FAMILIES)
-    raise ExpclipError(f"teacher {source!r} ({found}) is of no supported family; supported teacher families: {supported}")
+    raise ExpclipError(
+        f"teacher {source!r} ({found}) is of no supported family; supported teacher families: {supported}"
+    )
 
 
 def _spec(id_or_dir: str, instruction: str, transform: str, precision: str) -> tuple[Family, TeacherSpec]:
@@ -81,7 +83,9 @@ def _spec(id_or_dir: str, instruction: str, transform: str, precision: str) -> t
     source = _source(id_or_dir)
     family = family_of(source)
     key = encoder_key([Path(source).name if Path(source).is_dir() else source], transform == OFFICIAL_TRANSFORM)
-    return family, TeacherSpec(family.name, source, instruction, transform, precision, key, instruction_key(instruction))
+    return family, TeacherSpec(
+        family.name, source, instruction, transform, precision, key, instruction_key(instruction)
+    )
 
 
 def identity(id_or_dir: str, instruction: str, transform: str, precision: str) -> tuple[str, str, dict]:

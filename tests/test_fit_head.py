@@ -39,27 +39,14 @@ def make_cache(path: Path, n: int = 64, *, seed: int = 0, logit_scale: float = 5
     for key in image_keys:
         rows = rng.standard_normal((*shape, D)).astype(np.float32)
         rows[list(bad_rows)] = np.nan
-        aligned[fmt.image_path(key)] = (
-            rows,
-            {
-                "model": key.split("@")[0],
-                "pretrained": "random",
-                "transform": "model",
-                "logit_scale": logit_scale,
-                "embed_dim": D,
-            },
-        )
+        aligned[fmt.image_path(key)] = (rows, {"model": key.split("@")[0], "pretrained": "random", "transform": "model",
+                                              "logit_scale": logit_scale, "embed_dim": D})
     for ikey, text in instructions:
         rows = rng.standard_normal((n, DT)).astype(np.float32)
         rows[list(bad_rows)] = np.nan
         aligned[fmt.teacher_path("tiny-t5", ikey)] = (rows, {"model": "tiny-t5", "instruction": text})
-    write_arrays(
-        path,
-        items,
-        file_attrs={"dataset": path.stem, "source": "synthetic"},
-        aligned=aligned,
-        failures={i: "not an image" for i in bad_rows},
-    )  # NaN rows recorded as extract records them
+    write_arrays(path, items, file_attrs={"dataset": path.stem, "source": "synthetic"}, aligned=aligned,
+                 failures={i: "not an image" for i in bad_rows})  # NaN rows recorded as extract records them
     return path
 
 
@@ -116,18 +103,8 @@ def test_mini_batches_with_drop_last_and_a_milestone_equal_autograd_sgd(tmp_path
     w0 = build_head("linear", D, DT)
     save_head(w0, "linear", {}, tmp_path / "w0")
     b, epochs, milestone, lr, gamma, seed = 16, 3, 2, 0.5, 0.1, 7
-    cfg = FitConfig(
-        lr=lr,
-        momentum=0.9,
-        weight_decay=1e-3,
-        batch_size=b,
-        epochs=epochs,
-        milestones=(milestone,),
-        gamma=gamma,
-        seed=seed,
-        init_from=tmp_path / "w0",
-        device="cpu",
-    )
+    cfg = FitConfig(lr=lr, momentum=0.9, weight_decay=1e-3, batch_size=b, epochs=epochs, milestones=(milestone,),
+                    gamma=gamma, seed=seed, init_from=tmp_path / "w0", device="cpu")
     meta = fit_head([cache], tmp_path / "head", cfg)
 
     w = torch.nn.Parameter(w0.weight.detach().clone())
@@ -141,7 +118,7 @@ def test_mini_batches_with_drop_last_and_a_milestone_equal_autograd_sgd(tmp_path
         order = torch.randperm(len(x), generator=order_source)
         total = 0.0
         for step in range(len(x) // b):
-            rows = order[step * b : (step + 1) * b]
+            rows = order[step * b:(step + 1) * b]
             logits = scale * F.normalize(x[rows] @ w.t(), dim=-1) @ F.normalize(e[rows], dim=-1).t()
             loss = 0.5 * F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(logits.t(), target)
             opt.zero_grad()
@@ -215,33 +192,16 @@ def test_config_becomes_json_by_one_rule():
     """HEAD.json records it, `run` compares it with a head's, ablation keys runs by it: plain JSON values."""
     config = FitConfig(milestones=(3, 7), init_from=Path("heads") / "h.json", logit_scale="learnable")
     recorded = as_json(config)
-    assert recorded == {
-        "lr": 1e-3,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "batch_size": 512,
-        "epochs": 5,
-        "milestones": [3, 7],
-        "gamma": 0.1,
-        "seed": 0,
-        "optimizer": "sgd",
-        "head": "linear",
-        "logit_scale": "learnable",
-        "init_from": "heads/h.json",
-        "device": "auto",
-        "precision": "fp32",
-        "max_memory": None,
-    }
+    assert recorded == {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512, "epochs": 5,
+                        "milestones": [3, 7], "gamma": 0.1, "seed": 0, "optimizer": "sgd", "head": "linear",
+                        "logit_scale": "learnable", "init_from": "heads/h.json", "device": "auto",
+                        "precision": "fp32", "max_memory": None}
     assert json.loads(json.dumps(recorded)) == recorded
 
 
 def test_choices_are_listed_when_ambiguous(tmp_path):
-    cache = make_cache(
-        tmp_path / "two.h5",
-        n=16,
-        image_keys=("A@x", "B@y"),
-        instructions=(("paper", INSTRUCTION), ("sha-0123456789", "Describe the mouth.")),
-    )
+    cache = make_cache(tmp_path / "two.h5", n=16, image_keys=("A@x", "B@y"),
+                       instructions=(("paper", INSTRUCTION), ("sha-0123456789", "Describe the mouth.")))
     cfg = FitConfig(batch_size=8, epochs=1, device="cpu")
     with pytest.raises(ExpclipError, match=r"several CLIP image keys; choose one with --clip-key: A@x, B@y"):
         fit_head([cache], tmp_path / "h", cfg)
@@ -268,11 +228,9 @@ def test_refuses_clips_and_mismatched_caches(tmp_path):
 
 def test_other_configurations_train(tmp_path):
     cache = make_cache(tmp_path / "t.h5", n=64)
-    for cfg in (
-        FitConfig(optimizer="adamw", lr=1e-2, batch_size=32, epochs=3, device="cpu"),
-        FitConfig(logit_scale="learnable", lr=0.5, batch_size=32, epochs=3, device="cpu"),
-        FitConfig(head="mlp", precision="bf16", lr=0.5, batch_size=32, epochs=3, device="cpu"),
-    ):
+    for cfg in (FitConfig(optimizer="adamw", lr=1e-2, batch_size=32, epochs=3, device="cpu"),
+                FitConfig(logit_scale="learnable", lr=0.5, batch_size=32, epochs=3, device="cpu"),
+                FitConfig(head="mlp", precision="bf16", lr=0.5, batch_size=32, epochs=3, device="cpu")):
         meta = fit_head([cache], tmp_path / "h", cfg)
         assert meta["gradient"] == "autograd" and meta["history"][-1]["loss"] < meta["history"][0]["loss"]
 
@@ -301,23 +259,8 @@ def test_bf16_products_in_the_hand_written_gradient_stay_close_to_fp32(tmp_path)
 def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
     monkeypatch.setattr("expclip.stages.fit_head.train.native_bf16", lambda device: False)
     cache = make_cache(tmp_path / "t.h5", n=64)
-    result = runner.invoke(
-        app,
-        [
-            "fit-head",
-            str(cache),
-            "--out",
-            str(tmp_path / "h"),
-            "--device",
-            "cpu",
-            "--precision",
-            "bf16",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-        ],
-    )
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--device", "cpu",
+                                 "--precision", "bf16", "--batch-size", "32", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert (
         "warning: this CPU has no native bf16 (avx512_bf16 or AMX): --precision bf16 runs slower than fp32 here"
@@ -328,27 +271,11 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch):
 def test_tf32_is_refused_off_cuda_in_one_line(tmp_path):
     """TF32 is a CUDA feature: on the CPU the run stops, naming what to use, and leaves the global setting alone."""
     cache = make_cache(tmp_path / "t.h5", n=64)
-    result = runner.invoke(
-        app,
-        [
-            "fit-head",
-            str(cache),
-            "--out",
-            str(tmp_path / "h"),
-            "--device",
-            "cpu",
-            "--precision",
-            "tf32",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-        ],
-    )
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--device", "cpu",
+                                 "--precision", "tf32", "--batch-size", "32", "--epochs", "1"])
     assert result.exit_code == 2 and not (tmp_path / "h.json").exists()
-    assert _plain(result.output) == (
-        "error: --precision tf32: TensorFloat-32 products are a CUDA feature; on the CPU use fp32 (exact) or bf16"
-    )
+    assert _plain(result.output) == ("error: --precision tf32: TensorFloat-32 products are a CUDA feature; "
+                                     "on the CPU use fp32 (exact) or bf16")
     assert torch.get_float32_matmul_precision() == "highest"
 
 
@@ -359,25 +286,8 @@ def _plain(text: str) -> str:
 def test_cli_fit_head_and_export(tmp_path):
     cache = make_cache(tmp_path / "train.h5", n=40)
     runner = CliRunner()
-    result = runner.invoke(
-        app,
-        [
-            "fit-head",
-            str(cache),
-            "--out",
-            str(tmp_path / "head"),
-            "--batch-size",
-            "16",
-            "--epochs",
-            "2",
-            "--milestones",
-            "1",
-            "--device",
-            "cpu",
-            "--lr",
-            "0.01",
-        ],
-    )
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "head"), "--batch-size", "16",
+                                 "--epochs", "2", "--milestones", "1", "--device", "cpu", "--lr", "0.01"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "head.safetensors").is_file() and (tmp_path / "head.json").is_file()
     assert "head.safetensors" in result.output and "loss" in result.output
@@ -389,15 +299,12 @@ def test_cli_fit_head_and_export(tmp_path):
     assert torch.load(tmp_path / "h.pth", weights_only=True)["mlp.weight"].shape == (DT, D)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--optimizer", "adam"], "Invalid value for '--optimizer': Value error, 'adam' is not one of 'sgd', 'adamw'"),
-        (["--milestones", "3,x"], "--milestones: '3,x' is not a comma list"),
-        (["--logit-scale", "big"], "--logit-scale: 'big' is neither a number nor 'learnable'"),
-        (["--init-from", "missing-head"], "no head weights"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "adam"], "Invalid value for '--optimizer': Value error, 'adam' is not one of 'sgd', 'adamw'"),
+    (["--milestones", "3,x"], "--milestones: '3,x' is not a comma list"),
+    (["--logit-scale", "big"], "--logit-scale: 'big' is neither a number nor 'learnable'"),
+    (["--init-from", "missing-head"], "no head weights"),
+])
 def test_cli_bad_option(tmp_path, args, message):
     cache = make_cache(tmp_path / "train.h5", n=8)
     result = CliRunner().invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "h"), "--batch-size", "4", *args])
@@ -406,44 +313,38 @@ def test_cli_bad_option(tmp_path, args, message):
     assert message in text and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--lr", "nan"], "--lr: nan is not a finite number > 0"),
-        (["--lr", "inf"], "--lr: inf is not a finite number > 0"),
-        (["--lr", "0"], "--lr: 0.0 is not a finite number > 0"),
-        (["--momentum", "-0.5"], "--momentum: -0.5 is not a number in [0, 1)"),
-        (["--momentum", "1"], "--momentum: 1.0 is not a number in [0, 1)"),
-        (["--weight-decay", "-1e-4"], "--weight-decay: -0.0001 is not a finite number >= 0"),
-        (["--weight-decay", "nan"], "--weight-decay: nan is not a finite number >= 0"),
-        (["--gamma", "0"], "--gamma: 0.0 is not a finite number > 0"),
-        (["--gamma", "-inf"], "--gamma: -inf is not a finite number > 0"),
-        (["--milestones", "3,2"], "--milestones: (3, 2) is not epochs > 0 in increasing order"),
-        (["--milestones", "2,2"], "--milestones: (2, 2) is not epochs > 0 in increasing order"),
-        (["--milestones", "0"], "--milestones: (0,) is not epochs > 0 in increasing order"),
-        (["--logit-scale", "nan"], "--logit-scale: nan is not a finite number > 0 or 'learnable'"),
-        (["--logit-scale", "-5"], "--logit-scale: -5.0 is not a finite number > 0 or 'learnable'"),
-        (["--seed", "-1"], "--seed: -1 is not an integer from 0 to 2**64 - 1"),
-        (["--seed", str(2**64)], f"--seed: {2**64} is not an integer from 0 to 2**64 - 1"),
-        (["--max-memory", "0.1B"], "--max-memory '0.1B': write a size such as 1GB, 512MB or 2GiB"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "--lr: nan is not a finite number > 0"),
+    (["--lr", "inf"], "--lr: inf is not a finite number > 0"),
+    (["--lr", "0"], "--lr: 0.0 is not a finite number > 0"),
+    (["--momentum", "-0.5"], "--momentum: -0.5 is not a number in [0, 1)"),
+    (["--momentum", "1"], "--momentum: 1.0 is not a number in [0, 1)"),
+    (["--weight-decay", "-1e-4"], "--weight-decay: -0.0001 is not a finite number >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay: nan is not a finite number >= 0"),
+    (["--gamma", "0"], "--gamma: 0.0 is not a finite number > 0"),
+    (["--gamma", "-inf"], "--gamma: -inf is not a finite number > 0"),
+    (["--milestones", "3,2"], "--milestones: (3, 2) is not epochs > 0 in increasing order"),
+    (["--milestones", "2,2"], "--milestones: (2, 2) is not epochs > 0 in increasing order"),
+    (["--milestones", "0"], "--milestones: (0,) is not epochs > 0 in increasing order"),
+    (["--logit-scale", "nan"], "--logit-scale: nan is not a finite number > 0 or 'learnable'"),
+    (["--logit-scale", "-5"], "--logit-scale: -5.0 is not a finite number > 0 or 'learnable'"),
+    (["--seed", "-1"], "--seed: -1 is not an integer from 0 to 2**64 - 1"),
+    (["--seed", str(2**64)], f"--seed: {2**64} is not an integer from 0 to 2**64 - 1"),
+    (["--max-memory", "0.1B"], "--max-memory '0.1B': write a size such as 1GB, 512MB or 2GiB"),
+])
 def test_cli_numeric_options_are_checked_before_any_work(tmp_path, args, message):
     """NaN once trained an all-NaN head and wrote `"lr": NaN` (not JSON); negative momentum ended in a traceback."""
     cache = make_cache(tmp_path / "train.h5", n=8)
-    result = runner.invoke(
-        app,
-        ["fit-head", str(cache), "--out", str(tmp_path / "heads" / "h"), "--batch-size", "4", "--device", "cpu", *args],
-    )
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(tmp_path / "heads" / "h"), "--batch-size", "4",
+                                 "--device", "cpu", *args])
     assert result.exit_code == 2 and _plain(result.output) == f"error: {message}", result.output
     assert not (tmp_path / "heads").exists()  # refused before even the output folder was made
     with pytest.raises(ExpclipError, match=r"^--lr: nan is not a finite number > 0$"):  # the API: the same rule
         fit_head([cache], tmp_path / "h", FitConfig(lr=float("nan"), batch_size=4, device="cpu"))
 
 
-def first_non_finite_step(
-    x: torch.Tensor, e: torch.Tensor, scale: float, w0: torch.Tensor, lr: float, b: int, seed: int, epochs: int
-) -> tuple[int, int] | None:
+def first_non_finite_step(x: torch.Tensor, e: torch.Tensor, scale: float, w0: torch.Tensor, lr: float, b: int,
+                          seed: int, epochs: int) -> tuple[int, int] | None:
     """(epoch, step), counted from 1, of the first non-finite loss of the documented loop (plain SGD, momentum 0.9,
     weight decay 1e-4, one randperm per epoch), or None."""
     w = torch.nn.Parameter(w0.clone())
@@ -453,7 +354,7 @@ def first_non_finite_step(
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=order_source)
         for step in range(len(x) // b):
-            rows = order[step * b : (step + 1) * b]
+            rows = order[step * b:(step + 1) * b]
             logits = scale * F.normalize(x[rows] @ w.t(), dim=-1) @ F.normalize(e[rows], dim=-1).t()
             loss = 0.5 * F.cross_entropy(logits, target) + 0.5 * F.cross_entropy(logits.t(), target)
             if not torch.isfinite(loss):
@@ -473,29 +374,11 @@ def test_a_diverging_training_stops_naming_epoch_and_step_and_writes_no_head(tmp
     where = first_non_finite_step(x, e, scale, w0.weight.detach(), lr, 16, 0, 3)
     assert where is not None
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
-        [
-            "fit-head",
-            str(cache),
-            "--out",
-            str(out / "h"),
-            "--batch-size",
-            "16",
-            "--epochs",
-            "3",
-            "--lr",
-            str(lr),
-            "--init-from",
-            str(tmp_path / "w0"),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = runner.invoke(app, ["fit-head", str(cache), "--out", str(out / "h"), "--batch-size", "16", "--epochs", "3",
+                                 "--lr", str(lr), "--init-from", str(tmp_path / "w0"), "--device", "cpu"])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert [_plain(line) for line in lines] == [
         f"error: fit-head: the training loss became NaN or infinite at epoch {where[0]}, step {where[1]} "
-        f"(--lr {lr}, --momentum 0.9, --weight-decay 0.0001); no head written: try a smaller --lr"
-    ]
+        f"(--lr {lr}, --momentum 0.9, --weight-decay 0.0001); no head written: try a smaller --lr"]
     assert list(out.iterdir()) == []  # no head, no temporary file

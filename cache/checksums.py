@@ -65,6 +65,14 @@ class DamagedCache(ExpclipError):
         return f"{self.path}: {self.what}: {self.reason}"
 
 
+class OlderCache(ExpclipError):
+    """An expclip cache of an older format version: this expclip does not read it; extracting again does."""
+
+    def __init__(self, path, version: object, message: str):
+        self.path, self.version = path, version
+        super().__init__(message)
+
+
 class NotACache(ExpclipError):
     """A readable HDF5 file that carries none of the attributes expclip writes: someone else's file.
 

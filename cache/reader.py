@@ -29,6 +29,7 @@ from expclip.cache.checksums import (
     STRINGS,
     STRINGS_SHA256,
     NotACache,
+    OlderCache,
     attr_text,
     damaged,
     metadata_digest,
@@ -110,8 +111,8 @@ def check_version(f: h5py.File, path: Path) -> None:
         raise damaged(path, "the file's format marker", "no format_version attribute")
     if isinstance(version, int) and version > fmt.FORMAT_VERSION:
         raise ExpclipError(f"{path}: format_version {version} is newer than this expclip reads ({fmt.FORMAT_VERSION})")
-    raise ExpclipError(
-        f"{path}: format_version {version} is older than this expclip reads ({fmt.FORMAT_VERSION}); "
+    raise OlderCache(
+        path, version, f"{path}: format_version {version} is older than this expclip reads ({fmt.FORMAT_VERSION}); "
         f"re-extract it: delete {path} and re-run `expclip extract SOURCE --out {path}`"
     )
 

@@ -2,6 +2,7 @@
 on drawn faces, so that its accuracies show the method working and a broken stage shows."""
 
 import json
+from pathlib import Path
 from statistics import mean
 
 import pytest
@@ -66,3 +67,30 @@ def test_demo_beats_chance_and_a_permuted_label_map_sinks_it(demo):
         same = right[r["dataset"], r["method"], r["prompt_set"]]
         assert r["uar"] <= same["uar"] - MARGIN and r["war"] <= same["war"] - MARGIN, (r, same)
     assert mean(r["uar"] for r in permuted) < CHANCE and mean(r["war"] for r in permuted) < CHANCE
+
+
+def test_a_rerun_after_an_upgrade_discards_only_the_demos_caches_of_an_older_format(tmp_path):
+    """The demo's caches are derived data: one an older expclip wrote (the real 0.1.0 file, format_version 1) is
+    removed so the demo extracts it again; a current cache stays, and a damaged or foreign file is still an error."""
+    import h5py
+    import numpy as np
+
+    from expclip.base.errors import ExpclipError
+    from expclip.cache import format as fmt
+    from expclip.cache.writer import write_arrays
+    from expclip.demo.run import discard_older_caches
+
+    old = tmp_path / "old.h5"
+    old.write_bytes((Path(__file__).parent / "data" / "cache-expclip-0.1.0.h5").read_bytes())
+    current = tmp_path / "current.h5"
+    items = fmt.Items(ids=["a.png"], labels=np.zeros(1, np.int64), class_names=["Happiness"])
+    write_arrays(current, items, file_attrs={}, aligned={fmt.image_path("m@t"): (np.ones((1, 4), np.float32), {})})
+    before = current.read_bytes()
+    discard_older_caches([old, current, tmp_path / "never-written.h5"])
+    assert not old.exists() and current.read_bytes() == before
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(ExpclipError, match="not an expclip cache"):
+        discard_older_caches([foreign])
+    assert foreign.exists()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from expclip.cache.checksums import OlderCache
+from expclip.cache.reader import CacheReader
 from expclip.demo import synthetic
 from expclip.demo.pretrain import Schedule, drawn_faces, save_pretrained_clip, save_pretrained_teacher
 from expclip.stages.evaluate import evaluate
@@ -70,6 +72,7 @@ def run_demo(workdir: Path, *, train_per_class: int = 40, eval_per_class: int = 
         _build_once(files["teacher"], lambda folder: save_pretrained_teacher(folder, faces, schedule, seed=seed))
     clip_model = LOCAL_DIR + str(files["clip"].resolve())
 
+    discard_older_caches([files["train_cache"], files["eval_images_cache"], files["eval_clips_cache"]])
     common = dict(clip_model=clip_model, device="cpu", num_workers=0, batch_size=32)
     with clip_encoder.kept_loaded():  # the three caches share one CLIP, loaded once
         extract(sources.resolve(files["train_faces"], dataset="demo-train"), files["train_cache"],
@@ -88,6 +91,17 @@ def run_demo(workdir: Path, *, train_per_class: int = 40, eval_per_class: int = 
              clip_key=files["clip"].name, teacher_key=files["teacher"].name)
     records = evaluate(load_head(files["head"]), [files["eval_images_cache"], files["eval_clips_cache"]], baseline=True)
     return DemoRun(workdir, files, records)
+
+
+def discard_older_caches(caches: list[Path]) -> None:
+    """Remove the demo's own caches that an older expclip wrote in an older format, so that a re-run after an
+    upgrade extracts them again (seconds) instead of stopping; any other problem with a cache is still an error."""
+    for cache in caches:
+        if cache.exists():
+            try:
+                CacheReader(cache).close()
+            except OlderCache:
+                cache.unlink()
 
 
 def _build_once(folder: Path, build: Callable[[Path], object]) -> None:

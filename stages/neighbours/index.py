@@ -32,7 +32,7 @@ from expclip.cache import format as fmt
 from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import CacheReader
 from expclip.stages.neighbours.vectors import Rows, all_vectors
-from expclip.stages.shared.digests import file_sha256, json_sha256, stream_sha256
+from expclip.stages.shared.digests import file_sha256, seal, sealed, stream_sha256
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.progress import stderr
 
@@ -125,7 +125,7 @@ def cached_index(cache: Path, key: str, head: Head | None, *, exact: bool, budge
         meta[INDEX_SHA256] = file_sha256(tmp)  # of the bytes written, read back
 
     write_atomically(index_path, write)
-    meta[META_SHA256] = json_sha256(meta)
+    meta = seal(meta, META_SHA256)
     text = json.dumps(meta, indent=2, allow_nan=False)
     write_atomically(meta_path, lambda tmp: tmp.write_text(text, "utf-8"))
     return Indexed(index, rows, meta, built=True)
@@ -143,9 +143,8 @@ def _stored(index_path: Path, meta_path: Path, wanted: dict) -> tuple[faiss.Inde
         return None
     try:
         meta = json.loads(meta_path.read_text("utf-8"))
-        intact = isinstance(meta, dict) and meta.get(META_SHA256) == json_sha256(
-            {k: v for k, v in meta.items() if k != META_SHA256})
-    except (OSError, UnicodeDecodeError, ValueError):  # ValueError: not JSON, or NaN in it
+        intact = isinstance(meta, dict) and sealed(meta, META_SHA256)
+    except (OSError, UnicodeDecodeError, ValueError):  # ValueError: not JSON
         intact = False
     if not intact:
         return _rebuilding(meta_path, f"unreadable, damaged or without its {META_SHA256}")

@@ -30,3 +30,17 @@ def json_sha256(fields: dict) -> str:
     """sha256 of `fields` as canonical JSON: the same for any spelling of the same values; NaN or inf is refused
     (ValueError), as JSON has neither."""
     return sha256_hex(json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+
+
+def seal(fields: dict, name: str) -> dict:
+    """`fields` plus `name`: the sha256 of the others, so that a record (a head's card, an index's provenance)
+    shows any later change of its own values."""
+    return {**fields, name: json_sha256(fields)}
+
+
+def sealed(record: dict, name: str) -> bool:
+    """Whether `record[name]` is the sha256 of its other fields (False with NaN or inf: never written by seal)."""
+    try:
+        return record.get(name) == json_sha256({k: v for k, v in record.items() if k != name})
+    except ValueError:
+        return False

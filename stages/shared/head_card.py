@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.digests import json_sha256
+from expclip.stages.shared.digests import seal, sealed
 from expclip.stages.shared.vocabulary import HEAD_KINDS
 
 WEIGHTS_SHA256 = "weights_sha256"
@@ -92,8 +92,7 @@ def card_text(meta: dict, weights_sha256: str, card: Path) -> str:
     check_fields(meta, card)
     fields = {k: v for k, v in meta.items() if k not in CHECKSUMS}
     fields[WEIGHTS_SHA256] = weights_sha256
-    fields[CARD_SHA256] = json_sha256(fields)
-    return json.dumps(fields, indent=1, allow_nan=False) + "\n"
+    return json.dumps(seal(fields, CARD_SHA256), indent=1, allow_nan=False) + "\n"
 
 
 def read_card(card: Path, weights: Path, weights_sha256: str) -> dict:
@@ -106,13 +105,9 @@ def read_card(card: Path, weights: Path, weights_sha256: str) -> dict:
         raise ExpclipError(f"{card}: a head card is a JSON object, found {type(meta).__name__}")
     if WEIGHTS_SHA256 not in meta and CARD_SHA256 not in meta:
         raise ExpclipError(f"{card}: records no {WEIGHTS_SHA256} (written before expclip checked heads); {RERUN}")
-    fields = {k: v for k, v in meta.items() if k != CARD_SHA256}
-    try:
-        digest = json_sha256(fields)
-    except ValueError:  # NaN or inf: not JSON, so never written by expclip
-        digest = None
-    if meta.get(CARD_SHA256) != digest:
+    if not sealed(meta, CARD_SHA256):
         raise ExpclipError(f"{card}: its fields do not match its {CARD_SHA256} (damaged or edited); {RERUN}")
+    fields = {k: v for k, v in meta.items() if k != CARD_SHA256}
     if fields.pop(WEIGHTS_SHA256, None) != weights_sha256:
         raise ExpclipError(f"{weights}: its bytes do not match the {WEIGHTS_SHA256} that {card.name} records "
                            f"(damaged or replaced); {RERUN}")

@@ -115,11 +115,14 @@ def _prefixes(paths: list[Path]) -> list[Path]:
 def annotate(records: list[dict], classes: list[str], folder: Path, names: dict[str, Path]) -> list[Path]:
     """Boxed pictures and clip timelines in `folder`, each at its `annotation_names` path; returns the files written."""
     written = []
+    by_file: dict[str, list[dict]] = {}  # grouped once: a folder of many pictures is not scanned per picture
+    for r in records:
+        by_file.setdefault(r["file"], []).append(r)
     pictures = sorted({r["file"] for r in records if r["kind"] == "face" and r["frame"] is None})
     for file in pictures:
         image = picture(Path(file)).copy()
         draw = ImageDraw.Draw(image)
-        for r in (r for r in records if r["file"] == file):
+        for r in by_file[file]:
             x, y, w, h = r["box"]
             draw.rectangle((x, y, x + w, y + h), outline=(255, 40, 40), width=max(2, w // 60))
             draw.text((x + 3, y + 3), f"{r['top']} {r['probabilities'][r['top']]:.2f}", fill=(255, 40, 40))
@@ -128,7 +131,7 @@ def annotate(records: list[dict], classes: list[str], folder: Path, names: dict[
         write_atomically(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
         written.append(target)
     for file in sorted({r["file"] for r in records if r["kind"] != "face" or r["frame"] is not None}):
-        faces = [r for r in records if r["file"] == file and r["kind"] == "face"]
+        faces = [r for r in by_file[file] if r["kind"] == "face"]
         by_track = {t: sorted((r for r in faces if r["track"] == t), key=lambda r: r["frame"])
                     for t in sorted({r["track"] for r in faces})[:TIMELINE_TRACKS]}  # track 0 = seen most
         if by_track:

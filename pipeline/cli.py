@@ -10,7 +10,7 @@ from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
-from expclip.outputs import distinct, head_paths, writable
+from expclip.outputs import head_paths, writable, writable_files
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
@@ -181,11 +181,7 @@ def evaluate(
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(label_map)}
-        written = [("--json", json_out), ("--csv", csv_out)]
-        distinct(written)
-        for flag, path in written:
-            if path is not None:
-                writable(path, flag, create=False, inputs=read)
+        writable_files([("--json", json_out), ("--csv", csv_out)], read)
         if out_dir is not None:
             writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # report.png_name
         sets = None if not prompt_set or "all" in prompt_set else prompt_set

@@ -8,7 +8,7 @@ import typer
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
-from expclip.outputs import distinct, head_paths, writable
+from expclip.outputs import head_paths, writable_files
 from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
 
 if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked for
@@ -68,11 +68,7 @@ def search(
         sheets = [] if sheet is None else [sheet] if len(names) == 1 else [
             sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}") for n in range(1, len(names) + 1)]
         read = {"CACHE": [cache], "--image": image or [], "--head": head_paths(head)}
-        written = [("--json", json_out), *(("--sheet", s) for s in sheets)]
-        distinct(written)
-        for flag, path in written:
-            if path is not None:
-                writable(path, flag, create=False, inputs=read)
+        writable_files([("--json", json_out), *(("--sheet", s) for s in sheets)], read)
         where = _locators([cache], image_root, sheets)[str(cache)] if sheet else None  # no image root: refused now
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
@@ -138,11 +134,8 @@ def audit(
     from expclip.stages.neighbours import audit as run_audit
 
     with user_errors():
-        written = [("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)]
-        distinct(written)
-        for flag, path in written:
-            if path is not None:
-                writable(path, flag, create=False, inputs={"CACHES": caches, "--against": against or []})
+        writable_files([("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)],
+                       {"CACHES": caches, "--against": against or []})
         where = (
             _locators([*caches, *(against or [])], image_root, [sheet]) if sheet else {}
         )  # no image root: refused now

@@ -8,7 +8,7 @@ import typer
 
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
-from expclip.outputs import distinct, head_paths, writable
+from expclip.outputs import head_paths, writable, writable_files
 from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, PREDICT_PROMPT_SET
 
@@ -72,11 +72,7 @@ def predict(
 
     with user_errors():
         read = {"INPUT": _files(paths, frame_folders), "--head": head_paths(head), "--detector-model": [detector_model]}
-        files = [("--json", json_out), ("--csv", csv_out)]
-        distinct(files)
-        for flag, path in files:
-            if path is not None:
-                writable(path, flag, create=False, inputs=read)
+        writable_files([("--json", json_out), ("--csv", csv_out)], read)
         if annotate_dir is not None:
             names = outputs.annotation_names(paths, frame_folders=frame_folders)
             writable(annotate_dir, "--annotate", folder=True, inputs=read,

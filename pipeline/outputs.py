@@ -75,6 +75,15 @@ def head_paths(head: Path | None) -> list[Path]:
     return [Path(head), *head_files(Path(head))]
 
 
+def writable_files(outputs: list[tuple[str, Path | None]], inputs: Inputs) -> None:
+    """A command's output files, (option, path) pairs (None: not asked for), checked before any work: no two
+    are one file, and each can be written in an existing folder without replacing an input."""
+    distinct(outputs)
+    for option, path in outputs:
+        if path is not None:
+            writable(path, option, create=False, inputs=inputs)
+
+
 def distinct(outputs: Iterable[tuple[str, Path | None]]) -> None:
     """Refuse two outputs of one command, (option, path) pairs, that name one file (the second would replace
     the first)."""

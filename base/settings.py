@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from expclip.base.errors import ExpclipError
@@ -17,6 +18,16 @@ from expclip.base.errors import ExpclipError
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field with its default, its one-line help and (optionally) its allowed values."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def finite_number(v: Any) -> bool:
+    """A finite int or float read from an option or a file (True and False are not numbers here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(v: Any) -> bool:
+    """An int read from an option or a file (True and False are not integers here)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def option_name(name: str) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
-from expclip.base.settings import option_name, setting
+from expclip.base.settings import finite_number, integer, option_name, setting
 from expclip.stages.shared.memory import available_bytes, parse_size
 from expclip.stages.shared.vocabulary import DEVICES, FIT_PRECISIONS, HEAD_KINDS
 
@@ -17,26 +16,18 @@ LEARNABLE = "learnable"
 SEEDS = 2**64  # torch's generators take seeds 0 .. 2**64 - 1
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 # The numeric fields' ranges: (is the value in range, what it must be).
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": (lambda v: _number(v) and v > 0, "a finite number > 0"),
-    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
-    "gamma": (lambda v: _number(v) and v > 0, "a finite number > 0"),
-    "batch_size": (lambda v: _integer(v) and v >= 2, "an integer >= 2"),
-    "epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "seed": (lambda v: _integer(v) and 0 <= v < SEEDS, "an integer from 0 to 2**64 - 1"),
-    "milestones": (lambda v: all(_integer(m) and m > 0 for m in v) and list(v) == sorted(set(v)),
+    "lr": (lambda v: finite_number(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: finite_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: finite_number(v) and v >= 0, "a finite number >= 0"),
+    "gamma": (lambda v: finite_number(v) and v > 0, "a finite number > 0"),
+    "batch_size": (lambda v: integer(v) and v >= 2, "an integer >= 2"),
+    "epochs": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
+    "seed": (lambda v: integer(v) and 0 <= v < SEEDS, "an integer from 0 to 2**64 - 1"),
+    "milestones": (lambda v: all(integer(m) and m > 0 for m in v) and list(v) == sorted(set(v)),
                    "epochs > 0 in increasing order"),
-    "logit_scale": (lambda v: v is None or v == LEARNABLE or (_number(v) and v > 0),
+    "logit_scale": (lambda v: v is None or v == LEARNABLE or (finite_number(v) and v > 0),
                     f"a finite number > 0 or '{LEARNABLE}'"),
 }
 

@@ -17,11 +17,11 @@ one, and no such head was ever released.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
+from expclip.base.settings import finite_number, integer
 from expclip.stages.shared.digests import seal, sealed
 from expclip.stages.shared.vocabulary import HEAD_KINDS
 
@@ -32,15 +32,11 @@ RERUN = "re-run fit-head to write it again"
 
 
 def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return integer(v) and v > 0
 
 
 def _positive_number(v: Any) -> bool:
-    return _number(v) and v > 0
+    return finite_number(v) and v > 0
 
 
 def _text_or_none(v: Any) -> bool:
@@ -49,7 +45,7 @@ def _text_or_none(v: Any) -> bool:
 
 def _epochs(v: Any) -> bool:
     return (isinstance(v, list) and len(v) > 0
-            and all(isinstance(h, dict) and _number(h.get("loss")) for h in v))
+            and all(isinstance(h, dict) and finite_number(h.get("loss")) for h in v))
 
 
 # Each field a loader reads: (is it acceptable, what it must be). Absent fields are not checked.
@@ -65,7 +61,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     # what `expclip run` reports of a head it reuses
     "n_train": (_positive_int, "a positive integer"),
     "history": (_epochs, "a list of epochs, each with a finite loss"),
-    "wall_seconds": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "wall_seconds": (lambda v: finite_number(v) and v >= 0, "a finite number >= 0"),
     "caches": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v), "a list of objects"),
 }
 CLIP_FIELDS = ("model", "pretrained", "pretrained_sha256", "transform")  # each a text when present

@@ -178,12 +178,17 @@ def _known(where: Any, prefix: str, data: dict, valid: tuple[str, ...]) -> None:
                            f"valid: {', '.join(prefix + k for k in valid)}")
 
 
-def _config(kind: type, values: dict, where: Any, section: str) -> Any:
+def _fields(kind: type, values: dict, where: Any, section: str) -> None:
+    """Refuse a name that is not a field of the dataclass `kind`, or a value of another type than its field's."""
     fields = {f.name: str(f.type) for f in dataclasses.fields(kind)}
     _known(where, f"{section}.", values, tuple(fields))
     for name, value in values.items():
         if not _typed(value, fields[name]):
             raise ExpclipError(f"{where}: {section}.{name} {value!r} is not of type {fields[name]}")
+
+
+def _config(kind: type, values: dict, where: Any, section: str) -> Any:
+    _fields(kind, values, where, section)
     config = kind(**values)
     try:
         config.check()
@@ -194,15 +199,11 @@ def _config(kind: type, values: dict, where: Any, section: str) -> Any:
 
 def _dataset(values: Any, where: Any, section: str) -> Dataset:
     _shaped(where, section, values, dict, "a JSON object")
-    fields = {f.name: str(f.type) for f in dataclasses.fields(Dataset)}
-    _known(where, f"{section}.", values, tuple(fields))
+    _fields(Dataset, values, where, section)
     try:
         found = Dataset(**values)
     except TypeError:
         raise ExpclipError(f"{where}: {section} needs name, kind, source and layout") from None
-    for name, value in values.items():
-        if not _typed(value, fields[name]):
-            raise ExpclipError(f"{where}: {section}.{name} {value!r} is not of type {fields[name]}")
     for field in ("source", "root"):
         value = getattr(found, field)
         if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):

@@ -47,7 +47,7 @@ from rich.table import Table
 
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
-from expclip.stages.neighbours import audit
+from expclip.stages.audit import audit
 from expclip.stages.shared.scoring import BLOCK_ROWS
 
 D, KEY = 768, "ViT-L-14@openai"

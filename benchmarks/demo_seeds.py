@@ -28,7 +28,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from expclip.demo.pretrain import Schedule  # noqa: E402
-from expclip.demo.run import DEMO_CLASSES, run_demo  # noqa: E402
+from expclip.demo.walkthrough import DEMO_CLASSES, run_demo  # noqa: E402
 from expclip.stages.evaluate import evaluate  # noqa: E402
 from expclip.stages.shared.heads import load_head  # noqa: E402
 

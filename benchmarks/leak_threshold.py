@@ -30,9 +30,11 @@ from rich.table import Table  # noqa: E402
 
 from expclip.demo.checkpoints import save_tiny_clip  # noqa: E402
 from expclip.demo.synthetic import write_faces  # noqa: E402
-from expclip.stages.extract.encoders.clip import load_clip  # noqa: E402
-from expclip.stages.extract.loading import load_image  # noqa: E402
-from expclip.stages.extract.sources import IMAGE_SUFFIXES  # noqa: E402
+from expclip.stages.encoders.clip import load_clip  # noqa: E402
+from expclip.stages.encoders.images import (
+    IMAGE_SUFFIXES,  # noqa: E402
+    load_image,  # noqa: E402
+)
 
 
 def jpeg(image: Image.Image, quality: int = 60) -> Image.Image:

@@ -6,7 +6,7 @@ open_clip ViT-L-14, and BLIP-2 Flan-T5-XXL (EVA ViT-g, the Q-Former, the languag
 projection and the full 24-layer T5-XXL encoder). Their parameters take the dtypes
 the real loaders give them (CLIP float32 under bf16 autocast, the teacher bf16),
 and they enter the real `extract` through its one loading seam,
-`stage._load_encoders`, so decoding, transforms, shard writes and the merge are
+`extraction._load_encoders`, so decoding, transforms, shard writes and the merge are
 the ones users run. The teacher folder holds only config.json and the demo's
 tiny tokenizer and processor, whose whole-word tokens make the instruction 22
 tokens long; Flan-T5's SentencePiece likely splits a few words more, so the T5
@@ -58,12 +58,12 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Proces
 
 from expclip.demo import synthetic  # noqa: E402
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip  # noqa: E402
-from expclip.stages.extract import ExtractConfig, sources, stage  # noqa: E402
+from expclip.stages.encoders import clip as clip_encoder  # noqa: E402
+from expclip.stages.encoders import teacher as teacher_encoder  # noqa: E402
+from expclip.stages.encoders.base import ImageEncoder, TeacherSpec  # noqa: E402
+from expclip.stages.encoders.blip2_t5 import Blip2T5Teacher, drop_t5_decoder  # noqa: E402
+from expclip.stages.extract import ExtractConfig, extraction, sources  # noqa: E402
 from expclip.stages.extract.config import default_workers  # noqa: E402
-from expclip.stages.extract.encoders import clip as clip_encoder  # noqa: E402
-from expclip.stages.extract.encoders import teacher as teacher_encoder  # noqa: E402
-from expclip.stages.extract.encoders.base import ImageEncoder, TeacherSpec  # noqa: E402
-from expclip.stages.extract.encoders.blip2_t5 import Blip2T5Teacher, drop_t5_decoder  # noqa: E402
 from expclip.stages.extract.plan import Plan  # noqa: E402
 from expclip.stages.shared.precision import resolve_precision, torch_dtype  # noqa: E402
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order  # noqa: E402
@@ -192,7 +192,7 @@ def injected(clip: ImageEncoder, teacher: ImageEncoder | None) -> Iterator[None]
             found[plan.teacher_path] = teacher
         return found
 
-    with mock.patch.object(stage, "_load_encoders", load):
+    with mock.patch.object(extraction, "_load_encoders", load):
         yield
 
 
@@ -238,15 +238,15 @@ class Row:
 def end_to_end(warm_up: sources.Source, faces: sources.Source, out: Path, cfg: ExtractConfig,
                device: torch.device) -> EndToEnd:
     """The full extraction after a warm-up one, then again on the complete cache (which must encode nothing)."""
-    stage.extract(warm_up, out.with_name(f"{out.stem}-warm-up.h5"), cfg)
+    extraction.extract(warm_up, out.with_name(f"{out.stem}-warm-up.h5"), cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    summary = stage.extract(faces, out, cfg)
+    summary = extraction.extract(faces, out, cfg)
     rate = len(faces.items) / (time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     started = time.perf_counter()
-    again = stage.extract(faces, out, cfg)
+    again = extraction.extract(faces, out, cfg)
     if again["encoded_rows"] or again["loaded"]:
         raise RuntimeError(f"a complete cache was encoded again: {again}")
     return EndToEnd(rate, summary["seconds"], peak, time.perf_counter() - started)

@@ -1,6 +1,6 @@
 """expclip: Exp-CLIP as a feature-caching two-stage pipeline.
 
-`from expclip import ZeroShotFER` is the Python API (expclip.predict.api); it is
+`from expclip import ZeroShotFER` is the Python API (expclip.stages.predict.api); it is
 imported on first use, so `import expclip` (and the CLI's --help) loads no torch.
 """
 
@@ -11,7 +11,7 @@ __all__ = ["ZeroShotFER", "__version__"]
 
 def __getattr__(name: str):
     if name == "ZeroShotFER":
-        from expclip.predict.api import ZeroShotFER
+        from expclip.stages.predict.api import ZeroShotFER
 
         return ZeroShotFER
     raise AttributeError(name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import as_json
 from expclip.cache.reader import whole_fingerprint
-from expclip.report import write_json
+from expclip.reports.evaluation import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head.config import value_problem
@@ -34,7 +34,7 @@ _FIT_TYPES = {name: kind for name, kind in typing.get_type_hints(FitConfig).item
               if name not in ("milestones", "init_from", "device")}
 SELECTORS = ("instruction", "teacher_key", "clip_key")
 GRID_NAMES = tuple(_FIT_TYPES) + SELECTORS
-# What a grid writes in its OUT_DIR (expclip.outputs: none of them may be an input).
+# What a grid writes in its OUT_DIR (expclip.output_paths: none of them may be an input).
 WRITES = ("ablation.json", "ablation.csv", "runs/*.json", "heads/*.safetensors", "heads/*.json")
 MAX_TOGETHER = 32  # heads trained in one pass (each holds weights, momentum and gradient: ~38 MB at 768 x 4096)
 

@@ -10,7 +10,7 @@ from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
-from expclip.outputs import head_paths, writable, writable_files
+from expclip.output_paths import head_paths, writable, writable_files
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
@@ -173,7 +173,7 @@ def evaluate(
     """Zero-shot UAR / WAR of a head (Exp-CLIP) and of plain CLIP, as in the paper's Table 2."""
     import warnings
 
-    from expclip import report
+    from expclip.reports import evaluation as report
     from expclip.stages.evaluate import evaluate as run_evaluate
     from expclip.stages.shared.heads import load_head
     from expclip.stages.shared.labels import read_label_map
@@ -264,7 +264,7 @@ def fit_head(
             writable(written, "--out", inputs=read)  # before training, not after
         exclude = None
         if exclude_near_duplicates_of:
-            from expclip.leaks import near_duplicates_of
+            from expclip.stages.audit.leaks import near_duplicates_of
 
             exclude = near_duplicates_of(caches, exclude_near_duplicates_of, threshold, clip_key)
             err.print(f"leaving out {exclude.count()} training row(s) within cosine {threshold} of "
@@ -321,7 +321,7 @@ def ablate(
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
     from expclip import ablate as grid_runs
-    from expclip import report
+    from expclip.reports import evaluation as report
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
@@ -357,8 +357,8 @@ def demo(
         "results.")] = Path("expclip-demo"),
 ) -> None:
     """The whole pipeline offline on synthetic faces and tiny encoders pre-trained on drawn faces (under a minute)."""
-    from expclip import report
-    from expclip.demo.run import REAL_RUN, SYNTHETIC, run_demo
+    from expclip.demo.walkthrough import REAL_RUN, SYNTHETIC, run_demo
+    from expclip.reports import evaluation as report
 
     with user_errors():
         writable(workdir, "--workdir", folder=True)

@@ -1,4 +1,4 @@
-"""`expclip search` and `expclip audit`: thin commands over stages.neighbours (registered by expclip.cli)."""
+"""`expclip search` and `expclip audit`: thin commands over stages.search and stages.audit (see expclip.cli)."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -8,11 +8,11 @@ import typer
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
-from expclip.outputs import head_paths, writable_files
+from expclip.output_paths import head_paths, writable_files
 from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
 
 if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked for
-    from expclip.sheets import Locator
+    from expclip.reports.sheets import Locator
 
 
 def search(
@@ -54,10 +54,10 @@ def search(
     ] = None,
 ) -> None:
     """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
-    from expclip import neighbour_report as report
     from expclip.cache.reader import CacheReader
-    from expclip.queries import cache_encoder, encode_queries
-    from expclip.stages.neighbours import search as run_search
+    from expclip.reports import neighbours as report
+    from expclip.stages.search import search as run_search
+    from expclip.stages.search.queries import cache_encoder, encode_queries
     from expclip.stages.shared.heads import load_head
     from expclip.stages.shared.select import evaluation_key
 
@@ -83,7 +83,7 @@ def search(
         if json_out:
             report.write_json(found, json_out)
         if where is not None:
-            from expclip.sheets import hits_sheet
+            from expclip.reports.sheets import hits_sheet
 
             for target, name, hits in zip(sheets, names, found["hits"], strict=True):
                 err.print(f"wrote {escape(str(hits_sheet(where, name, hits, target)))}", highlight=False)
@@ -130,8 +130,8 @@ def audit(
     ] = None,
 ) -> None:
     """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
-    from expclip import neighbour_report as report
-    from expclip.stages.neighbours import audit as run_audit
+    from expclip.reports import neighbours as report
+    from expclip.stages.audit import audit as run_audit
 
     with user_errors():
         writable_files([("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)],
@@ -147,7 +147,7 @@ def audit(
         if json_out:
             report.write_json(found, json_out)
         if sheet and found["pairs"]:
-            from expclip.sheets import pairs_sheet
+            from expclip.reports.sheets import pairs_sheet
 
             err.print(f"wrote {escape(str(pairs_sheet(found['pairs'], sheet, where)))}", highlight=False)
             _note_unshown(list(where.values()))
@@ -161,7 +161,7 @@ def audit(
 def _locators(caches: list[Path], image_root: Path | None, sheets: list[Path]) -> dict[str, "Locator"]:
     """Each cache (named as the results name it) -> where its images are for a sheet, found before any work;
     a sheet that would be written over one of those pictures is refused."""
-    from expclip.sheets import Locator
+    from expclip.reports.sheets import Locator
 
     found = {str(c): Locator(c, image_root) for c in caches}
     for target in sheets:
@@ -173,7 +173,7 @@ def _locators(caches: list[Path], image_root: Path | None, sheets: list[Path]) -
 
 
 def _note_unshown(locators: list["Locator"]) -> None:
-    from expclip.sheets import unshown
+    from expclip.reports.sheets import unshown
 
     for line in filter(None, map(unshown, locators)):
         err.print(f"[yellow]note:[/] {escape(line)}", highlight=False)

@@ -1,4 +1,4 @@
-"""`expclip predict`: a thin command over expclip.predict (registered by expclip.cli)."""
+"""`expclip predict`: a thin command over expclip.stages.predict (registered by expclip.cli)."""
 
 import glob
 from pathlib import Path
@@ -8,7 +8,7 @@ import typer
 
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
-from expclip.outputs import head_paths, writable, writable_files
+from expclip.output_paths import head_paths, writable, writable_files
 from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, PREDICT_PROMPT_SET
 
@@ -64,10 +64,10 @@ def predict(
     ] = None,
 ) -> None:
     """Expressions of the faces in photos and videos: {class: probability} per face, zero-shot."""
-    from expclip.predict import outputs
-    from expclip.predict.api import ZeroShotFER
-    from expclip.predict.run import predict_inputs
-    from expclip.report import write_json
+    from expclip.reports import predictions as outputs
+    from expclip.reports.evaluation import write_json
+    from expclip.stages.predict.api import ZeroShotFER
+    from expclip.stages.predict.records import predict_inputs
     from expclip.stages.shared.heads import load_head
 
     with user_errors():
@@ -107,7 +107,7 @@ def predict(
 
 def _files(paths: list[Path], frame_folders: bool) -> list[Path]:
     """Every file predict reads from its INPUT arguments (an output must not replace one)."""
-    from expclip.predict.media import Clip, inputs
+    from expclip.stages.predict.media import Clip, inputs
 
     found: list[Path] = []
     for item in inputs(paths, frame_folders=frame_folders):

@@ -1,4 +1,4 @@
-"""`expclip run PRESET`: a thin command over expclip.run (registered by expclip.cli), and its Table 2."""
+"""`expclip run PRESET`: a thin command over expclip.preset_run (registered by expclip.cli), and its Table 2."""
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -43,7 +43,7 @@ def run(
     num_workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers (default: extract's).")] = None,
 ) -> None:
     """The paper's run in one command: check the data root, extract, fit-head, evaluate, Table 2 beside the paper."""
-    from expclip.run import require_complete, run_preset, survey
+    from expclip.preset_run import require_complete, run_preset, survey
 
     with user_errors():
         chosen = presets.load(preset)

@@ -21,11 +21,11 @@ from expclip.cache.format import Items, partial_dir
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
 from expclip.demo.synthetic import write_clips
+from expclip.stages.encoders.clip import ClipEncoder
+from expclip.stages.encoders.transforms import official_transform
 from expclip.stages.extract import ExtractConfig, extract, loading, sources
-from expclip.stages.extract.encoders.clip import ClipEncoder
-from expclip.stages.extract.encoders.transforms import official_transform
+from expclip.stages.extract.encode import batches_of, items_per_batch
 from expclip.stages.extract.loading import STOPPED, FaceDataset, collate, load_image
-from expclip.stages.extract.run import batches_of, items_per_batch
 from expclip.stages.shared.interrupts import StopRequest, ignore_in_worker
 
 runner = CliRunner()
@@ -78,7 +78,7 @@ def test_clips_are_batched_by_pixels_and_encoded_a_batch_size_of_frames_at_a_tim
     sampled = [1, 3, 5, 7]  # 4 of 8 frames: the middles of 4 segments
     frames = [[sorted((clips.parent / "clips" / f"{i:05d}").iterdir())[k] for k in sampled] for i in range(5)]
     clip_bytes = 4 * np.asarray(Image.open(frames[0][0])).size  # the tiny CLIP's transform: uint8 3x32x32 a frame
-    monkeypatch.setattr("expclip.stages.extract.run.BATCH_BYTES", 2 * clip_bytes + 1)
+    monkeypatch.setattr("expclip.stages.extract.encode.BATCH_BYTES", 2 * clip_bytes + 1)
     passes, encode = [], ClipEncoder.encode_images
     monkeypatch.setattr(ClipEncoder, "encode_images", lambda self, x: passes.append(len(x)) or encode(self, x))
     out = tmp_path / "bounded.h5"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from expclip import ZeroShotFER
 from expclip.base.errors import ExpclipError
 from expclip.cli import app
-from expclip.predict.api import BASIC, class_names
+from expclip.stages.predict.api import BASIC, class_names
 
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 runner = CliRunner()
@@ -115,7 +115,7 @@ def test_predict_raises_on_an_unreadable_file_or_records_it_and_keeps_the_others
 
 
 def test_a_frame_folder_with_a_broken_frame_is_one_failed_clip_and_the_others_are_kept(fer, tmp_path):
-    from expclip.predict.run import predict_inputs
+    from expclip.stages.predict.records import predict_inputs
 
     for name in ("good", "broken"):
         (tmp_path / name).mkdir()

@@ -67,7 +67,7 @@ def test_extract_passes_the_config_defaults(monkeypatch, tmp_path):
             "part": None,
         }
 
-    monkeypatch.setattr("expclip.stages.extract.stage.extract", fake_extract)
+    monkeypatch.setattr("expclip.stages.extract.extraction.extract", fake_extract)
     result = runner.invoke(app, ["extract", str(tmp_path), "--out", str(tmp_path / "c.h5")])
     assert result.exit_code == 0, result.output
     assert seen["cfg"] == ExtractConfig()

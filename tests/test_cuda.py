@@ -114,7 +114,7 @@ def test_extract_on_cuda_matches_the_cpu(tmp_path, tiny_clip, tiny_blip2):
 def test_audit_on_cuda_finds_the_cpus_pairs(tmp_path):
     from test_neighbours import planted, write_cache
 
-    from expclip.stages.neighbours import audit
+    from expclip.stages.audit import audit
 
     rng = np.random.default_rng(7)
     a, b = planted(rng, 3000, 500, [(5, 1), (17, 40), (2990, 499)], frames=2)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
-from expclip.demo.run import DEMO_CLASSES, HEAD_EPOCHS, SYNTHETIC
+from expclip.demo.walkthrough import DEMO_CLASSES, HEAD_EPOCHS, SYNTHETIC
 from expclip.stages.evaluate import evaluate
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import load_head
@@ -78,7 +78,7 @@ def test_a_rerun_after_an_upgrade_discards_only_the_demos_caches_of_an_older_for
     from expclip.base.errors import ExpclipError
     from expclip.cache import format as fmt
     from expclip.cache.writer import write_arrays
-    from expclip.demo.run import discard_older_caches
+    from expclip.demo.walkthrough import discard_older_caches
 
     old = tmp_path / "old.h5"
     old.write_bytes((Path(__file__).parent / "data" / "cache-expclip-0.1.0.h5").read_bytes())

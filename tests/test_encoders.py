@@ -14,10 +14,10 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from expclip.base.errors import ExpclipError
 from expclip.demo.checkpoints import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
 from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
-from expclip.stages.extract.encoders.clip import kept_loaded, load_clip
-from expclip.stages.extract.encoders.provenance import sha256_file
-from expclip.stages.extract.encoders.teacher import instruction_key, load_teacher
-from expclip.stages.extract.encoders.transforms import official_transform
+from expclip.stages.encoders.clip import kept_loaded, load_clip
+from expclip.stages.encoders.provenance import sha256_file
+from expclip.stages.encoders.teacher import instruction_key, load_teacher
+from expclip.stages.encoders.transforms import official_transform
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
 
 CPU = torch.device("cpu")

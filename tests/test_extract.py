@@ -20,11 +20,11 @@ from expclip.cache.format import partial_dir
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
 from expclip.demo.synthetic import write_clips, write_faces
+from expclip.stages.encoders import clip as clip_module
+from expclip.stages.encoders import teacher as teacher_module
+from expclip.stages.encoders.images import load_image
+from expclip.stages.encoders.teacher import load_teacher
 from expclip.stages.extract import ExtractConfig, extract, sources
-from expclip.stages.extract.encoders import clip as clip_module
-from expclip.stages.extract.encoders import teacher as teacher_module
-from expclip.stages.extract.encoders.teacher import load_teacher
-from expclip.stages.extract.loading import load_image
 from expclip.stages.shared import protocol
 
 runner = CliRunner()
@@ -216,7 +216,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_clip, tiny_blip2, tmp_
 def test_official_transform_feeds_one_unnormalised_tensor_to_both_encoders(tmp_path, faces):
     """--transform exp-clip-official: Resize((224,224)) + ToTensor, the same tensor for CLIP and BLIP-2."""
     from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
-    from expclip.stages.extract.encoders.transforms import official_transform
+    from expclip.stages.encoders.transforms import official_transform
 
     clip_name = save_tiny_clip(tmp_path / "clip224", image_size=224)
     blip = save_tiny_blip2(tmp_path / "blip224", image_size=224)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from expclip.cli import app
 from expclip.demo.synthetic import write_faces
-from expclip.stages.extract.encoders.clip import identity, kept_loaded
+from expclip.stages.encoders.clip import identity, kept_loaded
 from expclip.stages.shared.heads import build_head, save_head
 
 runner = CliRunner()

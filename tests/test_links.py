@@ -19,7 +19,7 @@ from expclip.cli import app
 from expclip.demo.synthetic import write_faces
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head import train as fit_train
-from expclip.stages.neighbours.index import index_files
+from expclip.stages.search.index import index_files
 
 runner = CliRunner()
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from expclip.cache.reader import CacheReader
 from expclip.demo.synthetic import write_faces
-from expclip.stages.extract import ExtractConfig, extract, loading, sources
-from expclip.stages.extract.loading import DecodeError, load_image
+from expclip.stages.encoders import images
+from expclip.stages.encoders.images import DecodeError, load_image
+from expclip.stages.extract import ExtractConfig, extract, sources
 
 RNG = np.random.default_rng(7)
 RGB8 = RNG.integers(0, 256, (9, 7, 3), dtype=np.uint8)
@@ -232,7 +233,7 @@ def test_palette_with_alpha_band_is_composited_like_rgba():
     rgba = Image.fromarray(np.dstack([RGB8, np.full(RGB8.shape[:2], 100, np.uint8)]))
     pa = rgba.convert("PA")
     expected = composite(np.asarray(pa.convert("RGB")).astype(float), np.full(RGB8.shape[:2], 100))
-    np.testing.assert_allclose(np.asarray(loading._as_seen(pa)), expected, atol=1)
+    np.testing.assert_allclose(np.asarray(images._as_seen(pa)), expected, atol=1)
 
 
 # --- size ----------------------------------------------------------------------------------------------------
@@ -249,13 +250,13 @@ def large(tmp_path_factory) -> Path:
 
 
 def test_large_jpeg_is_decoded_at_reduced_size(large, monkeypatch):
-    assert SIDE * SIDE > loading.MAX_PIXELS
+    assert SIDE * SIDE > images.MAX_PIXELS
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIDE * SIDE // 3)  # Pillow alone would refuse before drafting
     image = load_image(large / "large.jpg")
     assert (
         image.mode == "RGB"
-        and max(image.size) >= loading.DRAFT_SIDE
-        and image.size[0] * image.size[1] <= loading.MAX_PIXELS
+        and max(image.size) >= images.DRAFT_SIDE
+        and image.size[0] * image.size[1] <= images.MAX_PIXELS
     )
     assert image.size == (-(-SIDE // 8),) * 2  # DCT scaling by 1/8, rounded up
     assert np.abs(np.asarray(image).astype(int) - 90).max() <= 1

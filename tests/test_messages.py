@@ -19,7 +19,7 @@ from expclip.base.errors import ExpclipError
 from expclip.cli import app
 from expclip.demo.checkpoints import CLIP_WEIGHTS
 from expclip.demo.synthetic import write_faces
-from expclip.predict.faces import Detector
+from expclip.stages.predict.faces import Detector
 
 runner = CliRunner()
 TINY = ["--device", "cpu"]
@@ -213,8 +213,8 @@ def test_no_faces_hint_fits_the_detector(tiny_clip, tmp_path):
 
 def test_tables_show_ids_labels_files_and_classes_as_written():
     from expclip.console import out
-    from expclip.neighbour_report import hits_table
-    from expclip.predict.outputs import table
+    from expclip.reports.neighbours import hits_table
+    from expclip.reports.predictions import table
 
     hits = hits_table("text '[b]q'", [{"rank": 1, "score": 0.5, "id": "[b]a:x:.png", "label": "[red]"}])
     faces = table([{"kind": "face", "file": "/p/[b]c:x:.png", "frame": None, "face": 0, "box": [0, 0, 1, 1],

@@ -18,13 +18,14 @@ from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
-from expclip.stages.neighbours import audit, search
-from expclip.stages.neighbours import index as index_module
+from expclip.stages.audit import audit
+from expclip.stages.search import index as index_module
+from expclip.stages.search import search
 from expclip.stages.shared.heads import Head, build_head
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 KEY = "ViT-T@nn"
-audit_module = importlib.import_module("expclip.stages.neighbours.audit")
+audit_module = importlib.import_module("expclip.stages.audit.pairs")
 D = 24
 runner = CliRunner()
 
@@ -170,7 +171,7 @@ def test_ivf_pq_is_built_when_hnsw_would_not_fit(tmp_path, monkeypatch):
     vectors = rng.standard_normal((600, D)).astype(np.float32)
     cache = write_cache(tmp_path / "big.h5", vectors)
     monkeypatch.setattr(index_module, "FLAT_MAX_ROWS", 100)
-    monkeypatch.setattr(importlib.import_module("expclip.stages.neighbours.search"), "available_bytes",
+    monkeypatch.setattr(importlib.import_module("expclip.stages.search.nearest"), "available_bytes",
                         lambda: 2 * 600 * D)  # no room for HNSW
     found = search(cache, vectors[:5] + 0.01, k=3)
     assert found["index"]["spec"] == "IVF128,PQ8" and found["index_built"]

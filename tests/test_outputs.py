@@ -34,7 +34,7 @@ from expclip.cache.reader import CacheReader
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.demo.synthetic import write_faces
-from expclip.outputs import writable
+from expclip.output_paths import writable
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head import train as fit_train
 from expclip.stages.shared import protocol
@@ -186,14 +186,14 @@ def _commands(d: dict, ro: Path) -> dict[str, list[str]]:
 )
 def test_an_unwritable_output_is_refused_before_any_work(command, data, read_only, monkeypatch):
     import expclip.ablate
-    import expclip.demo.run  # noqa: F401 - imported before any patch: they bind functions on import
+    import expclip.demo.walkthrough  # noqa: F401 - imported before any patch: they bind functions on import
 
     def work(*args, **kwargs):
         raise AssertionError("work began before the output was checked")
 
     for target in ("expclip.stages.extract.sources.resolve", "expclip.stages.fit_head.train.fit_head",
                    "expclip.stages.evaluate.evaluate", "expclip.stages.shared.heads.load_head",
-                   "expclip.ablate.run_grid", "expclip.demo.run.run_demo"):
+                   "expclip.ablate.run_grid", "expclip.demo.walkthrough.run_demo"):
         monkeypatch.setattr(target, work)  # fit-head never trains, evaluate never scores
     result = runner.invoke(app, _commands(data, read_only)[command])
     assert result.exit_code == 2, result.output

@@ -23,8 +23,8 @@ from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.demo.synthetic import write_faces
-from expclip.outputs import distinct
-from expclip.predict.outputs import annotation_names
+from expclip.output_paths import distinct
+from expclip.reports.predictions import annotation_names
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head import train as fit_train
 from expclip.stages.shared import protocol
@@ -35,7 +35,7 @@ CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transf
         "embed_dim": 8}
 WORK = ("expclip.stages.extract.sources.resolve", "expclip.stages.fit_head.train.fit_head",
         "expclip.stages.evaluate.evaluate", "expclip.stages.shared.heads.load_head", "expclip.ablate.run_grid",
-        "expclip.stages.neighbours.search", "expclip.stages.neighbours.audit", "expclip.predict.api.ZeroShotFER")
+        "expclip.stages.search.nearest", "expclip.stages.audit.pairs", "expclip.stages.predict.api.ZeroShotFER")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ CASES = ["evaluate --json onto the cache", "evaluate --json onto a symbolic link
 @pytest.mark.parametrize("case", CASES)
 def test_an_output_that_is_an_input_is_refused_before_any_work(case, data, tmp_path, monkeypatch):
     import expclip.ablate
-    import expclip.predict.api  # noqa: F401 - imported before the patch: they bind names on import
+    import expclip.stages.predict.api  # noqa: F401 - imported before the patch: they bind names on import
 
     def work(*args, **kwargs):
         raise AssertionError("work began before the outputs were checked")

@@ -21,9 +21,9 @@ from yunet_format import write_yunet_like
 from expclip import ZeroShotFER
 from expclip.base.errors import ExpclipError
 from expclip.cli import app
-from expclip.predict.api import class_prompts
-from expclip.predict.faces import Box, Detector
-from expclip.predict.tracks import iou, link
+from expclip.stages.predict.api import class_prompts
+from expclip.stages.predict.faces import Box, Detector
+from expclip.stages.predict.tracks import iou, link
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, load_head, save_head
 
@@ -48,7 +48,7 @@ def margin_crop(image: Image.Image, box: list[int]) -> Image.Image:
 def head(tmp_path_factory, tiny_clip) -> Path:
     """A random linear head that records the tiny CLIP as its encoder (as fit-head records a cache's) and a
     logit scale of 20."""
-    from expclip.stages.extract.encoders.clip import identity
+    from expclip.stages.encoders.clip import identity
 
     torch.manual_seed(0)
     key, config = identity(tiny_clip, None, "model", "fp32")

@@ -6,8 +6,8 @@ import json
 import pytest
 from rich.console import Console
 
-from expclip import report
 from expclip.base.errors import ExpclipError
+from expclip.reports import evaluation as report
 
 
 def record(dataset, method, uar, war, prompt_set="ensemble_ten", classes=("Happiness", "Sadness", "Anger")):

@@ -11,10 +11,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from expclip import cli_run, presets, run
+from expclip import cli_run, preset_run, presets
 from expclip.base.errors import ExpclipError
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip, tiny_clip_cfg
 from expclip.demo.synthetic import write_clips, write_faces
+from expclip.stages.evaluate import table2
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.shared import protocol
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
@@ -94,7 +95,7 @@ def test_a_preset_file_may_extend_the_paper_part_and_bad_keys_name_the_choices(t
 def test_overrides_are_checked_before_any_work_and_a_model_the_paper_lacks_has_no_paper_column(tmp_path):
     preset = presets.load("paper-vit-b-32")
     with pytest.raises(ExpclipError, match="fit override.s. learning_rate: not settings; valid: lr, momentum"):
-        run.run_preset(preset, tmp_path, tmp_path / "out", fit_overrides={"learning_rate": 0.1})
+        preset_run.run_preset(preset, tmp_path, tmp_path / "out", fit_overrides={"learning_rate": 0.1})
     command = ["run", "paper-vit-b-32", "--data-root", str(tmp_path), "--out", str(tmp_path / "out")]
     result = runner.invoke(app, [*command, "--fit", "lr=1e-3,1e-2"])
     assert result.exit_code == 2 and "--fit: give one value for lr" in result.output
@@ -106,8 +107,10 @@ def test_overrides_are_checked_before_any_work_and_a_model_the_paper_lacks_has_n
     mine = tmp_path / "h14.json"
     mine.write_text(json.dumps({"extends": "_paper", "extract": {"clip_model": "ViT-H-14"}}))
     means = [{"dataset": "RAFDB", "method": "exp-clip", "prompt_set": "a_photo_of_a_face", "uar": 50.0, "war": 60.0}]
-    assert run.table2(presets.load(str(mine)), means)[0]["delta_uar"] is None
-    assert run.table2(preset, means)[0]["delta_uar"] == pytest.approx(50.0 - 39.56)
+    mine = presets.load(str(mine))
+    assert table2(means, presets.paper_numbers(mine), mine.report["prompt_set"])[0]["delta_uar"] is None
+    assert table2(means, presets.paper_numbers(preset), "a_photo_of_a_face")[0]["delta_uar"] == pytest.approx(
+        50.0 - 39.56)
 
 
 def _clips(data: Path, work: Path, folder: str, lists: dict[str, list[tuple[str, int]]], seed: int) -> None:
@@ -188,7 +191,7 @@ def test_an_out_folder_whose_files_would_replace_the_data_is_refused_before_any_
     def work(*args, **kwargs):
         raise AssertionError("encoding began before the output was checked")
 
-    monkeypatch.setattr(run, "extract", work)
+    monkeypatch.setattr(preset_run, "extract", work)
     listing, out = data_root / "DFEW" / "DFEW_set_1_test.txt", tmp_path / "out"
     (out / "results").mkdir(parents=True)
     (out / "results" / "paper-vit-b-16.json").hardlink_to(listing)  # what the run would write is an input
@@ -200,7 +203,7 @@ def test_an_out_folder_whose_files_would_replace_the_data_is_refused_before_any_
 
 
 def test_check_lists_where_every_dataset_is_expected(data_root):
-    planned = run.survey(presets.load("paper-vit-l-14"), data_root)
+    planned = preset_run.survey(presets.load("paper-vit-l-14"), data_root)
     assert [p.label for p in planned] == SOURCES and not [p.problem for p in planned if p.problem]
     assert [len(p.source.items) for p in planned][:5] == [21, 7, 8, 8, 8]
     result = runner.invoke(app, ["run", "paper-vit-l-14", "--data-root", str(data_root), "--check"])
@@ -253,10 +256,11 @@ def test_the_whole_run_on_synthetic_data_then_a_second_run_reuses_everything(tmp
     keys = (fitted["clip_key"], fitted["teacher_key"], fitted["instruction_key"])
     train, head = Path(again["extract"][0]["cache"]), out / "heads" / "paper-vit-b-16"
     fit = dataclasses.replace(presets.load("paper-vit-b-16").fit, batch_size=8, epochs=2, device="cpu")
-    assert run._current_head(head, fit, train, keys) is not None
-    assert run._current_head(head, dataclasses.replace(fit, epochs=1), train, keys) is None  # another config: re-fit
+    assert preset_run._current_head(head, fit, train, keys) is not None
+    refit = dataclasses.replace(fit, epochs=1)
+    assert preset_run._current_head(head, refit, train, keys) is None  # another config: re-fit
     weights = head.with_name(head.name + ".safetensors")
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    assert run._current_head(head, fit, train, keys) is None  # damaged: fitted again, never reused
+    assert preset_run._current_head(head, fit, train, keys) is None  # damaged: fitted again, never reused

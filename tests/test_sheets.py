@@ -15,8 +15,8 @@ from expclip.cache import format as fmt
 from expclip.cache.writer import write_arrays
 from expclip.cli import app
 from expclip.demo.synthetic import write_faces
-from expclip.sheets import Locator, unshown
-from expclip.stages.extract.loading import load_image
+from expclip.reports.sheets import Locator, unshown
+from expclip.stages.encoders.images import load_image
 from expclip.stages.extract.sources import resolve
 
 runner = CliRunner()

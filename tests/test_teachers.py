@@ -26,11 +26,11 @@ from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
 from expclip.demo.checkpoints import save_tiny_blip2_opt, save_tiny_instructblip
 from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_faces
+from expclip.stages.encoders import provenance
+from expclip.stages.encoders.base import ImageEncoder, Teacher, TextEncoder
+from expclip.stages.encoders.clip import load_clip
+from expclip.stages.encoders.teacher import FAMILIES, family_of, identity, load_teacher
 from expclip.stages.extract import ExtractConfig, extract, sources
-from expclip.stages.extract.encoders import provenance
-from expclip.stages.extract.encoders.base import ImageEncoder, Teacher, TextEncoder
-from expclip.stages.extract.encoders.clip import load_clip
-from expclip.stages.extract.encoders.teacher import FAMILIES, family_of, identity, load_teacher
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 
 CPU = torch.device("cpu")

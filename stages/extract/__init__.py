@@ -11,7 +11,7 @@ __all__ = ["ExtractConfig", "counts", "extract"]
 
 def __getattr__(name: str):
     if name in ("counts", "extract"):
-        from expclip.stages.extract import stage
+        from expclip.stages.extract import extraction
 
-        return getattr(stage, name)
+        return getattr(extraction, name)
     raise AttributeError(name)

@@ -17,9 +17,9 @@ import numpy as np
 
 from expclip.cache import format as fmt
 from expclip.cache.writer import Extraction, Range
+from expclip.stages.encoders import clip as clip_encoder
+from expclip.stages.encoders import teacher as teacher_encoder
 from expclip.stages.extract.config import ExtractConfig
-from expclip.stages.extract.encoders import clip as clip_encoder
-from expclip.stages.extract.encoders import teacher as teacher_encoder
 from expclip.stages.extract.prompts import load_prompt_file, text_rows
 from expclip.stages.extract.sources import Source
 from expclip.stages.shared import protocol

@@ -21,9 +21,9 @@ import numpy as np
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.format import Items
+from expclip.stages.encoders.images import IMAGE_SUFFIXES
 from expclip.stages.shared import protocol
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 SOURCE_TYPES = ("auto", "folder", "list", "clips")
 
 

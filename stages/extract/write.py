@@ -6,7 +6,7 @@ import numpy as np
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.writer import Extraction
-from expclip.stages.extract.encoders.base import TextEncoder
+from expclip.stages.encoders.base import TextEncoder
 from expclip.stages.extract.plan import TextGroup
 
 

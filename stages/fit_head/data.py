@@ -32,6 +32,7 @@ import torch
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
+from expclip.stages.shared.exclusion import Exclusion
 from expclip.stages.shared.select import training_keys
 
 EPS = 1e-12  # F.normalize's floor on a norm
@@ -70,17 +71,6 @@ class Selection:
         counts = [len(ok) for ok in self.ok]
         return self.n * (self.d + self.dt) * 4 + max(counts) * max(self.d * self.stored[0].itemsize,
                                                                      self.dt * self.stored[1].itemsize)
-
-
-@dataclass
-class Exclusion:
-    """Training rows to leave out (e.g. near-duplicates of evaluation sets), and why, for HEAD.json."""
-
-    rows: dict[str, np.ndarray]  # cache path (as given) -> item indices
-    provenance: dict  # e.g. threshold and the evaluation caches' identities
-
-    def count(self) -> int:
-        return sum(len(v) for v in self.rows.values())
 
 
 def select(caches: list[Path], clip_key: str | None = None, teacher_key: str | None = None,

@@ -44,8 +44,9 @@ from expclip.base.errors import ExpclipError
 from expclip.base.settings import as_json
 from expclip.base.version import __version__
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
-from expclip.stages.fit_head.data import EPS, Exclusion, Selection, batches, select
+from expclip.stages.fit_head.data import EPS, Selection, batches, select
 from expclip.stages.shared.devices import free_bytes, resolve_device
+from expclip.stages.shared.exclusion import Exclusion
 from expclip.stages.shared.heads import build_head, load_head, save_head
 from expclip.stages.shared.precision import native_bf16, tensor_cores, torch_dtype
 from expclip.stages.shared.progress import progress, stderr

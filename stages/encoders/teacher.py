@@ -19,9 +19,9 @@ from transformers import AutoConfig
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.format import encoder_key
-from expclip.stages.extract.encoders import blip2_opt, blip2_t5, instructblip_t5
-from expclip.stages.extract.encoders.base import Teacher, TeacherSpec, load_error
-from expclip.stages.extract.encoders.transforms import check_transform
+from expclip.stages.encoders import blip2_opt, blip2_t5, instructblip_t5
+from expclip.stages.encoders.base import Teacher, TeacherSpec, load_error
+from expclip.stages.encoders.transforms import check_transform
 from expclip.stages.shared.precision import check_precision
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from expclip.stages.fit_head.data import Exclusion
-from expclip.stages.neighbours import audit, flagged_items
+from expclip.stages.audit.pairs import audit, flagged_items
+from expclip.stages.shared.exclusion import Exclusion
 
 
 def near_duplicates_of(

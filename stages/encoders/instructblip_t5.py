@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-from expclip.stages.extract.encoders.base import TeacherSpec
-from expclip.stages.extract.encoders.blip import load_checkpoint
-from expclip.stages.extract.encoders.blip2_t5 import Blip2T5Teacher, drop_t5_decoder
+from expclip.stages.encoders.base import TeacherSpec
+from expclip.stages.encoders.blip import load_checkpoint
+from expclip.stages.encoders.blip2_t5 import Blip2T5Teacher, drop_t5_decoder
 
 
 @dataclass

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from expclip.stages.extract.encoders.base import TeacherSpec
-from expclip.stages.extract.encoders.blip import BlipTeacher, load_checkpoint
+from expclip.stages.encoders.base import TeacherSpec
+from expclip.stages.encoders.blip import BlipTeacher, load_checkpoint
 
 
 class Blip2OptTeacher(BlipTeacher):

@@ -22,10 +22,10 @@ import torch
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
-from expclip.stages.neighbours.vectors import Rows, all_vectors, cache_vectors
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.scoring import BLOCK_ROWS
 from expclip.stages.shared.select import evaluation_key
+from expclip.stages.shared.vectors import Rows, all_vectors, cache_vectors
 from expclip.stages.shared.vocabulary import AUTO, NEAR_DUPLICATE
 
 THRESHOLD = NEAR_DUPLICATE

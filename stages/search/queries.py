@@ -15,8 +15,8 @@ import torch
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
-from expclip.stages.extract.encoders.clip import ClipEncoder, identity, load_clip
-from expclip.stages.extract.loading import DecodeError, load_image
+from expclip.stages.encoders.clip import ClipEncoder, identity, load_clip
+from expclip.stages.encoders.images import DecodeError, load_image
 from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.precision import recorded_name

@@ -28,13 +28,13 @@ from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.atomic import ensure_folder
 from expclip.cache.reader import CacheReader, whole_fingerprint
-from expclip.outputs import writable
+from expclip.output_paths import writable
 from expclip.presets import Dataset, Preset, paper_numbers
-from expclip.report import write_json
-from expclip.stages.evaluate import evaluate
+from expclip.reports.evaluation import write_json
+from expclip.stages.encoders import clip as clip_encoder
+from expclip.stages.evaluate import evaluate, fold_means, table2, unscored_classes
 from expclip.stages.extract import counts, extract, sources
 from expclip.stages.extract.config import ExtractConfig
-from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.extract.plan import clip_identity_for, teacher_identity_for
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared import protocol
@@ -45,7 +45,7 @@ from expclip.stages.shared.precision import resolve_precision
 from expclip.stages.shared.vocabulary import AUTO
 
 Say = Callable[[str], None]
-WRITES = ("caches/*", "caches/*.partial/**/*", "heads/*", "results/*")  # in OUT (expclip.outputs: never an input)
+WRITES = ("caches/*", "caches/*.partial/**/*", "heads/*", "results/*")  # in OUT (expclip.output_paths: never an input)
 Config = TypeVar("Config", ExtractConfig, FitConfig)
 
 
@@ -142,7 +142,8 @@ def run_preset(preset: Preset, data_root: Path, out: Path, *, extract_overrides:
         "preset_data": preset.data, "extract_config": as_json(xcfg),
         "paper_column": preset.extract.clip_model,
         "table_prompt_set": preset.report["prompt_set"], "extract": steps, "fit_head": fitted,
-        "table2": table2(preset, means), "fold_means": means, "records": records,
+        "table2": table2(means, paper_numbers(preset), preset.report["prompt_set"]),
+        "fold_means": means, "records": records,
         "seconds": round(time.perf_counter() - started, 3),
     }
     path = out / "results" / f"{preset.name}.json"
@@ -186,25 +187,25 @@ def _extract(planned: Planned, cache: Path, cfg: ExtractConfig, say: Say) -> dic
 
 
 def _protocol_classes(planned: Planned) -> tuple[sources.Source, dict]:
-    """The source without the items of protocol classes the dataset does not score (AffectNet-7 = AffectNet's
-    validation set without Contempt); returns it and what was left out."""
+    """The source without the items of classes its benchmark does not score (the protocol rule evaluation
+    keeps); returns it and what was left out."""
     src, d = planned.source, planned.dataset
     if planned.training or src.items.kind == "clips":  # clip lists' labels are checked against the protocol already
         return src, {}
-    scored = set(protocol.class_order()[:protocol.dataset_classes()[d.name]])
     names = read_label_map(d.label_map) if d.label_map else {}
-    meaning = [protocol.canonical_class(names.get(n, n)) for n in src.items.class_names]
-    dropped = [i for i, c in enumerate(meaning) if c is not None and c not in scored]
+    dropped = unscored_classes(src.items.class_names, d.name, names)
     if not dropped:
         return src, {}
-    kept = [i for i in range(len(meaning)) if i not in dropped]
     rows = ~np.isin(src.items.labels, dropped)
-    renumber = np.full(len(meaning) + 1, -1)
+    dropped_names = [src.items.class_names[i] for i in dropped]
+    kept = [i for i in range(len(src.items.class_names)) if i not in dropped]
+    renumber = np.full(len(src.items.class_names) + 1, -1)
     renumber[kept] = np.arange(len(kept))
     items = fmt.Items(ids=[i for i, r in zip(src.items.ids, rows) if r], labels=renumber[src.items.labels[rows]],
                       class_names=[src.items.class_names[i] for i in kept])
     return (dataclasses.replace(src, items=items, paths=[p for p, r in zip(src.paths, rows) if r]),
-            {"classes": [meaning[i] for i in dropped], "items": int((~rows).sum())})
+            {"classes": [protocol.canonical_class(names.get(n, n)) for n in dropped_names],
+             "items": int((~rows).sum())})
 
 
 def _keys(cfg: ExtractConfig) -> tuple[str, str, str]:
@@ -257,27 +258,3 @@ def _evaluate(preset: Preset, planned: list[Planned], caches: Path, head_path: P
                          label_map=read_label_map(dataset.label_map) if dataset.label_map else None, device=device)
         records += [{**r, "fold": folds[r["cache"]]} for r in found]
     return records
-
-
-def fold_means(records: list[dict]) -> list[dict]:
-    """UAR and WAR per (dataset, method, prompt set), averaged over folds as the official test.py does."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["dataset"], r["method"], r["prompt_set"]), []).append(r)
-    return [{"dataset": d, "method": m, "prompt_set": s, "folds": len(rs), "n": sum(r["n"] for r in rs),
-             "uar": float(np.mean([r["uar"] for r in rs])), "war": float(np.mean([r["war"] for r in rs]))}
-            for (d, m, s), rs in groups.items()]
-
-
-def table2(preset: Preset, means: list[dict]) -> list[dict]:
-    """The report's prompt set beside the paper's Table 2: measured, paper and difference (points), per dataset;
-    None where the paper reports no such number."""
-    paper = paper_numbers(preset)
-    rows = []
-    for row in means:
-        if row["prompt_set"] == preset.report["prompt_set"]:
-            uar, war = paper.get(row["method"], {}).get(row["dataset"], (None, None))
-            rows.append({**row, "paper_uar": uar, "paper_war": war,
-                         "delta_uar": None if uar is None else row["uar"] - uar,
-                         "delta_war": None if war is None else row["war"] - war})
-    return rows

@@ -20,12 +20,12 @@ from rich.markup import escape
 
 from expclip.cache.lock import CacheLock
 from expclip.cache.reader import CacheReader
+from expclip.stages.encoders import clip as clip_encoder
+from expclip.stages.encoders import teacher as teacher_encoder
+from expclip.stages.encoders.base import ImageEncoder
 from expclip.stages.extract.config import ExtractConfig
-from expclip.stages.extract.encoders import clip as clip_encoder
-from expclip.stages.extract.encoders import teacher as teacher_encoder
-from expclip.stages.extract.encoders.base import ImageEncoder
+from expclip.stages.extract.encode import encode_shards
 from expclip.stages.extract.plan import Plan, make_plan
-from expclip.stages.extract.run import encode_shards
 from expclip.stages.extract.sources import Source
 from expclip.stages.extract.team import join
 from expclip.stages.extract.write import merge, write_texts

@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.format import encoder_key
-from expclip.stages.extract.encoders.provenance import sha256_file, versions_json
-from expclip.stages.extract.encoders.transforms import OnDevice, check_transform, official_transform, split_on_device
+from expclip.stages.encoders.provenance import sha256_file, versions_json
+from expclip.stages.encoders.transforms import OnDevice, check_transform, official_transform, split_on_device
 from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
 from expclip.stages.shared.precision import autocast, check_precision, recorded_name
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM, OFFICIAL_TRANSFORM

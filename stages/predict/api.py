@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from expclip.base.errors import ExpclipError
-from expclip.predict.faces import Box, Detector, crop
-from expclip.predict.media import Unreadable, picture
-from expclip.predict.tracks import link
-from expclip.stages.extract.encoders.clip import load_clip
+from expclip.stages.encoders.clip import load_clip
+from expclip.stages.predict.faces import Box, Detector, crop
+from expclip.stages.predict.media import Unreadable, picture
+from expclip.stages.predict.tracks import link
 from expclip.stages.shared import protocol
 from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.devices import resolve_device

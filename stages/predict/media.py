@@ -17,8 +17,7 @@ from typing import Iterator
 from PIL import Image
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.extract.loading import DecodeError, load_image
-from expclip.stages.extract.sources import IMAGE_SUFFIXES
+from expclip.stages.encoders.images import IMAGE_SUFFIXES, DecodeError, load_image
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 

@@ -31,10 +31,10 @@ from expclip.base.version import __version__
 from expclip.cache import format as fmt
 from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import CacheReader
-from expclip.stages.neighbours.vectors import Rows, all_vectors
 from expclip.stages.shared.digests import file_sha256, seal, sealed, stream_sha256
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.progress import stderr
+from expclip.stages.shared.vectors import Rows, all_vectors
 
 FLAT_MAX_ROWS = 200_000  # exact search below this many vectors, where brute force stays interactive on a CPU
 HNSW_LINKS = 32  # HNSW's M: links per vector

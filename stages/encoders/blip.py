@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils import logging as hf_logging
 
-from expclip.stages.extract.encoders.base import TeacherSpec, load_error
-from expclip.stages.extract.encoders.provenance import versions_json, weights_sha256
-from expclip.stages.extract.encoders.transforms import OnDevice, official_transform, split_on_device
+from expclip.stages.encoders.base import TeacherSpec, load_error
+from expclip.stages.encoders.provenance import versions_json, weights_sha256
+from expclip.stages.encoders.transforms import OnDevice, official_transform, split_on_device
 from expclip.stages.shared.precision import autocast, torch_dtype
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM
 

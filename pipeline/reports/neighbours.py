@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from expclip.cache.atomic import write_atomically
-from expclip.report import write_json
+from expclip.reports.evaluation import write_json
 
 PAIR_FIELDS = ["a", "a_id", "a_frame", "b", "b_id", "b_frame", "score"]
 SHOWN_PAIRS = 20

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from expclip.cache.writer import Extraction, Range
+from expclip.stages.encoders.base import ImageEncoder
 from expclip.stages.extract.config import BATCH_BYTES, ExtractConfig
-from expclip.stages.extract.encoders.base import ImageEncoder
 from expclip.stages.extract.loading import FaceDataset, collate
 from expclip.stages.extract.shard_writer import ShardWriter
 from expclip.stages.extract.sources import Source

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from expclip.base.errors import ExpclipError
 from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import CacheReader
-from expclip.stages.extract.loading import DecodeError, clip_frames, load_image
+from expclip.stages.encoders.images import DecodeError, clip_frames, load_image
 
 COLUMNS = 6
 THUMB = 128

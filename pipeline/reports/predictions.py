@@ -29,7 +29,7 @@ from rich.table import Table
 from expclip.base.errors import ExpclipError
 from expclip.cache.atomic import ensure_folder, write_atomically
 from expclip.console import escape
-from expclip.predict.media import Clip, inputs, picture
+from expclip.stages.predict.media import Clip, inputs, picture
 
 FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
 TIMELINE_TRACKS = 4

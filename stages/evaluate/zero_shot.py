@@ -23,10 +23,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
+from expclip.stages.evaluate.protocol_rules import scored_classes
 from expclip.stages.shared import protocol
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head
-from expclip.stages.shared.labels import dataset_labels
+from expclip.stages.shared.labels import Labels, dataset_labels
 from expclip.stages.shared.scoring import Space, blocks, class_targets, head_space
 from expclip.stages.shared.select import evaluation_key
 from expclip.stages.shared.vocabulary import AUTO, ENSEMBLE, ENSEMBLES
@@ -76,7 +77,7 @@ def _evaluate_cache(
     label_map: dict[str, str] | None,
 ) -> list[dict]:
     items = cache.items()
-    labels = dataset_labels(items.class_names, items.labels, label_map, where=str(cache.path))
+    labels = _scored(dataset_labels(items.class_names, items.labels, label_map, where=str(cache.path)), cache.dataset)
     keep = items.ok & (labels.y >= 0)
     if not keep.any():
         raise ExpclipError(f"{cache.path}: no decodable, labelled items to evaluate")
@@ -100,6 +101,16 @@ def _evaluate_cache(
     return [{"method": method, "prompt_set": name, **common,
              **_metrics(y, np.concatenate(predicted[(method, name)]), labels.classes)}
             for method, _ in spaces for name in sets]
+
+
+def _scored(labels: Labels, dataset: str) -> Labels:
+    """Only the classes the benchmark scores (AffectNet7 without Contempt); other items count as skipped."""
+    scored = scored_classes(dataset)
+    if scored is None or set(labels.classes) <= scored:
+        return labels
+    classes = [c for c in labels.classes if c in scored]
+    remap = np.array([classes.index(c) if c in scored else -1 for c in labels.classes] + [-1])
+    return Labels(classes=classes, y=remap[labels.y])
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:

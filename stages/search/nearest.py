@@ -14,7 +14,7 @@ import torch
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
-from expclip.stages.neighbours.index import cached_index, on_gpus
+from expclip.stages.search.index import cached_index, on_gpus
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.memory import available_bytes
 from expclip.stages.shared.scoring import vector_space

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from expclip.predict.faces import Box
+from expclip.stages.predict.faces import Box
 
 TRACK_IOU = 0.3
 

@@ -20,9 +20,9 @@ from expclip.cache.checksums import OlderCache
 from expclip.cache.reader import CacheReader
 from expclip.demo import synthetic
 from expclip.demo.pretrain import Schedule, drawn_faces, save_pretrained_clip, save_pretrained_teacher
+from expclip.stages.encoders import clip as clip_encoder
 from expclip.stages.evaluate import evaluate
 from expclip.stages.extract import ExtractConfig, extract, sources
-from expclip.stages.extract.encoders import clip as clip_encoder
 from expclip.stages.fit_head import FitConfig, fit_head
 from expclip.stages.shared import protocol
 from expclip.stages.shared.clip_identity import LOCAL_DIR

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from expclip.base.errors import ExpclipError
-from expclip.predict.api import ZeroShotFER
-from expclip.predict.media import Clip, Unreadable, inputs, picture
+from expclip.stages.predict.api import ZeroShotFER
+from expclip.stages.predict.media import Clip, Unreadable, inputs, picture
 from expclip.stages.shared import protocol
 from expclip.stages.shared.progress import progress
 

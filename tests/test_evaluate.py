@@ -375,3 +375,24 @@ def test_large_caches_are_read_in_blocks_with_the_same_records(tmp_path, referen
     blocked = evaluate(head, [cache], baseline=True)
     assert blocked == whole and whole[0]["skipped"] == 4
     assert max(reads) == (3 if frames else 12) and sum(reads) == 50  # every item read once, a block at a time
+
+
+def test_a_named_benchmark_scores_only_its_classes(tmp_path, reference_sets):
+    """AffectNet7 is AffectNet without Contempt (protocol.json: 7 classes); AffectNet8 keeps it."""
+    rng = np.random.default_rng(7)
+    names = [*ALPHABETICAL, "contempt"]
+    centers, labels, image = synthetic(rng, 80, names)
+    texts = text_groups({"class_name": reference_sets["class_name"]}, centers, rng)
+    seven = make_cache(tmp_path / "AffectNet7.h5", names, labels, image, texts)
+    eight = make_cache(tmp_path / "AffectNet8.h5", names, labels, image, texts)
+    [r7] = evaluate(None, [seven], baseline=True)
+    [r8] = evaluate(None, [eight], baseline=True)
+    contempt = labels == names.index("contempt")
+    assert contempt.sum() > 0
+    assert "Contempt" not in r7["classes"] and len(r7["classes"]) == 7 and "Contempt" in r8["classes"]
+    assert r7["skipped"] == int(contempt.sum()) and r7["n"] == 80 - int(contempt.sum()) and r8["n"] == 80
+    t = texts[fmt.text_path(KEY, "class_name")]
+    seven_only = [i for i, c in enumerate(t[1]["class_index"]) if protocol.class_order()[c] != "Contempt"]
+    war, uar, _, _ = expected(image[~contempt], labels[~contempt], ALPHABETICAL, t[0][seven_only],
+                              np.asarray(t[1]["class_index"])[seven_only])
+    assert r7["war"] == pytest.approx(war) and r7["uar"] == pytest.approx(uar)

@@ -61,7 +61,7 @@ def guarded(path, what: str) -> Iterator[None]:
         raise damaged(path, what, e) from None
 
 
-def _open(path: Path) -> h5py.File:
+def _open(path: Path, check: bool = False) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise ExpclipError(f"{path}: no such cache file")
@@ -78,6 +78,8 @@ def _open(path: Path) -> h5py.File:
                 raise ExpclipError(f"{path}: incomplete cache (no completion marker); re-run `expclip extract`")
             if STRINGS not in f.attrs:
                 raise damaged(path, "the file's string storage (HDF5 global heap)", f"it has no {STRINGS} attribute")
+        if check:
+            check_small(f, path)
     except BaseException:
         f.close()
         raise
@@ -136,14 +138,7 @@ def open_cache(path: Path, *, check: bool = True) -> h5py.File:
 
     DamagedCache (an ExpclipError) names the part that does not match its checksum.
     """
-    f = _open(path)
-    if check:
-        try:
-            check_small(f, Path(path))
-        except BaseException:
-            f.close()
-            raise
-    return f
+    return _open(path, check)
 
 
 def feature_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:

@@ -17,6 +17,7 @@ could loop forever parsing them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,14 @@ class Verified:
 
 def _problem(found: Verified, what: str, why: str) -> None:
     found.problems.append(f"{found.path}: {what}: {why}")
+
+
+def _unless_unreadable(found: Verified, what: str, check: Callable[..., None], *args: object) -> None:
+    """Run one check; a part HDF5 cannot read is a problem of that part, and the others are still checked."""
+    try:
+        check(*args)
+    except H5_ERRORS as e:
+        _problem(found, what, f"unreadable ({one_line(e)})")
 
 
 def _bad_chunks(ds: h5py.Dataset, start: int, stop: int) -> list[tuple[int, int]]:
@@ -123,20 +132,14 @@ def verify_cache(path: Path) -> Verified:
         except H5_ERRORS as e:
             _problem(found, "structure or attributes", f"unreadable ({one_line(e)})")
         for name in ("items", "failures"):
-            try:
-                _check_values(found, f, name)
-            except H5_ERRORS as e:
-                _problem(found, f"/{name}", f"unreadable ({one_line(e)})")
+            _unless_unreadable(found, f"/{name}", _check_values, found, f, name)
         try:
             datasets = feature_datasets(f)
         except H5_ERRORS as e:
             _problem(found, "/" + ", /".join(fmt.ROOTS), f"cannot be listed ({one_line(e)})")
             datasets = {}
         for name, ds in datasets.items():
-            try:
-                _check_dataset(found, name, ds)
-            except H5_ERRORS as e:
-                _problem(found, f"/{name}", f"unreadable ({one_line(e)})")
+            _unless_unreadable(found, f"/{name}", _check_dataset, found, name, ds)
         found.groups = len(datasets)
     found.seconds = time.perf_counter() - start
     return found

@@ -5,8 +5,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import Blip2Config, Blip2ForConditionalGeneration
 
 from expclip.cache.reader import CacheReader
+from expclip.demo.checkpoints import save_tiny_blip2
+from expclip.stages.encoders.teacher import load_teacher
+from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
+from expclip.stages.shared.vocabulary import MODEL_TRANSFORM
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -32,12 +38,14 @@ def test_stage_one_smoke(tmp_path, capsys, monkeypatch):
     assert "expclip extract (stage one)" in printed and "torch " in printed
     assert [r.name for r in rows][:2] == ["CLIP alone (--no-teacher)", "CLIP + teacher"]
     assert rows[2].name.startswith("  teacher alone, T5 input ")
+    assert "e2e ÷ script" in printed
     for row in rows:
         assert row.name.strip()[:12] in printed
         assert row.plain > 0 and row.flop > 0 and row.cosine > 0.99  # tiny models: bf16 barely moves features
     for row in rows[:2]:
-        assert row.e2e.rate > 0 and row.e2e.rerun > 0
+        assert row.e2e.rate > 0 and row.e2e.rerun > 0 and row.script > 0
         assert sum(row.e2e.split.values()) > 0
+        assert f"{row.e2e.rate / row.script:.2f}×" in printed
     assert rows[1].flop > rows[0].flop  # the teacher's FLOPs are counted too
 
     with CacheReader(tmp_path / "clip-teacher.h5") as cache:
@@ -75,3 +83,43 @@ def test_audit_scale_smoke(tmp_path, capsys, monkeypatch):
     assert run.exact and run.planted_found == run.planted == 20
     assert run.rows_per_s > 0 and run.peak_rss >= run.baseline_rss > 0
     assert list(tmp_path.iterdir()) == []  # the temporary caches are removed
+
+
+def test_the_plain_script_computes_what_the_teacher_computes(tmp_path, monkeypatch):
+    """The anchor is the paper's teacher written from the submodules: on the same weights (float32 here) it gives
+    the product's pooled feature, so the two rates compare like with like."""
+    anchor = _script("plain_anchor", monkeypatch)
+    folder = save_tiny_blip2(tmp_path / "blip2", image_size=32)
+    teacher = load_teacher(str(folder), DEFAULT_INSTRUCTION, device=torch.device("cpu"), precision="fp32",
+                           transform=MODEL_TRANSFORM)
+    pixels = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        plain = anchor.teacher_forward(teacher.model, teacher.instruction_ids)(teacher.on_device(pixels))
+    torch.testing.assert_close(plain.float(), teacher.encode_images(pixels), rtol=1e-5, atol=1e-5)
+
+
+def test_the_benchmark_builds_the_checkpoints_architectures(tmp_path, monkeypatch):
+    """BLIP-2 Flan-T5-XXL as its config.json sets it (exact GELU in T5's gated FFN, ViT-g and Q-Former at
+    transformers' defaults) and in the loader's dtypes; ViT-L-14 with the openai tag's QuickGELU."""
+    stage_one = _script("stage_one", monkeypatch)
+    config = Blip2Config.from_pretrained(stage_one.teacher_folder(tmp_path, real=True))
+    text, vision, qformer = config.text_config, config.vision_config, config.qformer_config
+    assert (text.d_model, text.d_ff, text.num_heads, text.num_layers, text.d_kv) == (4096, 10240, 64, 24, 64)
+    assert (text.dense_act_fn, text.is_gated_act, text.layer_norm_epsilon) == ("gelu", True, 1e-6)
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size,
+            vision.patch_size, vision.image_size) == (1408, 39, 16, 6144, 14, 224)
+    assert (qformer.hidden_size, qformer.num_hidden_layers, qformer.cross_attention_frequency) == (768, 12, 2)
+    assert config.num_query_tokens == 32
+    with torch.device("meta"):
+        ffn = Blip2ForConditionalGeneration(config).language_model.encoder.block[0].layer[1].DenseReluDense
+    assert type(ffn.act).__name__ == "GELUActivation"  # not NewGELUActivation, T5Config's gated-gelu default
+
+    tiny = save_tiny_blip2(tmp_path / "donor", image_size=32)
+    built = stage_one.random_teacher(tiny, torch.device("cpu"), "bf16")
+    loaded = load_teacher(str(tiny), DEFAULT_INSTRUCTION, device=torch.device("cpu"), precision="bf16",
+                          transform=MODEL_TRANSFORM)
+    dtypes = {n: p.dtype for n, p in loaded.model.named_parameters()}
+    assert {n: p.dtype for n, p in built.model.named_parameters()} == dtypes
+
+    clip = stage_one.random_clip("ViT-B-32", torch.device("cpu"), "fp32", "openai")
+    assert type(clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"

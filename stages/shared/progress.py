@@ -93,7 +93,8 @@ class LogLines(Progress):
 
     def update(self, task_id: TaskID, **changes) -> None:
         super().update(task_id, **changes)
-        if clock() - self.said[task_id] >= self.every:
+        moved = changes.get("advance") is not None or changes.get("completed") is not None  # not a new description
+        if moved and clock() - self.said[task_id] >= self.every:
             self._say(task_id, final=False)
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:

@@ -1,14 +1,16 @@
 """What the `expclip` app owns besides its commands: their order in --help, and the options that every command
 shares, given before it (`expclip --quiet extract ...`, `expclip --log-every 10 run ...`)."""
 
+import math
 from typing import Annotated
 
 import click
 import typer
 from typer.core import TyperGroup
 
+from expclip.base.errors import ExpclipError
 from expclip.base.version import __version__
-from expclip.console import out
+from expclip.console import out, user_errors
 from expclip.stages.shared import progress
 
 # The order people use them in: stage one, stage two, the paper's run, then the tools around the cache.
@@ -41,4 +43,7 @@ def shared_options(
                                         "print.")] = False,
 ) -> None:
     """Store the shared options where the progress code reads them, before the command runs."""
+    with user_errors():
+        if not math.isfinite(log_every):  # typer refuses nan and negatives, not inf
+            raise ExpclipError(f"--log-every {log_every} (or {LOG_EVERY_ENV}): a finite number of seconds, 0 or more")
     progress.settings = progress.Settings(every=log_every, quiet=quiet)

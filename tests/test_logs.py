@@ -148,6 +148,30 @@ def test_evaluate_and_audit_report_progress_over_the_cache_items(faces_cache, co
     assert lines[-1]["eta"] is None and (lines[-1]["done"], lines[-1]["total"]) == (str(usable), str(usable))
 
 
+def test_predict_reports_progress_over_the_pictures(faces, tiny_clip):
+    result = runner.invoke(app, ["--log-every", "0", "predict", str(faces), "--clip-model", tiny_clip,
+                                 "--detector", "none", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    pictures = len(list(faces.rglob("*.png")))
+    lines = _lines(result.output, "predict")  # a line after each picture, then the summary
+    assert [(int(m["done"]), int(m["total"])) for m in lines] == [(n, pictures) for n in [*range(1, 7), 6]]
+    assert lines[-1]["eta"] is None
+
+
+RANGE = "Invalid value for '--log-every' (env var: 'EXPCLIP_LOG_EVERY'): Input should be greater than or equal to 0"
+
+
+@pytest.mark.parametrize("value, said", [
+    ("inf", "error: --log-every inf (or EXPCLIP_LOG_EVERY): a finite number of seconds, 0 or more"),
+    ("nan", RANGE),
+    ("-1", RANGE),
+])
+def test_a_log_interval_that_is_no_number_of_seconds_is_refused(value, said):
+    result = runner.invoke(app, ["--log-every", value, "cache", "info", "missing.h5"])
+    assert result.exit_code == 2 and said in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split()), result.output
+    assert "Traceback" not in result.output and (result.output == said + "\n") == said.startswith("error:")
+
+
 def test_version_prints_the_package_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output == f"expclip {__version__}\n"

@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.text import Text
 
 stderr = Console(stderr=True, emoji=False)  # as the CLI's consoles: paths print as named (`:x:` stays text)
-LOG_EVERY = 30.0  # seconds between plain lines: a few per hour-long job's minute, readable in `tail -f`
+LOG_EVERY = 30.0  # seconds between plain lines: a stalled job shows within a minute, an hour's log is 120 lines
 clock = time.monotonic  # the plain lines' clock (tests move it)
 
 

@@ -26,6 +26,7 @@ class InUseOrder(TyperGroup):
 
 
 def _version(asked: bool) -> None:
+    """Eager: `expclip --version` answers without a command and before any other option is checked."""
     if asked:
         out.print(f"expclip {__version__}", markup=False, highlight=False)
         raise typer.Exit()

@@ -8,6 +8,7 @@ import typer
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
 from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
+from expclip.cli_app import InUseOrder, shared_options
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
 from expclip.output_paths import head_paths, writable, writable_files
@@ -27,7 +28,7 @@ HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 LABEL_MAPS = ", ".join(builtin_label_maps())  # the shipped --label-map names, read from their folder
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
+    cls=InUseOrder, callback=shared_options, no_args_is_help=True,
     help="Exp-CLIP zero-shot FER: extract encoder features once, then fit heads and evaluate from the cache.",
 )
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")

@@ -14,7 +14,9 @@ not faiss).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
 from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.progress import progress
 from expclip.stages.shared.scoring import BLOCK_ROWS
 from expclip.stages.shared.select import evaluation_key
 from expclip.stages.shared.vectors import Rows, all_vectors, cache_vectors
@@ -53,15 +56,19 @@ def audit(caches: list[Path], against: list[Path], *, threshold: float = THRESHO
     paths = [Path(p) for p in dict.fromkeys([*caches, *against])]
     key, described = _common_key(paths, clip_key)
     results = []
-    for b in dict.fromkeys(map(Path, against)):
-        index, rows = _index(b, key, where)
-        for a in dict.fromkeys(map(Path, caches)):
-            if a != b:
-                results.append((a, b, _search(a, key, index, rows, threshold, block_rows, same=False)))
-    if within:
-        for c in paths:
-            index, rows = _index(c, key, where)
-            results.append((c, c, _search(c, key, index, rows, threshold, block_rows, same=True)))
+    across = [(a, b) for b in dict.fromkeys(map(Path, against)) for a in dict.fromkeys(map(Path, caches)) if a != b]
+    usable = {Path(d["path"]): d["rows"] for d in described}
+    with progress("items") as bar:  # items searched, over every cache searched against an index
+        task = bar.add_task("audit", total=sum(usable[a] for a, _ in across) + (sum(usable.values()) if within else 0))
+        done = partial(bar.advance, task)
+        for b in dict.fromkeys(b for _, b in across):
+            index, rows = _index(b, key, where)
+            for a in (a for a, of in across if of == b):
+                results.append((a, b, _search(a, key, index, rows, threshold, block_rows, False, done)))
+        if within:
+            for c in paths:
+                index, rows = _index(c, key, where)
+                results.append((c, c, _search(c, key, index, rows, threshold, block_rows, True, done)))
     return {"threshold": threshold, "clip_key": key, "caches": described,
             "counts": [_count(a, b, p) for a, b, p in results],
             "pairs": sorted((row for a, b, p in results for row in _records(a, b, p)), key=lambda r: -r["score"])}
@@ -116,14 +123,16 @@ def _index(cache: Path, key: str, device: torch.device) -> tuple[Exact, Rows]:
 
 
 def _search(cache: Path, key: str, index: Exact, rows: Rows, threshold: float, block_rows: int,
-            same: bool) -> Pairs:
+            same: bool, done: Callable[[int], None]) -> Pairs:
     """Stream `cache` through `index` a block at a time; keep pairs >= threshold (within one cache: each
-    unordered pair once, never two frames of one item)."""
+    unordered pair once, never two frames of one item). `done(n)`: n more items searched."""
     parts, at = [], 0
     with CacheReader(cache) as reader:
         for query_rows, vectors in cache_vectors(reader, key, None, per_frame=True, block_rows=block_rows):
-            if not index.rows:
+            if not index.rows:  # nothing to pair with: the rest of the cache is not read
+                done(int(reader.items().ok.sum()))
                 break
+            done(len(np.unique(query_rows.item)))  # a block holds whole items (every frame of a clip)
             q, f, s = index.range(vectors, threshold)
             if same:
                 keep = (q + at < f) & (query_rows.item[q] != rows.item[f])

@@ -28,6 +28,7 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.labels import Labels, dataset_labels
+from expclip.stages.shared.progress import progress
 from expclip.stages.shared.scoring import Space, blocks, class_targets, head_space
 from expclip.stages.shared.select import evaluation_key
 from expclip.stages.shared.vocabulary import AUTO, ENSEMBLE, ENSEMBLES
@@ -88,12 +89,15 @@ def _evaluate_cache(
                for method, space in spaces for name in sets}
     predicted: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in targets}
     device = spaces[0][1].device
-    for _, features in blocks(cache, key, keep):
-        features = torch.from_numpy(features).to(device)  # as stored; float64 only per chunk, on the device
-        for method, space in spaces:
-            images = space.images(features)
-            for name in sets:
-                predicted[(method, name)].append((images @ targets[(method, name)].T).argmax(1).cpu().numpy())
+    with progress(items.kind) as bar:
+        task = bar.add_task("evaluate", total=int(keep.sum()))
+        for index, features in blocks(cache, key, keep):
+            features = torch.from_numpy(features).to(device)  # as stored; float64 only per chunk, on the device
+            for method, space in spaces:
+                images = space.images(features)
+                for name in sets:
+                    predicted[(method, name)].append((images @ targets[(method, name)].T).argmax(1).cpu().numpy())
+            bar.advance(task, len(index))
     common = {
         "dataset": cache.dataset, "classes": labels.classes, "cache": str(cache.path), "clip_key": key,
         "ensemble": ensemble, "skipped": int((~keep).sum()),

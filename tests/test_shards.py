@@ -217,3 +217,20 @@ def test_an_interrupted_run_resumes_only_the_missing_shards(shard_cache, shards,
     with CacheReader(out) as a, CacheReader(shard_cache) as b:
         key = a.image_keys()[0]
         np.testing.assert_array_equal(a.image(key), b.image(key))
+
+
+def test_export_of_a_shard_cache_names_each_member(shard_cache, shards, tmp_path):
+    """The export's image_path is the source root joined with the item id: the shard file and the member's key."""
+    from embedding_reader import EmbeddingReader
+
+    out = tmp_path / "export"
+    assert runner.invoke(app, ["cache", "export", str(shard_cache), "--out", str(out)]).exit_code == 0
+    reader = EmbeddingReader(str(out / "img_emb"), file_format="parquet_npy", metadata_folder=str(out / "metadata"),
+                             meta_columns=["id", "label", "image_path"])
+    (embeddings, meta), = list(reader(batch_size=100, show_progress=False))
+    with CacheReader(shard_cache) as r:
+        ok, stored = r.items().ok, r.image(r.image_keys()[0]).astype(np.float64)
+    np.testing.assert_allclose(embeddings, (stored / np.linalg.norm(stored, axis=1, keepdims=True))[ok], atol=1e-3)
+    assert meta["image_path"].tolist()[:2] == [f"{shards.resolve()}/faces-000.tar/00000",
+                                               f"{shards.resolve()}/faces-000.tar/00001"]
+    assert meta["label"].tolist()[:4] == ["0", "1", "0", "1"]  # .cls numbers; item 00002 failed

@@ -234,3 +234,19 @@ def test_export_of_a_shard_cache_names_each_member(shard_cache, shards, tmp_path
     assert meta["image_path"].tolist()[:2] == [f"{shards.resolve()}/faces-000.tar/00000",
                                                f"{shards.resolve()}/faces-000.tar/00001"]
     assert meta["label"].tolist()[:4] == ["0", "1", "0", "1"]  # .cls numbers; item 00002 failed
+
+
+def test_ranks_and_parts_take_whole_tar_shards(shards, tmp_path):
+    """Every process of a launched job (or --part) gets all of a tar's shard files, none of another's."""
+    from expclip.cache.writer import Extraction
+    from expclip.stages.extract.plan import Plan
+
+    source = sources.resolve(Path(_pattern(shards)))  # tars of 5, 4 and 3 items, units [0, 5, 9]
+    job = Extraction(tmp_path / "c.h5", source.items, {}, shard_size=2, units=source.units)
+    todo = job.register("image/k", {"model": "k"})
+    assert todo == [(0, 2), (2, 4), (4, 5), (5, 7), (7, 9), (9, 11), (11, 12)]
+    plan = Plan(job, "image/k", None, {"image/k": todo}, [])
+    ranks = [plan.share(None, rank, 2, leader=rank == 0).shards["image/k"] for rank in (0, 1)]
+    assert ranks == [[(0, 2), (2, 4), (4, 5), (9, 11), (11, 12)], [(5, 7), (7, 9)]]
+    part = plan.share((2, 3), 0, 1, leader=True).shards["image/k"]
+    assert part == [(5, 7), (7, 9)]

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
-from expclip import cli_neighbours, cli_predict, cli_run
+from expclip import cli_export, cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, help_of, options
@@ -146,25 +146,7 @@ def cache_verify(
     raise typer.Exit(code)
 
 
-@cache_app.command("export")
-def cache_export(
-    cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A cache file.")],
-    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder to write the export into.")],
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key when the cache holds several CLIPs.")] = None,
-    teacher: Annotated[bool, typer.Option("--teacher", help="Also write the teacher features.")] = False,
-    teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when there are several.")] = None,
-    instruction: Annotated[Optional[str], typer.Option(help="Instruction key when there are several.")] = None,
-) -> None:
-    """Features as clip-retrieval writes them (img_emb/, metadata/, text_emb/), for embedding-reader and autofaiss."""
-    from expclip.reports.export import WRITES, export
-
-    with user_errors():
-        writable(out_dir, "--out", folder=True, inputs={"CACHE": [cache]}, writes=WRITES)
-        record = export(cache, out_dir, clip_key=clip_key, teacher=teacher, teacher_key=teacher_key,
-                        instruction=instruction)
-    out.print(f"wrote {out_dir}: {record['rows']} image rows, {record['text_rows']} prompt rows"
-              + (f" (left out {record['items_without_features']} items without features)"
-                 if record["items_without_features"] else ""), markup=False)
+cache_app.command("export")(cli_export.export)  # after info and verify: listed in that order
 
 
 @app.command()

@@ -3,7 +3,8 @@
 No file in it is ever rewritten with one writer's view of the run:
 
 - `manifest.json` is created once (exclusively): folder layout version, format
-  version, the items' identity and the shard size;
+  version, the items' identity, the shard size and the work units (the first
+  row of each; `null`: one unit per shard) that shards never cross;
 - `<group>/group.json` is created once per group: its configuration and row
   count (`null`: one row per item, cut into shards of `shard_size`);
 - `<group>/layout.json` is created once its encoder is loaded: attributes, row
@@ -17,6 +18,7 @@ once-only file reads what the first wrote (see docs/cache-format.md, *Resuming*)
 
 from __future__ import annotations
 
+import bisect
 import json
 import shutil
 from dataclasses import dataclass
@@ -71,13 +73,19 @@ def _create_json(path: Path, data: dict) -> None:
 class PartialFolder:
     """Once-only spec files and atomic shard files of one cache's unfinished run."""
 
-    def __init__(self, root: Path, items: fmt.Items, shard_size: int):
-        self.root, self.items, self.shard_size = Path(root), items, shard_size
+    def __init__(self, root: Path, items: fmt.Items, shard_size: int, units: list[int] | None = None):
+        """`units`: the first row of each work unit (a tar shard's items), which no shard crosses; None: each
+        shard is a unit of its own."""
+        self.root, self.items, self.shard_size, self.units = Path(root), items, shard_size, units
         self._specs: dict[str, dict] = {}
         self._layouts: dict[str, Layout] = {}
         manifest = self._manifest()
         if manifest is not None:
-            self.shard_size = int(manifest["shard_size"])  # the run that began the folder cut the shards
+            self._adopt(manifest)
+
+    def _adopt(self, manifest: dict) -> None:
+        """The run that began the folder cut the shards."""
+        self.shard_size, self.units = int(manifest["shard_size"]), manifest.get("units")
 
     def exists(self) -> bool:
         return self.root.exists()
@@ -103,9 +111,9 @@ class PartialFolder:
         """Create the manifest unless a writer did; adopt that writer's shard size."""
         _create_json(self.root / MANIFEST, {
             "layout": LAYOUT_VERSION, "format_version": fmt.FORMAT_VERSION,
-            "items_identity": self.items.identity(), "shard_size": self.shard_size,
+            "items_identity": self.items.identity(), "shard_size": self.shard_size, "units": self.units,
         })
-        self.shard_size = int(self._manifest()["shard_size"])
+        self._adopt(self._manifest())
 
     def spec(self, path: str) -> dict | None:
         """`{"config": ..., "rows": ...}` of a registered group, else None."""
@@ -146,12 +154,18 @@ class PartialFolder:
         return sorted(p.parent.relative_to(self.root).as_posix() for p in self.root.rglob(GROUP) if p.is_file())
 
     def ranges(self, path: str) -> list[Range]:
-        """Row ranges of a group's shards: `shard_size` items each, or one range of its own rows."""
+        """Row ranges of a group's shards: `shard_size` items each (fewer at a unit's end), or one range of
+        its own rows."""
         rows = self.spec(path)["rows"]
         if rows is not None:
             return [(0, rows)]
-        n, size = len(self.items), self.shard_size
-        return [(a, min(a + size, n)) for a in range(0, n, size)]
+        n, size, starts = len(self.items), self.shard_size, self.units or [0]
+        ends = [*starts[1:], n]
+        return [(a, min(a + size, end)) for first, end in zip(starts, ends) for a in range(first, end, size)]
+
+    def unit(self, start: int) -> int:
+        """The work unit of the shard that starts at row `start` (what --part and ranks share out)."""
+        return start // self.shard_size if self.units is None else bisect.bisect_right(self.units, start) - 1
 
     def shard_file(self, path: str, start: int, stop: int) -> Path:
         return self.root / path / f"{start:09d}-{stop:09d}.h5"

@@ -42,15 +42,16 @@ class Extraction:
     """One cache being extended: which shards are missing, shard writes, the final merge."""
 
     def __init__(self, cache: Path, items: fmt.Items, file_attrs: dict, *, shard_size: int = 1024,
-                 sole_writer: bool = False):
+                 sole_writer: bool = False, units: list[int] | None = None):
         """`sole_writer`: the caller holds the cache's exclusive lock (expclip.cache.lock), so every
-        temporary file there is a dead run's; otherwise only those of dead processes on this host are."""
+        temporary file there is a dead run's; otherwise only those of dead processes on this host are.
+        `units`: the first row of each work unit that no shard crosses (cache.partial.PartialFolder)."""
         self.cache, self.items, self.file_attrs = Path(cache), items, file_attrs
         root, real = fmt.partial_dir(self.cache), followed(self.cache)  # a link's temporaries lie beside its target
         remove_dead_temporaries(real.parent, glob.escape(real.name), any_host=sole_writer)
         remove_dead_temporaries(root, recursive=True, any_host=sole_writer)
         self.existing = self._existing_groups()
-        self.partial = PartialFolder(root, items, shard_size)
+        self.partial = PartialFolder(root, items, shard_size, units)
 
     def _existing_groups(self) -> dict[str, dict]:
         """Group path -> attributes of every feature group the cache already holds."""
@@ -75,6 +76,10 @@ class Extraction:
     @property
     def shard_size(self) -> int:
         return self.partial.shard_size
+
+    def unit(self, start: int) -> int:
+        """The work unit of the shard starting at row `start`: --part and ranks share out whole units."""
+        return self.partial.unit(start)
 
     def register(self, path: str, config: dict, rows: int | None = None) -> list[Range]:
         """Declare a group and the configuration that makes it; returns the shard ranges still to write.

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
-from expclip import cli_neighbours, cli_predict, cli_run
+from expclip import cli_export, cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.cli_app import InUseOrder, shared_options
 from expclip.console import err, escape, out, user_errors
@@ -44,8 +44,8 @@ app.command()(cli_run.run)
 @app.command()
 def extract(
     source: Annotated[
-        Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list "
-        "(frame_dir num_frames label).")],
+        Path, typer.Argument(help="Image folder, list file (.csv/.txt: path[,label]), clip list "
+        "(frame_dir num_frames label) or WebDataset tar shards ('faces-{00000..00099}.tar').")],
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
     clip_model: XO.clip_model = X.clip_model,
     clip_pretrained: XO.clip_pretrained = X.clip_pretrained,
@@ -65,6 +65,9 @@ def extract(
         int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[
         Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
+    label_field: Annotated[
+        Optional[str], typer.Option(help="Tar shards: the .json members' field holding the label (default: "
+        ".cls members).")] = None,
     batch_size: XO.batch_size = X.batch_size,
     num_workers: XO.num_workers = X.num_workers,
     device: XO.device = X.device,
@@ -82,9 +85,9 @@ def extract(
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
-        writable(cache, "--out", inputs={"SOURCE": [source], "--prompts": [prompts]})
+        writable(cache, "--out", inputs={"SOURCE": sources.named_files(source, source_type), "--prompts": [prompts]})
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
-                              dataset=dataset)
+                              dataset=dataset, label_field=label_field)
         cfg = X(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
@@ -142,6 +145,9 @@ def cache_verify(
         (out if found.ok else err).print(escape(found.summary()), highlight=False)
         code = max(code, 0 if found.ok else 1)
     raise typer.Exit(code)
+
+
+cache_app.command("export")(cli_export.export)  # after info and verify: listed in that order
 
 
 @app.command()

@@ -28,7 +28,7 @@ def _plain(text: str) -> str:
     ("extract", "--device", "auto|cpu|cuda"),
     ("extract", "--precision", "auto|fp32|bf16"),
     ("extract", "--store-dtype", "float16|float32"),
-    ("extract", "--source-type", "auto|folder|list|clips"),
+    ("extract", "--source-type", "auto|folder|list|clips|shards"),
     ("fit-head", "--optimizer", "sgd|adamw"),
     ("fit-head", "--head", "linear|mlp"),
     ("fit-head", "--device", "auto|cpu|cuda"),

@@ -38,8 +38,8 @@ def _resolve(words: list[str]) -> tuple:
 def test_every_readme_command_exists_with_the_options_it_is_given():
     lines = _command_lines()
     named = {" ".join(shlex.split(line)[1:3 if shlex.split(line)[1] in ("cache", "head") else 2]) for line in lines}
-    assert named == {"demo", "extract", "cache info", "cache verify", "fit-head", "evaluate", "ablate", "run",
-                     "predict", "search", "audit", "head export"}  # every command, each with an example
+    assert named == {"demo", "extract", "cache info", "cache verify", "cache export", "fit-head", "evaluate", "ablate",
+                     "run", "predict", "search", "audit", "head export"}  # every command, each with an example
     root = typer.main.get_command(app)
     leaves = {f"{n} {s}" if hasattr(c, "commands") else n for n, c in root.commands.items()
               for s in (c.commands if hasattr(c, "commands") else [None])}

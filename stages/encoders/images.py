@@ -34,10 +34,13 @@ records it in the cache's /failures, predict as a failed record.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import threading
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -53,14 +56,17 @@ class DecodeError(Exception):
     """Why one image could not be used; recorded in the cache, never fatal."""
 
 
-def load_image(path: Path) -> Image.Image:
-    """Decode fully (so truncation is found here) as 8-bit RGB, by the rules in the module docstring."""
+def load_image(source: Path | str | bytes | BinaryIO) -> Image.Image:
+    """Decode fully (so truncation is found here) as 8-bit RGB, by the rules in the module docstring.
+
+    `source`: a file's path, or its bytes or an open binary file (a tar shard's member): the same rules
+    whatever holds the encoded picture."""
     try:
-        if path.stat().st_size == 0:
+        if _empty(source):
             raise DecodeError("zero-byte file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open(path) as im:
+            with _open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 stored = im.size
                 _reduce_if_large(im)
                 try:
@@ -78,7 +84,19 @@ def load_image(path: Path) -> Image.Image:
         raise DecodeError(f"truncated or corrupt image ({e})") from None
 
 
-def _open(path: Path) -> ImageFile.ImageFile:
+def _empty(source: Path | str | bytes | BinaryIO) -> bool:
+    """No bytes at all (the file object's position is kept)."""
+    if isinstance(source, bytes):
+        return not source
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).stat().st_size == 0
+    at = source.tell()
+    empty = not source.read(1)
+    source.seek(at)
+    return empty
+
+
+def _open(source: Path | str | BinaryIO) -> ImageFile.ImageFile:
     """Image.open without Pillow's size check: it runs before draft mode can shrink a JPEG and names no size.
 
     MAX_PIXELS is checked instead (`_reduce_if_large`). The lock keeps threads from
@@ -87,7 +105,7 @@ def _open(path: Path) -> ImageFile.ImageFile:
     with _PILLOW_LIMIT:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return Image.open(path)
+            return Image.open(source)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 

@@ -49,7 +49,7 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
         return 0, clock
     transforms, feed = _inputs(encoders, shared=cfg.transform == OFFICIAL_TRANSFORM)
     clips = source.items.frame_index is not None
-    dataset = FaceDataset(source.paths, source.items, transforms, halt)
+    dataset = FaceDataset(source.paths, source.items, transforms, halt, source.members)
     per_batch = items_per_batch(cfg.batch_size, dataset.item_bytes)
     loader = DataLoader(
         dataset, batch_sampler=batches_of(todo, per_batch),

@@ -1,9 +1,9 @@
 """Decoding and preprocessing in DataLoader workers, with bad files recorded, not raised.
 
 Each image is decoded by `stages.encoders.images.load_image` (one rule for what
-a file looks like). A file that cannot be decoded yields a zero tensor plus a
-reason; the extract stage turns its rows into NaN and the reason into the
-cache's /failures.
+a file looks like, whether a file or a tar shard's member holds it). A file that
+cannot be decoded yields a zero tensor plus a reason; the extract stage turns
+its rows into NaN and the reason into the cache's /failures.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from expclip.cache.format import Items
 from expclip.stages.encoders.images import DecodeError, clip_frames, load_image
+from expclip.stages.extract.shards import Member
 from expclip.stages.shared.interrupts import StopRequest
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -32,8 +33,11 @@ class FaceDataset(Dataset):
     discards when it stops.
     """
 
-    def __init__(self, paths: list[Path], items: Items, transforms: list[Transform], halt: StopRequest | None = None):
+    def __init__(self, paths: list[Path], items: Items, transforms: list[Transform], halt: StopRequest | None = None,
+                 members: list[Member] | None = None):
+        """`members`: where each item's image lies in its tar shard (`paths`), for a source of shards."""
         self.paths, self.items, self.transforms, self.halt = paths, items, transforms, halt
+        self.members = members
         blank = Image.new("RGB", (32, 32))
         self.blanks = [t(blank) for t in transforms]  # shape and dtype of what a failed item stands in with
 
@@ -46,7 +50,9 @@ class FaceDataset(Dataset):
         frames = 1 if self.items.frame_index is None else self.items.frame_index.shape[1]
         return frames * sum(b.numel() * b.element_size() for b in self.blanks)
 
-    def _frames(self, i: int) -> list[Path]:
+    def _frames(self, i: int) -> list[Path | Member]:
+        if self.members is not None:
+            return [self.members[i]]
         if self.items.frame_index is None:
             return [self.paths[i]]
         return clip_frames(self.paths[i], self.items.frame_index[i].tolist())
@@ -58,7 +64,7 @@ class FaceDataset(Dataset):
             for path in self._frames(i):
                 if self.halt is not None and self.halt.requested():
                     raise DecodeError(STOPPED)
-                image = load_image(path)
+                image = load_image(path.read() if isinstance(path, Member) else path)
                 for frames, t in zip(out, self.transforms):
                     frames.append(t(image))
             return i, [torch.stack(x) if clip else x[0] for x in out], ""

@@ -60,14 +60,14 @@ class Plan:
         return self.teacher_path in self.shards
 
     def share(self, part: tuple[int, int] | None, rank: int, size: int, leader: bool) -> Plan:
-        """The work of one process: `--part K/N` keeps the shards whose index % N is K-1 (text groups count
-        as shard 0: part 1's), then rank r of `size` takes every size-th of the shards still missing."""
-        keep = (
-            (lambda start: True)
-            if part is None
-            else (lambda start: (start // self.job.shard_size) % part[1] == part[0] - 1)
-        )
-        todo = set(sorted({r for ranges in self.shards.values() for r in ranges if keep(r[0])})[rank::size])
+        """The work of one process: `--part K/N` keeps the work units (a shard, or every shard of one tar)
+        whose index % N is K-1 (text groups count as unit 0: part 1's), then rank r of `size` takes every
+        size-th of the units still missing."""
+        unit = self.job.unit
+        keep = (lambda start: True) if part is None else (lambda start: unit(start) % part[1] == part[0] - 1)
+        kept = {r for ranges in self.shards.values() for r in ranges if keep(r[0])}
+        units = set(sorted({unit(a) for a, _ in kept})[rank::size])
+        todo = {r for r in kept if unit(r[0]) in units}
         shards = {p: mine for p, ranges in self.shards.items() if (mine := [r for r in ranges if r in todo])}
         texts = self.texts if leader and keep(0) else []
         return Plan(self.job, self.image_path, self.teacher_path, shards, texts)
@@ -91,7 +91,8 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sol
     texts = [_text_group(clip_key, clip_config, name, prompt_set) for name, prompt_set in sets.items()]
 
     recorded = {"dataset": source.dataset, "source": str(source.origin), "source_root": str(source.root.resolve())}
-    job = Extraction(out, source.items, recorded, shard_size=cfg.shard_size, sole_writer=sole_writer)
+    job = Extraction(out, source.items, recorded, shard_size=cfg.shard_size, sole_writer=sole_writer,
+                     units=source.units)
     image_path = fmt.image_path(clip_key)
     shards = {}
     for path, config in [(image_path, clip_config), *([teacher] if teacher else [])]:

@@ -1,4 +1,4 @@
-"""SOURCE → items: image folders, `path[,label]` list files, and official clip lists.
+"""SOURCE → items: image folders, `path[,label]` list files, official clip lists and WebDataset tar shards.
 
 List files and clip lists are read as UTF-8, with or without a byte-order mark
 (spreadsheet programs write one; it is not part of the first path), with LF or
@@ -6,6 +6,8 @@ CRLF line ends; blank lines and lines starting with `#` are skipped. A list
 file's first line is a header, and skipped, when its first field is `path` in
 any case and with any spaces, e.g. `path,label` or `Path, Label`; every other
 line is `path[,label]` (CSV quoting allowed).
+
+Tar shards (one `.tar` or a brace pattern of them) are listed by `shards`.
 
 Only the listing happens here (fast, no decoding); files that turn out to be
 unreadable are found and recorded by the loader during extraction.
@@ -22,21 +24,24 @@ import numpy as np
 from expclip.base.errors import ExpclipError
 from expclip.cache.format import Items
 from expclip.stages.encoders.images import IMAGE_SUFFIXES
+from expclip.stages.extract import shards
 from expclip.stages.shared import protocol
 
-SOURCE_TYPES = ("auto", "folder", "list", "clips")
+SOURCE_TYPES = ("auto", "folder", "list", "clips", "shards")
 
 
 @dataclass
 class Source:
-    """Items plus where their pixels live: one path per image, a folder per clip."""
+    """Items plus where their pixels live: one path per image, a folder per clip, a tar member per shard item."""
 
     items: Items
-    paths: list[Path]  # image file, or clip folder (frames = its image files, sorted)
+    paths: list[Path]  # image file, clip folder (frames = its image files, sorted) or tar shard
     dataset: str
     origin: Path  # the SOURCE as given
     root: Path  # the folder relative item ids start from: the folder itself, a list's folder or --root
-    ignored: int = 0  # non-image files skipped while listing a folder
+    ignored: int = 0  # non-image files skipped while listing a folder (keys without an image in shards)
+    members: list[shards.Member] | None = None  # tar shards: where each item's image lies in its shard
+    units: list[int] | None = None  # tar shards: each shard's first item (resume, --part and ranks split by shard)
 
 
 def resolve(
@@ -47,14 +52,20 @@ def resolve(
     strip_prefix: str | None = None,
     frames: int = protocol.DEFAULT_FRAMES,
     dataset: str | None = None,
+    label_field: str | None = None,
 ) -> Source:
-    """List a source; `root`/`strip_prefix` re-base list paths written on another machine."""
+    """List a source; `root`/`strip_prefix` re-base list paths written on another machine; `label_field`:
+    the JSON field tar shards' labels come from."""
     protocol.check_frames(frames)
     source = Path(source)
-    if not source.exists():
-        raise ExpclipError(f"{source}: no such file or folder")
     if kind not in SOURCE_TYPES:
         raise ExpclipError(f"--source-type {kind!r}: choose one of {', '.join(SOURCE_TYPES)}")
+    if _is_shards(source, kind):
+        return _shards(str(source), dataset, label_field)
+    if label_field is not None:
+        raise ExpclipError("--label-field: only tar shards have JSON members to take labels from")
+    if not source.exists():
+        raise ExpclipError(f"{source}: no such file or folder")
     if kind == "auto":
         kind = "folder" if source.is_dir() else _sniff(source)
     name = dataset or source.stem
@@ -63,6 +74,17 @@ def resolve(
     if kind == "list":
         return _list_file(source, root or source.parent, name)
     return _clip_list(source, root, strip_prefix, frames, name, dataset)
+
+
+def named_files(source: Path, kind: str = "auto") -> list[Path]:
+    """The files SOURCE names itself (the shards of a pattern): what an output must not replace."""
+    if _is_shards(source, kind):
+        return shards.expand(str(source))
+    return [source]
+
+
+def _is_shards(source: Path, kind: str) -> bool:
+    return kind == "shards" or (kind == "auto" and shards.is_shards(str(source)))
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
@@ -114,7 +136,7 @@ def _list_file(path: Path, root: Path, name: str) -> Source:
         rows.append((number, fields[0], fields[1] if len(fields) == 2 and fields[1] else None))
     if not rows:
         raise ExpclipError(f"{path}: no entries")
-    labels, class_names = _list_labels(path, rows)
+    labels, class_names = labels_of([(f"{path}:{n}", lab) for n, _, lab in rows])
     paths = [Path(p) if Path(p).is_absolute() else root / p for _, p, _ in rows]
     ids = [_relative(p, root) for p in paths]
     return Source(Items(ids=ids, labels=labels, class_names=class_names), paths, name, path, root)
@@ -125,22 +147,32 @@ def _is_header(fields: list[str]) -> bool:
     return fields[0].lower() == "path"
 
 
-def _list_labels(path: Path, rows: list[tuple[int, str, str | None]]) -> tuple[np.ndarray, list[str]]:
-    """Numeric labels keep their numbers (names '0'..'n-1'); names are sorted into classes."""
-    given = [(n, lab) for n, _, lab in rows if lab is not None]
+def labels_of(rows: list[tuple[str, str | None]]) -> tuple[np.ndarray, list[str]]:
+    """(where, label or None) per item → labels and class names: numeric labels keep their numbers (names
+    '0'..'n-1'); names are sorted into classes. Errors name the row's `where`."""
+    given = [(where, lab) for where, lab in rows if lab is not None]
     numeric = [lab.lstrip("-").isdigit() for _, lab in given]
     if any(numeric) and not all(numeric):
-        n = given[numeric.index(False) if numeric[0] else numeric.index(True)][0]
-        raise ExpclipError(f"{path}:{n}: labels mix numbers and class names")
+        where = given[numeric.index(False) if numeric[0] else numeric.index(True)][0]
+        raise ExpclipError(f"{where}: labels mix numbers and class names")
     if given and all(numeric):
-        values = [int(lab) if lab is not None else -1 for _, _, lab in rows]
-        bad = next(((n, v) for (n, _, _), v in zip(rows, values) if v < -1), None)
+        values = [int(lab) if lab is not None else -1 for _, lab in rows]
+        bad = next(((where, v) for (where, _), v in zip(rows, values) if v < -1), None)
         if bad:
-            raise ExpclipError(f"{path}:{bad[0]}: label {bad[1]} is negative (-1 means unlabelled)")
+            raise ExpclipError(f"{bad[0]}: label {bad[1]} is negative (-1 means unlabelled)")
         return np.array(values, dtype=np.int64), [str(i) for i in range(max(values) + 1)]
     classes = sorted({lab for _, lab in given})
     index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[lab] if lab is not None else -1 for _, _, lab in rows], dtype=np.int64), classes
+    return np.array([index[lab] if lab is not None else -1 for _, lab in rows], dtype=np.int64), classes
+
+
+def _shards(source: str, dataset: str | None, label_field: str | None) -> Source:
+    """Tar shards: one item per key with an image member; the dataset is named after the shards' folder."""
+    found = shards.list_shards(source, label_field)
+    labels, class_names = labels_of(found.labels)
+    items = Items(ids=found.ids, labels=labels, class_names=class_names)
+    return Source(items, [m.shard for m in found.members], dataset or found.root.name, Path(source), found.root,
+                  ignored=found.ignored, members=found.members, units=found.starts)
 
 
 def _relative(path: Path, root: Path) -> str:

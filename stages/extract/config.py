@@ -31,7 +31,7 @@ class ExtractConfig:
 
     clip_model: str = setting("ViT-B-32", "open_clip model name, or local-dir:PATH.")
     clip_pretrained: str | None = setting(
-        None, "Pretrained tag or weights file (default: openai where the model has it)."
+        None, "Pretrained tag or weights file (default: openai where the model has it, else its only tag)."
     )
     teacher: str | None = setting(
         protocol.DEFAULT_TEACHER,

@@ -54,7 +54,8 @@ class ZeroShotFER:
         named_prompt_set(prompt_set)
         self.device = resolve_device(device)
         self.head = load_head(Path(head)) if isinstance(head, (str, Path)) else head
-        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform)
+        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform,
+                                 recorded=self.head.clip if self.head is not None else None)
         if (
             self.head is not None
             and self.head.encoder is not None

@@ -1,0 +1,168 @@
+"""open_clip's `hf-hub:ORG/REPO` models, offline from a hub cache built in the test; a model's only pretrained tag.
+
+Every test points HF_HOME / HF_HUB_CACHE (and huggingface_hub's constants, read at import) at a temporary
+hub cache and keeps HF_HUB_OFFLINE=1, so nothing is downloaded.
+"""
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from huggingface_hub import constants
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from expclip.base.errors import ExpclipError
+from expclip.cache.reader import CacheReader
+from expclip.cli import app
+from expclip.demo.checkpoints import TINY_LOGIT_SCALE
+from expclip.demo.hub_cache import save_hub_clip
+from expclip.demo.synthetic import write_faces
+from expclip.stages.encoders.clip import identity, load_clip
+from expclip.stages.shared.heads import build_head, save_head
+
+CPU = torch.device("cpu")
+REPO = "tiny-org/tiny-clip"
+KEY = "hf-hub_tiny-org_tiny-clip"
+runner = CliRunner()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache that huggingface_hub (and so open_clip) reads, offline; the network refused."""
+    home = tmp_path / "hf-home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    for name, value in (("HF_HOME", home), ("HF_HUB_CACHE", cache)):
+        monkeypatch.setenv(name, str(value))
+        monkeypatch.setattr(constants, name, str(value))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a hub model was looked for on the network")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    return cache
+
+
+def snapshot_file(cache: Path, name: str) -> Path:
+    """A file of `main`'s snapshot, found by reading the cache's layout as written (refs/main -> snapshots/REV)."""
+    folder = cache / f"models--{REPO.replace('/', '--')}"
+    return folder / "snapshots" / (folder / "refs" / "main").read_text() / name
+
+
+def independent_model(cache: Path) -> open_clip.CLIP:
+    """The snapshot's model built by hand from its config and weights, not through open_clip's hub loader."""
+    config = json.loads(snapshot_file(cache, "open_clip_config.json").read_text())
+    model = open_clip.CLIP(**config["model_cfg"])
+    model.load_state_dict(load_file(snapshot_file(cache, "open_clip_model.safetensors")))
+    return model.eval()
+
+
+def test_a_hub_model_loads_offline_and_records_its_repo_and_weights(hub):
+    name = save_hub_clip(hub, REPO, seed=1)
+    weights = snapshot_file(hub, "open_clip_model.safetensors")
+    key, config = identity(name, None, "model", "fp32")
+    assert name == f"hf-hub:{REPO}" and key == KEY
+    assert config == {"model": name, "pretrained": "open_clip_model.safetensors",
+                      "pretrained_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "transform": "model",
+                      "precision": "float32"}
+    encoder = load_clip(name, None, device=CPU, precision="fp32", transform="model")
+    want = independent_model(hub).state_dict()
+    got = encoder.model.state_dict()
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert encoder.attrs["logit_scale"] == pytest.approx(TINY_LOGIT_SCALE) and encoder.width == 32
+    assert {k: encoder.attrs[k] for k in config} == config
+
+
+def test_hub_names_are_refused_in_one_line(hub):
+    missing = f"no open_clip_config.json for nobody/missing in the hub cache {hub} (HF_HUB_OFFLINE=1: nothing is " \
+              "downloaded; set HF_HOME to the cache that has it)"
+    cases = [("hf-hub:nobody/missing", None, f"hf-hub:nobody/missing: {missing}"),
+             ("hf-hub:just-a-name", None, "hf-hub:just-a-name: a hub model is named hf-hub:ORG/REPO "
+                                          "(e.g. hf-hub:timm/ViT-B-16-SigLIP)"),
+             (f"hf-hub:{REPO}", "openai", f"hf-hub:{REPO}: a hub model brings its own weights; "
+                                          "drop pretrained='openai'")]
+    save_hub_clip(hub, REPO)
+    for name, pretrained, message in cases:
+        with pytest.raises(ExpclipError) as e:
+            identity(name, pretrained, "model", "fp32")
+        assert str(e.value) == message
+    snapshot_file(hub, "open_clip_model.safetensors").unlink()
+    with pytest.raises(ExpclipError) as e:
+        identity(f"hf-hub:{REPO}", None, "model", "fp32")
+    assert str(e.value) == (f"hf-hub:{REPO}: no open_clip_model.safetensors or open_clip_pytorch_model.bin for "
+                            f"{REPO} in the hub cache {hub} (HF_HUB_OFFLINE=1: nothing is downloaded; set HF_HOME "
+                            "to the cache that has it)")
+
+
+@pytest.mark.parametrize("model, tag", [("ViT-B-16-SigLIP", "webli"), ("ViT-B-32", "openai")])
+def test_a_model_without_openai_weights_takes_its_only_tag(model, tag):
+    assert open_clip.list_pretrained_tags_by_model(model).count(tag) == 1
+    key, config = identity(model, None, "model", "fp32")
+    assert key == f"{model}@{tag}" and config["pretrained"] == tag and config["pretrained_sha256"] == ""
+
+
+def test_a_model_with_several_tags_and_no_openai_lists_them():
+    tags = open_clip.list_pretrained_tags_by_model("convnext_base_w")
+    assert len(tags) > 1 and "openai" not in tags
+    with pytest.raises(ExpclipError) as e:
+        identity("convnext_base_w", None, "model", "fp32")
+    assert str(e.value) == (f"convnext_base_w has no 'openai' weights; choose a pretrained tag ({', '.join(tags)}) "
+                            "or a weights file")
+
+
+def test_extract_search_and_predict_with_a_hub_clip_and_its_changed_weights(hub, tmp_path, tiny_clip):
+    """extract beside another CLIP, --clip-key, search's queries and predict --head by exactly the recorded
+    weights; after the repo's `main` moves to other weights, search and predict --head refuse in one line."""
+    name = save_hub_clip(hub, REPO, seed=1)
+    faces, cache = tmp_path / "faces", tmp_path / "faces.h5"
+    write_faces(faces, ["happy", "sad"], 3, size=40)
+    for clip in (tiny_clip, name):
+        made = runner.invoke(app, ["extract", str(faces), "--out", str(cache), "--clip-model", clip, "--no-teacher",
+                                   "--num-workers", "0", "--device", "cpu"])
+        assert made.exit_code == 0, made.output
+    sha = hashlib.sha256(snapshot_file(hub, "open_clip_model.safetensors").read_bytes()).hexdigest()
+    with CacheReader(cache) as r:
+        assert KEY in r.image_keys() and len(r.image_keys()) == 2
+        attrs = r.image_attrs(KEY)
+        rows, ids = r.image(KEY).astype(np.float64), r.items().ids
+    assert (attrs["model"], attrs["pretrained"], attrs["pretrained_sha256"]) == (name, "open_clip_model.safetensors",
+                                                                                  sha)
+    text = "a photo of a sad face"
+    search = ["search", str(cache), "--text", text, "-k", "6", "--device", "cpu", "--clip-key", KEY,
+              "--json", str(tmp_path / "hits.json")]
+    result = runner.invoke(app, search)
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        query = independent_model(hub).encode_text(open_clip.get_tokenizer("ViT-B-32")([text])).double().numpy()[0]
+    cosines = rows @ query / np.linalg.norm(rows, axis=1) / np.linalg.norm(query)
+    hits = json.loads((tmp_path / "hits.json").read_text())["hits"][0]
+    assert [h["id"] for h in hits] == [ids[i] for i in np.argsort(-cosines)]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(cosines)[::-1], atol=2e-3)
+
+    key, config = identity(name, None, "model", "fp32")
+    head = tmp_path / "head"
+    save_head(build_head("linear", 32, 16), "linear", {"clip": config, "clip_key": key, "logit_scale": 20.0}, head)
+    predict = ["predict", str(faces / "sad" / "0.png"), "--head", str(head), "--detector", "none", "--device", "cpu",
+               "--json", str(tmp_path / "p.json")]
+    result = runner.invoke(app, predict)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 1
+
+    save_hub_clip(hub, REPO, seed=2)  # `main` now names other weights
+    now = hashlib.sha256(snapshot_file(hub, "open_clip_model.safetensors").read_bytes()).hexdigest()
+    assert now != sha
+    result = runner.invoke(app, search)
+    assert result.exit_code == 2 and " ".join(result.output.split()) == (
+        f"error: {cache}: the CLIP weights behind {KEY} are not the ones that wrote the cache (now "
+        f"open_clip_model.safetensors sha256 {now}); queries would land in another space")
+    result = runner.invoke(app, predict)
+    assert result.exit_code == 2 and " ".join(result.output.split()) == (
+        f"error: {name}: the hub cache now holds other weights (open_clip_model.safetensors sha256 {now}) than "
+        f"recorded (sha256 {sha}); restore those weights, or extract and fit again with these")

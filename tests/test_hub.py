@@ -14,16 +14,19 @@ import open_clip
 import pytest
 import torch
 from huggingface_hub import constants
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
-from expclip.demo.checkpoints import TINY_LOGIT_SCALE
+from expclip.demo.checkpoints import TINY_LOGIT_BIAS, TINY_LOGIT_SCALE, tiny_siglip_cfg
 from expclip.demo.hub_cache import save_hub_clip
 from expclip.demo.synthetic import write_faces
 from expclip.stages.encoders.clip import identity, load_clip
+from expclip.stages.predict.api import ZeroShotFER, class_prompts
+from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, save_head
 
 CPU = torch.device("cpu")
@@ -50,9 +53,9 @@ def hub(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-def snapshot_file(cache: Path, name: str) -> Path:
+def snapshot_file(cache: Path, name: str, repo: str = REPO) -> Path:
     """A file of `main`'s snapshot, found by reading the cache's layout as written (refs/main -> snapshots/REV)."""
-    folder = cache / f"models--{REPO.replace('/', '--')}"
+    folder = cache / f"models--{repo.replace('/', '--')}"
     return folder / "snapshots" / (folder / "refs" / "main").read_text() / name
 
 
@@ -77,6 +80,7 @@ def test_a_hub_model_loads_offline_and_records_its_repo_and_weights(hub):
     got = encoder.model.state_dict()
     assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert encoder.attrs["logit_scale"] == pytest.approx(TINY_LOGIT_SCALE) and encoder.width == 32
+    assert "logit_bias" not in encoder.attrs  # a softmax-trained CLIP: no bias recorded, none applied
     assert {k: encoder.attrs[k] for k in config} == config
 
 
@@ -166,3 +170,49 @@ def test_extract_search_and_predict_with_a_hub_clip_and_its_changed_weights(hub,
     assert result.exit_code == 2 and " ".join(result.output.split()) == (
         f"error: {name}: the hub cache now holds other weights (open_clip_model.safetensors sha256 {now}) than "
         f"recorded (sha256 {sha}); restore those weights, or extract and fit again with these")
+
+
+def hand_scores(folder: Path, crops: list, classes: list[str], w: torch.Tensor | None = None):
+    """(model, (n, C) class scores): the mean over a class's prompts of cos(image, prompt), each mapped by `w`
+    when given, computed with open_clip directly from the snapshot folder."""
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the tiny models' standard tokenizer
+    w = torch.eye(32, dtype=torch.float64) if w is None else w
+    with torch.no_grad():
+        x = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(c) for c in crops])).double()
+                                          @ w.T, dim=-1)
+        scores = []
+        for name in classes:
+            prompts = class_prompts(name, protocol.prompt_sets()["ensemble_five"])
+            t = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)).double() @ w.T, dim=-1)
+            scores.append((x @ t.T).mean(1))
+    return model, torch.stack(scores, 1)
+
+
+def test_siglip_probabilities_are_its_own_sigmoid_and_through_a_head_the_heads_softmax(hub, tmp_path):
+    """Plain SigLIP: sigmoid(scale·score + bias) per class with the model's own scale and bias (read from its
+    weights); through a head (trained with a softmax at the scale it records): the softmax of scale·score."""
+    repo = "tiny-org/tiny-siglip"
+    name = save_hub_clip(hub, repo, model_cfg=tiny_siglip_cfg(32))
+    folder = snapshot_file(hub, "open_clip_config.json", repo).parent
+    crops = [Image.open(p).convert("RGB") for p in write_faces(tmp_path / "faces", ["happy", "sad"], 2, size=40)]
+    classes = ["happy", "Sadness", "surprise"]
+    fer = ZeroShotFER(name, classes=classes, prompt_set="ensemble_five", detector="none", device="cpu")
+    model, scores = hand_scores(folder, crops, classes)
+    scale, bias = model.logit_scale.exp().item(), model.logit_bias.item()
+    assert (scale, bias) == (pytest.approx(TINY_LOGIT_SCALE), pytest.approx(TINY_LOGIT_BIAS))
+    assert fer.encoder.attrs["logit_bias"] == pytest.approx(TINY_LOGIT_BIAS)
+    got = fer.probabilities(crops)
+    torch.testing.assert_close(got, torch.sigmoid(scale * scores + bias).float(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got.sum(1), torch.ones(len(crops)), atol=1e-2)  # a sigmoid each, not a softmax
+
+    torch.manual_seed(0)
+    key, config = identity(name, None, "model", "fp32")
+    save_head(build_head("linear", 32, 16), "linear", {"clip": config, "clip_key": key, "logit_scale": 20.0},
+              tmp_path / "head")
+    headed = ZeroShotFER(name, head=tmp_path / "head", classes=classes, prompt_set="ensemble_five",
+                         detector="none", device="cpu")
+    _, mapped = hand_scores(folder, crops, classes, headed.head.linear_weight().double())
+    torch.testing.assert_close(headed.probabilities(crops), torch.softmax(20.0 * mapped, 1).float(),
+                               rtol=1e-4, atol=1e-5)
+

@@ -59,6 +59,7 @@ class ClipEncoder:
         attrs = {
             **config,
             "logit_scale": model.logit_scale.detach().float().exp().item(),
+            **_bias(model),
             "embed_dim": int(open_clip.get_model_config(model_ref)["embed_dim"]),
             "versions": versions_json(),
         }
@@ -83,6 +84,12 @@ class ClipEncoder:
         with torch.inference_mode(), autocast(self.device, self.precision):
             features = self.model.encode_text(tokens)
         return features.float().cpu()
+
+
+def _bias(model: torch.nn.Module) -> dict:
+    """{"logit_bias": b} for a sigmoid-trained model (SigLIP: its logits are scale·cos + b), else nothing."""
+    bias = getattr(model, "logit_bias", None)
+    return {} if bias is None else {"logit_bias": bias.detach().float().item()}
 
 
 def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str]:

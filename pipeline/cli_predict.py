@@ -22,10 +22,13 @@ def predict(
     ] = None,
     clip_model: Annotated[
         Optional[str],
-        typer.Option(help=f"open_clip model or local-dir:PATH (default: the head's CLIP, else {PREDICT_CLIP})."),
+        typer.Option(
+            help=f"open_clip model, local-dir:PATH or hf-hub:ORG/REPO (default: the head's CLIP, else {PREDICT_CLIP})."
+        ),
     ] = None,
     clip_pretrained: Annotated[
-        Optional[str], typer.Option(help="Pretrained tag or weights file (default: the head's, else openai).")
+        Optional[str],
+        typer.Option(help="Pretrained tag or weights file (default: the head's, else openai or the model's only tag)."),
     ] = None,
     classes: Annotated[
         Optional[str], typer.Option(help="Comma list of class names, any words (default: the 7 basic expressions).")

@@ -168,8 +168,8 @@ def test_extract_search_and_predict_with_a_hub_clip_and_its_changed_weights(hub,
         f"open_clip_model.safetensors sha256 {now}); queries would land in another space")
     result = runner.invoke(app, predict)
     assert result.exit_code == 2 and " ".join(result.output.split()) == (
-        f"error: {name}: the hub cache now holds other weights (open_clip_model.safetensors sha256 {now}) than "
-        f"recorded (sha256 {sha}); restore those weights, or extract and fit again with these")
+        f"error: {name}: the hub cache now holds other weights: open_clip_model.safetensors has sha256 {now}, not "
+        f"the recorded {sha}; restore those weights, or extract and fit again with these")
 
 
 def hand_scores(folder: Path, crops: list, classes: list[str], w: torch.Tensor | None = None):
@@ -216,3 +216,22 @@ def test_siglip_probabilities_are_its_own_sigmoid_and_through_a_head_the_heads_s
     torch.testing.assert_close(headed.probabilities(crops), torch.softmax(20.0 * mapped, 1).float(),
                                rtol=1e-4, atol=1e-5)
 
+
+
+def test_changed_weights_are_told_apart_from_other_weights_chosen_on_purpose():
+    from expclip.stages.encoders.clip import check_recorded
+
+    folder = {"model": "local-dir:/a/my-clip", "pretrained": "/a/my-clip/w.safetensors", "pretrained_sha256": "1"}
+    moved = {**folder, "model": "local-dir:/b/my-clip", "pretrained": "/b/my-clip/w.safetensors"}
+    check_recorded("local-dir:/b/my-clip", folder, moved)  # the same weights on another machine
+    with pytest.raises(ExpclipError) as e:
+        check_recorded("local-dir:/b/my-clip", folder, {**moved, "pretrained_sha256": "2"})
+    assert str(e.value) == ("local-dir:/b/my-clip: its weights changed: /b/my-clip/w.safetensors has sha256 2, not "
+                            "the recorded 1; restore those weights, or extract and fit again with these")
+    path = {"model": "ViT-B-32", "pretrained": "/w/a.pt", "pretrained_sha256": "1"}
+    with pytest.raises(ExpclipError, match="its weights changed: /w/a.pt has sha256 2, not the recorded 1"):
+        check_recorded("ViT-B-32", path, {**path, "pretrained_sha256": "2"})
+    tag = {"model": "ViT-B-32", "pretrained": "openai", "pretrained_sha256": ""}
+    for chosen in ({**path, "pretrained": "/w/b.pt", "pretrained_sha256": "2"}, tag):  # left to the head check
+        check_recorded("ViT-B-32", path, chosen)
+        check_recorded("ViT-B-32", tag, {**chosen, "model": "ViT-B-32"})

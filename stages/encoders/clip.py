@@ -187,13 +187,15 @@ def load_clip(
 
 
 def check_recorded(name: str, recorded: dict, config: dict) -> None:
-    """Refuse other weights than recorded for the same model: a hub repo's `main` (or a folder's or a path's file)
-    may have changed since the head or cache was made, and features of other weights live in another space."""
+    """Refuse other weights than recorded from the same source (a hub repo, a folder, one weights path): a repo's
+    `main` or a file may have changed since the head or cache was made, and features of other weights live in
+    another space. Another tag or file chosen on purpose is not this check's to judge."""
     (model, weights), (now_model, now) = clip_identity(recorded), clip_identity(config)
-    if model == now_model and weights != now:
-        where = "the hub cache now holds other weights" if name.startswith(HF_HUB) else "the weights changed"
-        raise ExpclipError(f"{name}: {where} ({config['pretrained']} sha256 {now or '-'}) than recorded "
-                           f"(sha256 {weights}); restore those weights, or extract and fit again with these")
+    same_source = own_weights(config["model"]) or recorded.get("pretrained") == config["pretrained"]
+    if model == now_model and same_source and recorded.get("pretrained_sha256") and weights != now:
+        where = "the hub cache now holds other weights" if name.startswith(HF_HUB) else "its weights changed"
+        raise ExpclipError(f"{name}: {where}: {config['pretrained']} has sha256 {now or '-'}, not the recorded "
+                           f"{weights}; restore those weights, or extract and fit again with these")
 
 
 def _load(key: str, config: dict, name: str, device: torch.device, precision: str) -> ClipEncoder:
@@ -214,8 +216,7 @@ def _load(key: str, config: dict, name: str, device: torch.device, precision: st
 def _hub_model(name: str, config: dict, device: torch.device) -> tuple[torch.nn.Module, Callable]:
     """A hub model with the very weights file whose sha256 `config` records (open_clip would look it up again)."""
     path = hub_files(name)[1]
-    if sha256_file(path) != config["pretrained_sha256"]:
-        check_recorded(name, config, {**config, "pretrained_sha256": sha256_file(path)})
+    check_recorded(name, config, {**config, "pretrained_sha256": sha256_file(path)})  # changed since `identity`
     # pretrained_text=False: no base text-tower weights fetched for a model whose own weights follow.
     model, _, preprocess = open_clip.create_model_and_transforms(
         config["model"], load_weights=False, pretrained_text=False, device=device

@@ -235,3 +235,13 @@ def test_changed_weights_are_told_apart_from_other_weights_chosen_on_purpose():
     for chosen in ({**path, "pretrained": "/w/b.pt", "pretrained_sha256": "2"}, tag):  # left to the head check
         check_recorded("ViT-B-32", path, chosen)
         check_recorded("ViT-B-32", tag, {**chosen, "model": "ViT-B-32"})
+
+
+def test_a_presets_clip_override_may_name_a_hub_model(hub):
+    from expclip import preset_run, presets
+    from expclip.stages.extract.plan import clip_identity_for
+
+    name = save_hub_clip(hub, REPO)
+    cfg = preset_run._extract_config(presets.load("paper-vit-b-32"), {"clip_model": name}, "cpu")
+    assert (cfg.clip_model, cfg.clip_pretrained) == (name, None)  # the preset's `openai` tag is dropped
+    assert clip_identity_for(cfg, "fp32")[0] == KEY + "+official"  # the paper runs use the official transform

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from expclip.base.errors import ExpclipError
 from expclip.cli import app
+from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.shared.devices import resolve_device
 
 runner = CliRunner()
@@ -60,6 +61,7 @@ def test_mps_only_where_torch_sees_it(monkeypatch):
         resolve_device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("mps") == torch.device("mps")
+    assert ExtractConfig().batch_for("mps") == ExtractConfig().batch_for("cuda") == 256  # a GPU's batch
 
 
 @pytest.mark.parametrize("command", ["extract", "fit-head", "evaluate", "ablate", "run", "predict", "search", "audit"])

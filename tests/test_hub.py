@@ -1,4 +1,5 @@
-"""open_clip's `hf-hub:ORG/REPO` models, offline from a hub cache built in the test; a model's only pretrained tag.
+"""open_clip's `hf-hub:ORG/REPO` models, offline from a hub cache built in the test (recorded weights, changed
+weights refused); a model's only pretrained tag; SigLIP's own sigmoid against an independent computation.
 
 Every test points HF_HOME / HF_HUB_CACHE (and huggingface_hub's constants, read at import) at a temporary
 hub cache and keeps HF_HUB_OFFLINE=1, so nothing is downloaded.

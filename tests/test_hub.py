@@ -246,3 +246,17 @@ def test_a_presets_clip_override_may_name_a_hub_model(hub):
     cfg = preset_run._extract_config(presets.load("paper-vit-b-32"), {"clip_model": name}, "cpu")
     assert (cfg.clip_model, cfg.clip_pretrained) == (name, None)  # the preset's `openai` tag is dropped
     assert clip_identity_for(cfg, "fp32")[0] == KEY + "+official"  # the paper runs use the official transform
+
+
+def test_a_repo_with_only_pytorch_bin_weights_records_and_loads_that_file(hub):
+    name = save_hub_clip(hub, REPO, seed=3)
+    safe = snapshot_file(hub, "open_clip_model.safetensors")
+    state = load_file(safe)
+    safe.unlink()
+    torch.save(state, safe.with_name("open_clip_pytorch_model.bin"))  # as older repos ship them
+    _, config = identity(name, None, "model", "fp32")
+    binary = snapshot_file(hub, "open_clip_pytorch_model.bin")
+    assert (config["pretrained"], config["pretrained_sha256"]) == (
+        "open_clip_pytorch_model.bin", hashlib.sha256(binary.read_bytes()).hexdigest())
+    got = load_clip(name, None, device=CPU, precision="fp32", transform="model").model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items())

@@ -7,9 +7,8 @@ import typer
 
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice
 from expclip.output_paths import head_paths, writable_files
-from expclip.stages.shared.vocabulary import DEVICES, NEAR_DUPLICATE
+from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, NEAR_DUPLICATE
 
 if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked for
     from expclip.reports.sheets import Locator
@@ -33,9 +32,7 @@ def search(
     clip_key: Annotated[
         Optional[str], typer.Option(help="Image key when the cache holds several CLIP encoders.")
     ] = None,
-    device: Annotated[
-        choice(DEVICES), typer.Option(help="Where the query encoder runs (auto = CUDA when there is one).")
-    ] = DEVICES[0],
+    device: Annotated[str, typer.Option(help=f"Where the query encoder runs: {DEVICE_HELP}")] = AUTO,
     json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the hits as JSON.")] = None,
     sheet: Annotated[
         Optional[Path],
@@ -116,9 +113,7 @@ def audit(
     fail_on_leak: Annotated[
         bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")
     ] = False,
-    device: Annotated[
-        choice(DEVICES), typer.Option(help="Where the products run (auto = CUDA when there is one; faiss on the CPU).")
-    ] = DEVICES[0],
+    device: Annotated[str, typer.Option(help=f"Where the products run (faiss on the CPU): {DEVICE_HELP}")] = AUTO,
     sheet: Annotated[
         Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")
     ] = None,

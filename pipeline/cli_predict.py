@@ -10,7 +10,7 @@ from expclip.console import err, escape, out, user_errors
 from expclip.options import choice
 from expclip.output_paths import head_paths, writable, writable_files
 from expclip.stages.shared.clip_identity import recorded_pretrained
-from expclip.stages.shared.vocabulary import DETECTORS, DEVICES, PREDICT_CLIP, PREDICT_PROMPT_SET
+from expclip.stages.shared.vocabulary import AUTO, DETECTORS, DEVICE_HELP, PREDICT_CLIP, PREDICT_PROMPT_SET
 
 
 def predict(
@@ -22,10 +22,13 @@ def predict(
     ] = None,
     clip_model: Annotated[
         Optional[str],
-        typer.Option(help=f"open_clip model or local-dir:PATH (default: the head's CLIP, else {PREDICT_CLIP})."),
+        typer.Option(
+            help=f"open_clip model, local-dir:PATH or hf-hub:ORG/REPO (default: the head's CLIP, else {PREDICT_CLIP})."
+        ),
     ] = None,
     clip_pretrained: Annotated[
-        Optional[str], typer.Option(help="Pretrained tag or weights file (default: the head's, else openai).")
+        Optional[str],
+        typer.Option(help="Pretrained tag or weights file (default: the head's, else openai or the model's only tag)."),
     ] = None,
     classes: Annotated[
         Optional[str], typer.Option(help="Comma list of class names, any words (default: the 7 basic expressions).")
@@ -51,7 +54,7 @@ def predict(
     frame_folders: Annotated[
         bool, typer.Option("--frame-folders", help="Each folder given is one clip's frames (sorted).")
     ] = False,
-    device: Annotated[choice(DEVICES), typer.Option(help="auto = CUDA when there is one.")] = DEVICES[0],
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = AUTO,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")
     ] = None,

@@ -30,7 +30,9 @@ def run(
     check: Annotated[
         bool, typer.Option("--check", help="Only list where each dataset is expected and whether it is there.")
     ] = False,
-    clip_model: Annotated[Optional[str], typer.Option(help=f"CLIP model name or local-dir:PATH. {OVERRIDE}")] = None,
+    clip_model: Annotated[
+        Optional[str], typer.Option(help=f"CLIP model name, local-dir:PATH or hf-hub:ORG/REPO. {OVERRIDE}")
+    ] = None,
     clip_pretrained: Annotated[
         Optional[str], typer.Option(help=f"With --clip-model: {help_of(ExtractConfig, 'clip_pretrained')}")
     ] = None,

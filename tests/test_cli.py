@@ -25,15 +25,12 @@ def _plain(text: str) -> str:
 
 @pytest.mark.parametrize("command, option, values", [
     ("extract", "--transform", "model|exp-clip-official"),
-    ("extract", "--device", "auto|cpu|cuda"),
     ("extract", "--precision", "auto|fp32|bf16"),
     ("extract", "--store-dtype", "float16|float32"),
     ("extract", "--source-type", "auto|folder|list|clips|shards"),
     ("fit-head", "--optimizer", "sgd|adamw"),
     ("fit-head", "--head", "linear|mlp"),
-    ("fit-head", "--device", "auto|cpu|cuda"),
     ("fit-head", "--precision", "fp32|bf16|tf32"),
-    ("evaluate", "--device", "auto|cpu|cuda"),
     ("evaluate", "--ensemble", "logits|embedding"),
     ("ablate", "--ensemble", "logits|embedding"),
     ("head export", "--format", "official"),

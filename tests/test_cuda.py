@@ -98,8 +98,9 @@ def test_extract_on_cuda_matches_the_cpu(tmp_path, tiny_clip, tiny_blip2):
     faces = tmp_path / "faces"
     write_faces(faces, ["happy", "sad"], 6, size=40)
     runner = CliRunner()
-    for device in ("cpu", "cuda"):
-        result = runner.invoke(app, ["extract", str(faces), "--out", str(tmp_path / f"{device}.h5"), "--clip-model",
+    last = f"cuda:{torch.cuda.device_count() - 1}"  # --device cuda:N, the machine's last GPU
+    for name, device in (("cpu", "cpu"), ("cuda", last)):
+        result = runner.invoke(app, ["extract", str(faces), "--out", str(tmp_path / f"{name}.h5"), "--clip-model",
                                      tiny_clip, "--teacher", str(tiny_blip2), "--device", device, "--precision", "fp32",
                                      "--num-workers", "0", "--batch-size", "4"])
         assert result.exit_code == 0, result.output

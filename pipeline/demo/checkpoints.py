@@ -39,6 +39,8 @@ from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION, class_order
 
 # Not 100 (OpenAI's value): tests prove logit_scale is read from the model, not assumed.
 TINY_LOGIT_SCALE = 50.0
+# Not the config's initial -10 (SigLIP's): tests prove the logit bias is read from the weights.
+TINY_LOGIT_BIAS = -7.0
 CLIP_WEIGHTS = "open_clip_model.safetensors"  # a name open_clip's local-dir loader looks for
 
 
@@ -51,6 +53,12 @@ def tiny_clip_cfg(image_size: int) -> dict:
         # The standard tokenizer and vocabulary, so `get_tokenizer` behaves as for real models.
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
+
+
+def tiny_siglip_cfg(image_size: int) -> dict:
+    """The tiny ViT as SigLIP is trained: a sigmoid loss with a learnt logit bias (open_clip's `init_logit_bias`)."""
+    return {**tiny_clip_cfg(image_size), "init_logit_bias": -10.0}
+
 
 _T5_SPECIALS = ["<pad>", "</s>", "<unk>"]  # T5's ids 0, 1, 2
 _OPT_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0, 1, 2, 3
@@ -70,6 +78,8 @@ def save_tiny_clip(folder: Path, *, seed: int = 0, image_size: int = 32, model_c
     model = open_clip.CLIP(**model_cfg)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(TINY_LOGIT_SCALE))
+        if model.logit_bias is not None:
+            model.logit_bias.fill_(TINY_LOGIT_BIAS)
     config = {
         "model_cfg": model_cfg,
         "preprocess_cfg": {

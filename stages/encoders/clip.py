@@ -22,9 +22,10 @@ from safetensors import SafetensorError
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.format import encoder_key
+from expclip.stages.encoders.hub import hub_files
 from expclip.stages.encoders.provenance import sha256_file, versions_json
 from expclip.stages.encoders.transforms import OnDevice, check_transform, official_transform, split_on_device
-from expclip.stages.shared.clip_identity import LOCAL_DIR, model_name
+from expclip.stages.shared.clip_identity import HF_HUB, LOCAL_DIR, clip_identity, model_name, own_weights
 from expclip.stages.shared.precision import autocast, check_precision, recorded_name
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM, OFFICIAL_TRANSFORM
 
@@ -58,6 +59,7 @@ class ClipEncoder:
         attrs = {
             **config,
             "logit_scale": model.logit_scale.detach().float().exp().item(),
+            **_bias(model),
             "embed_dim": int(open_clip.get_model_config(model_ref)["embed_dim"]),
             "versions": versions_json(),
         }
@@ -84,8 +86,20 @@ class ClipEncoder:
         return features.float().cpu()
 
 
+def _bias(model: torch.nn.Module) -> dict:
+    """{"logit_bias": b} for a sigmoid-trained model (SigLIP: its logits are scale·cos + b), else nothing."""
+    bias = getattr(model, "logit_bias", None)
+    return {} if bias is None else {"logit_bias": bias.detach().float().item()}
+
+
 def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str]:
-    """(model, pretrained, pretrained_sha256) as recorded; refuses unknown names and tags."""
+    """(model, pretrained, pretrained_sha256) as recorded; refuses unknown names and tags. A hub repo records the
+    name of its weights file in the repo (its snapshot path differs from machine to machine) and its sha256."""
+    if name.startswith(HF_HUB):
+        if pretrained is not None:
+            raise ExpclipError(f"{name}: a hub model brings its own weights; drop pretrained={pretrained!r}")
+        weights = hub_files(name)[1]
+        return name, Path(weights).name, sha256_file(weights)
     if name.startswith(LOCAL_DIR):
         folder = Path(name[len(LOCAL_DIR):]).resolve()
         if pretrained is not None:
@@ -99,16 +113,17 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str]:
     models = open_clip.list_models()
     if name not in models:
         raise ExpclipError(
-            f"unknown open_clip model {name!r}; choose one of: {', '.join(models)} (or local-dir:PATH)"
+            f"unknown open_clip model {name!r}; choose one of: {', '.join(models)} (or local-dir:PATH, "
+            "or hf-hub:ORG/REPO)"
         )
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained is None:
-        if DEFAULT_TAG not in tags:
+        if DEFAULT_TAG not in tags and len(tags) != 1:
             raise ExpclipError(
                 f"{name} has no {DEFAULT_TAG!r} weights; choose a pretrained tag "
                 f"({', '.join(tags) or 'none known'}) or a weights file"
             )
-        pretrained = DEFAULT_TAG
+        pretrained = DEFAULT_TAG if DEFAULT_TAG in tags else tags[0]  # a model's only weights need no naming
     tag = pretrained.lower().replace("-", "_")  # open_clip's own tag normalisation
     if tag in tags:
         return name, tag, ""
@@ -127,7 +142,7 @@ def identity(name: str, pretrained: str | None, transform: str, precision: str) 
     check_transform(transform)
     check_precision(precision)
     model_ref, weights, weights_sha = _resolve_weights(name, pretrained)
-    if model_ref.startswith(LOCAL_DIR):
+    if own_weights(model_ref):
         parts = [model_name(model_ref)]
     else:
         parts = [model_ref, Path(weights).stem if weights_sha else weights]
@@ -154,10 +169,14 @@ def kept_loaded() -> Iterator[None]:
 
 
 def load_clip(
-    name: str, pretrained: str | None, *, device: torch.device, precision: str, transform: str
+    name: str, pretrained: str | None, *, device: torch.device, precision: str, transform: str,
+    recorded: dict | None = None,
 ) -> ClipEncoder:
-    """Load a frozen open_clip model (`name` or `local-dir:PATH`) in eval mode on `device`."""
+    """Load a frozen open_clip model (`name`, `local-dir:PATH` or `hf-hub:ORG/REPO`) in eval mode on `device`;
+    `recorded`: the CLIP provenance a head or cache recorded, whose weights these must be when it is this model."""
     key, config = identity(name, pretrained, transform, precision)
+    if recorded:
+        check_recorded(name, recorded, config)
     same = (key, *sorted(config.items()), str(device), precision)  # the weights' sha256 included
     if _kept is not None and same in _kept:
         return _kept[same]
@@ -167,17 +186,43 @@ def load_clip(
     return encoder
 
 
+def check_recorded(name: str, recorded: dict, config: dict) -> None:
+    """Refuse other weights than recorded from the same source (a hub repo, a folder, one weights path): a repo's
+    `main` or a file may have changed since the head or cache was made, and features of other weights live in
+    another space. Another tag or file chosen on purpose is not this check's to judge."""
+    (model, weights), (now_model, now) = clip_identity(recorded), clip_identity(config)
+    same_source = own_weights(config["model"]) or recorded.get("pretrained") == config["pretrained"]
+    if model == now_model and same_source and recorded.get("pretrained_sha256") and weights != now:
+        where = "the hub cache now holds other weights" if name.startswith(HF_HUB) else "its weights changed"
+        raise ExpclipError(f"{name}: {where}: {config['pretrained']} has sha256 {now or '-'}, not the recorded "
+                           f"{weights}; restore those weights, or extract and fit again with these")
+
+
 def _load(key: str, config: dict, name: str, device: torch.device, precision: str) -> ClipEncoder:
     model_ref, weights = config["model"], config["pretrained"]
-    local = model_ref.startswith(LOCAL_DIR)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_ref, pretrained=None if local else weights, device=device
-        )
+        if model_ref.startswith(HF_HUB):
+            model, preprocess = _hub_model(name, config, device)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_ref, pretrained=None if own_weights(model_ref) else weights, device=device
+            )
         return ClipEncoder.wrap(model, model_ref, preprocess, key=key, config=config, device=device,
                                 precision=precision)
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError, SafetensorError) as error:
         raise ExpclipError(f"cannot load open_clip model {name!r} with weights {weights!r}: {_why(error)}") from None
+
+
+def _hub_model(name: str, config: dict, device: torch.device) -> tuple[torch.nn.Module, Callable]:
+    """A hub model with the very weights file whose sha256 `config` records (open_clip would look it up again)."""
+    path = hub_files(name)[1]
+    check_recorded(name, config, {**config, "pretrained_sha256": sha256_file(path)})  # changed since `identity`
+    # pretrained_text=False: no base text-tower weights fetched for a model whose own weights follow.
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        config["model"], load_weights=False, pretrained_text=False, device=device
+    )
+    open_clip.load_checkpoint(model, path)
+    return model, preprocess
 
 
 def _why(error: Exception) -> str:

@@ -7,8 +7,9 @@ mean of its prompts' scores (`ensemble="logits"`); `ensemble="embedding"`
 instead takes the cosine with the renormalised mean of the class's normalised
 mapped prompts (CLIP style). A clip's image is the mean over its frames of the
 mapped frame features, normalised; plain CLIP (`baseline`) averages the
-normalised frame features. The logit scale multiplies every score equally and
-changes no argmax, so it is left out. WAR is accuracy and UAR the mean recall
+normalised frame features. The logit scale multiplies every score equally (and
+a SigLIP's logit bias adds to each equally): neither changes an argmax, so both
+are left out. WAR is accuracy and UAR the mean recall
 over the dataset's classes present in the ground truth, both in percent.
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, option_name, setting
 from expclip.stages.shared import protocol
-from expclip.stages.shared.vocabulary import AUTO, DEVICES, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
+from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
 
 STORE_DTYPES = ("float16", "float32")
 BATCH_SIZES = {"cuda": 256, "cpu": 64}
@@ -29,9 +29,9 @@ def default_workers() -> int:
 class ExtractConfig:
     """Everything stage one can be told; the defaults reproduce the paper's encoders."""
 
-    clip_model: str = setting("ViT-B-32", "open_clip model name, or local-dir:PATH.")
+    clip_model: str = setting("ViT-B-32", "open_clip model name, local-dir:PATH, or hf-hub:ORG/REPO (a hub repo).")
     clip_pretrained: str | None = setting(
-        None, "Pretrained tag or weights file (default: openai where the model has it)."
+        None, "Pretrained tag or weights file (default: openai where the model has it, else its only tag)."
     )
     teacher: str | None = setting(
         protocol.DEFAULT_TEACHER,
@@ -46,14 +46,14 @@ class ExtractConfig:
     batch_size: int | None = setting(
         None,
         "Images per encoder pass, and images or clips per decoded batch, fewer when a batch would pass 256 MiB "
-        "of pixels (default: 256 on CUDA, 64 on the CPU).",
+        "of pixels (default: 256 on a GPU, 64 on the CPU).",
     )
     num_workers: int = setting(
         default_workers(),
         "DataLoader workers decoding images "
         "(default: one per core, shared among the ranks on this machine, at most 8).",
     )
-    device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
+    device: str = setting(AUTO, DEVICE_HELP)
     precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
     store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)
     prompts: Path | None = setting(None, "JSON file of extra prompt sets.")
@@ -73,8 +73,9 @@ class ExtractConfig:
         self.part_of()
 
     def batch_for(self, device_type: str) -> int:
-        """The batch size asked for, else the default for the device: GPUs need large batches to be busy."""
-        return self.batch_size or BATCH_SIZES[device_type]
+        """The batch size asked for, else the default for the device: GPUs (CUDA, MPS) need large batches to be
+        busy."""
+        return self.batch_size or BATCH_SIZES.get(device_type, BATCH_SIZES["cuda"])
 
     def part_of(self) -> tuple[int, int] | None:
         """`--part K/N` as (K, N), or None for a run that merges."""

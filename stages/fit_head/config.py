@@ -9,7 +9,7 @@ from typing import Any, Callable
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import finite_number, integer, option_name, setting
 from expclip.stages.shared.memory import available_bytes, parse_size
-from expclip.stages.shared.vocabulary import DEVICES, FIT_PRECISIONS, HEAD_KINDS
+from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, FIT_PRECISIONS, HEAD_KINDS
 
 OPTIMIZERS = ("sgd", "adamw")
 LEARNABLE = "learnable"
@@ -50,7 +50,7 @@ class FitConfig:
         None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen)."
     )
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
-    device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
+    device: str = setting(AUTO, DEVICE_HELP)
     precision: str = setting(
         "fp32",
         "fp32 (exact); bf16 matrix products (the paper's head: its hand-written gradient's four; "

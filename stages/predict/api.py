@@ -5,7 +5,9 @@ scores are the paper's zero-shot rule, computed by the code `evaluate` and
 search use (`stages.shared.scoring`): a face's score for a class is the mean
 of the cosines between the face and the class's prompts, both mapped by the
 head (plain CLIP space without one); probabilities are the softmax of those
-scores times the logit scale (the head's, else CLIP's). A clip is the mean of
+scores times the logit scale (the head's, else CLIP's), or without a head for
+a sigmoid-trained CLIP (SigLIP) each class's own sigmoid(scale·score + bias),
+which need not sum to 1 (`scoring.probabilities`). A clip is the mean of
 its frames' mapped features, normalised (the paper's video rule), over the
 largest face of each frame, or over each face track (`predict_tracks`: one
 verdict per person).
@@ -36,7 +38,7 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head, load_head
-from expclip.stages.shared.scoring import Space, class_targets, head_space
+from expclip.stages.shared.scoring import Space, class_targets, head_space, logit_rule, probabilities
 from expclip.stages.shared.vocabulary import AUTO, DETECTORS, MODEL_TRANSFORM, PREDICT_CLIP, PREDICT_PROMPT_SET
 
 BASIC = protocol.class_order()[:7]  # the seven basic expressions
@@ -54,7 +56,8 @@ class ZeroShotFER:
         named_prompt_set(prompt_set)
         self.device = resolve_device(device)
         self.head = load_head(Path(head)) if isinstance(head, (str, Path)) else head
-        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform)
+        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform,
+                                 recorded=self.head.clip if self.head is not None else None)
         if (
             self.head is not None
             and self.head.encoder is not None
@@ -63,8 +66,7 @@ class ZeroShotFER:
             raise ExpclipError(f"--head was trained on CLIP {self.head.describe_encoder()}, not on {clip_model} "
                                f"{self.encoder.attrs.get('pretrained', '')}; load the CLIP it was trained on")
         self.space: Space = head_space(self.head, self.device)
-        recorded = self.head.meta.get("logit_scale") if self.head is not None else None
-        self.scale = float(recorded or self.encoder.attrs["logit_scale"])  # the head's, else CLIP's
+        self.scale, self.bias = logit_rule(self.head, self.encoder.attrs)
         self.detector = Detector(detector, detector_model)
         self.set_classes(names, prompt_set)
 
@@ -93,10 +95,11 @@ class ZeroShotFER:
     def scores(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
         """(n, C) class logits of face crops (or of raw features (n, d), or clips' frames (n, T, d))."""
         features = faces if isinstance(faces, torch.Tensor) else self.encode_images(faces)
-        return self.scale * (self.space.images(features.to(self.device)) @ self.targets.T).float().cpu()
+        cosines = (self.space.images(features.to(self.device)) @ self.targets.T).float().cpu()
+        return self.scale * cosines + (self.bias or 0.0)
 
     def probabilities(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.scores(faces), dim=-1)
+        return probabilities(self.scores(faces), self.bias)
 
     def faces(self, image: Image.Image) -> list[tuple[Box, Image.Image]]:
         """The detector's faces in a picture, largest first, with their crops."""

@@ -8,7 +8,10 @@ prompts (`ensemble="logits"`: the mean of the prompt cosines, by linearity),
 or that mean renormalised (`"embedding"`, CLIP style). A `Space` turns rows,
 clips and prompts into unit vectors whose dot products are these cosines;
 `blocks` reads a cache's features a block at a time, so no cache is ever in
-memory whole. evaluate scores in float64 and through G = WᵀW for a linear head
+memory whole. Class probabilities follow the loss the scores were trained
+with (`probabilities`): CLIP's softmax over classes of scale·score, or for a
+sigmoid-trained CLIP (SigLIP: it has a logit bias) each class's own
+sigmoid(scale·score + bias) — these need not sum to 1. evaluate scores in float64 and through G = WᵀW for a linear head
 (`head_space`); faiss needs vectors comparable among themselves, so search
 and audit map explicitly in float32 (`vector_space`).
 """
@@ -106,6 +109,22 @@ class ModuleSpace(Space):
 def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
     rows = max(1, FRAME_CHUNK // (x.shape[1] if x.ndim == 3 else 1))
     return list(x.split(rows))
+
+
+def logit_rule(head: Head | None, clip: dict) -> tuple[float, float | None]:
+    """(scale, bias) that turn class scores into logits. A head was trained with a softmax over classes at
+    the scale it records (the paper's: its CLIP's), so it has no bias; plain CLIP uses its own logit scale
+    and, for a sigmoid-trained model, its logit bias (`clip`: the encoder's recorded attributes)."""
+    if head is not None:
+        return float(head.meta.get("logit_scale") or clip["logit_scale"]), None
+    bias = clip.get("logit_bias")
+    return float(clip["logit_scale"]), None if bias is None else float(bias)
+
+
+def probabilities(logits: torch.Tensor, bias: float | None) -> torch.Tensor:
+    """(n, C) logits -> probabilities: each class's sigmoid where the logits carry a bias (SigLIP), else the
+    softmax over the classes."""
+    return torch.sigmoid(logits) if bias is not None else torch.softmax(logits, dim=-1)
 
 
 def head_space(head: Head | None, device: torch.device) -> Space:

@@ -4,7 +4,8 @@ The code that acts on a value imports its set from here; configs and the CLI
 offer exactly these choices.
 """
 
-DEVICES = ("auto", "cpu", "cuda")  # auto = CUDA when there is one, else the CPU
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the forms --device takes (stages.shared.devices reads them)
+DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dtype name
 TF32 = "tf32"  # fit-head only: float32 tensors whose matrix products run on CUDA tensor cores

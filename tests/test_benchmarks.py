@@ -75,3 +75,12 @@ def test_audit_scale_smoke(tmp_path, capsys, monkeypatch):
     assert run.exact and run.planted_found == run.planted == 20
     assert run.rows_per_s > 0 and run.peak_rss >= run.baseline_rss > 0
     assert list(tmp_path.iterdir()) == []  # the temporary caches are removed
+
+
+def test_predict_rate_smoke(capsys, monkeypatch):
+    """The tiny path prints the three rows: predict --detector none, the encoder alone, batch size 1."""
+    rows = _script("predict_rate", monkeypatch).main(["--tiny", "--faces", "6", "--batch-size", "4",
+                                                      "--per-picture", "2"])
+    printed = capsys.readouterr().out
+    assert [r.faces for r in rows] == [6, 6, 2] and all(r.rate > 0 for r in rows)
+    assert all(r.name in printed for r in rows) and "batch size 4" in printed and "(a)/(b):" in printed

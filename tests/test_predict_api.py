@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -178,13 +179,18 @@ def test_bad_every_and_fps_are_one_line_before_any_model_loads(args, said, tmp_p
     assert result.exit_code == 2 and result.output == said + "\n"  # the missing CLIP was never looked for
 
 
-def test_json_and_csv_carry_provenance(tmp_path, tiny_clip):
+def write_head(tiny_clip: str, path: Path) -> Path:
+    """A random linear head that records the tiny CLIP as its encoder, as fit-head records a cache's."""
     from expclip.stages.encoders.clip import identity
 
     torch.manual_seed(0)
     _, config = identity(tiny_clip, None, "model", "fp32")
-    head = tmp_path / "h"
-    save_head(build_head("linear", 32, 48), "linear", {"clip": config, "logit_scale": 20.0}, head)
+    save_head(build_head("linear", 32, 48), "linear", {"clip": config, "logit_scale": 20.0}, path)
+    return path
+
+
+def test_json_and_csv_carry_provenance(tmp_path, tiny_clip):
+    head = write_head(tiny_clip, tmp_path / "h")
     shutil.copy(PHOTO, tmp_path / "p.jpg")
     result = runner.invoke(app, ["predict", str(tmp_path / "p.jpg"), "--head", str(head), "--device", "cpu",
                                  "--classes", "happy,sad", "--json", str(tmp_path / "o.json"),
@@ -206,3 +212,27 @@ def test_json_and_csv_carry_provenance(tmp_path, tiny_clip):
                                          "detector_model": ""}
     assert row["score"] == "" and row["seconds"] == "" and math.isclose(float(row["p_sad"]),
                                                                        data["records"][0]["p_sad"])
+
+
+def test_the_readme_pandas_example_runs_after_the_api_example(tmp_path, tiny_clip, monkeypatch):
+    """The README's two blocks, as written, with the tiny CLIP and a head standing in for the real ones."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    [api, frame] = [re.findall(rf"<!-- {name}-example -->\n```python\n(.*?)```", readme, re.S)[0]
+                    for name in ("api", "pandas")]
+    shutil.copy(PHOTO, tmp_path / "photo.jpg")
+    write_head(tiny_clip, tmp_path / "heads" / "b16")
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    space = {"print": lambda *a: printed.append(a)}
+    exec(compile(api.replace('"ViT-B-16"', repr(tiny_clip)).replace('clip_pretrained="openai", ', ""), "README.md",
+                 "exec"), space)
+    assert [p[0] for p in printed[:2]] == [[155, 105, 222, 222]] * 2  # the file and OpenCV's BGR array: one face
+    assert printed[0][2] == printed[1][2]  # the same probabilities
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pytest.skip("pandas is not installed: the README's pandas block did not run (pandas stays optional)")
+    exec(compile(frame, "README.md", "exec"), space)
+    table = printed[-1][0]
+    assert len(table) == 1 and table.iloc[0]["x"] == 155
+    assert table.iloc[0]["p_sad"] == pytest.approx(printed[0][2]["sad"], rel=1e-5)

@@ -10,6 +10,12 @@ its frames' mapped features, normalised (the paper's video rule), over the
 largest face of each frame, or over each face track (`predict_tracks`: one
 verdict per person).
 
+Inputs: one item or a list of paths, PIL images and numpy arrays (`items`); the
+crops of every picture are encoded `batch_size` at a time (`batches`: extract's
+default per device), under extract's precision rule (bf16 autocast on CUDA).
+Face records are flat (`face_verdicts`): `pandas.DataFrame(records)` is one row
+per face with a column per number.
+
 Classes: names of the protocol's classes (or their synonyms: "happy", "angry",
 ...) take the chosen prompt set's prompts for that class; any other name gets
 the set's templates (its prompts for Happiness, with the word replaced). A str

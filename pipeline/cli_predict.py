@@ -7,10 +7,20 @@ from typing import Annotated, Optional
 import typer
 
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice
+from expclip.options import choice, help_of
 from expclip.output_paths import head_paths, writable, writable_files
+from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.shared.clip_identity import recorded_pretrained
-from expclip.stages.shared.vocabulary import AUTO, DETECTORS, DEVICE_HELP, PREDICT_CLIP, PREDICT_PROMPT_SET
+from expclip.stages.shared.vocabulary import (
+    AUTO,
+    BATCH_SIZES,
+    DETECTORS,
+    DEVICE_HELP,
+    PRECISIONS,
+    PREDICT_CLIP,
+    PREDICT_EVERY,
+    PREDICT_PROMPT_SET,
+)
 
 
 def predict(
@@ -46,15 +56,27 @@ def predict(
         Optional[Path], typer.Option(exists=True, dir_okay=False, help="YuNet ONNX file for --detector yunet.")
     ] = None,
     every: Annotated[
-        int,
+        str,
         typer.Option(
-            min=1, help="Score every N-th frame of videos (the whole clip always uses the paper's 16 frames)."
+            help="Score every N-th frame of clips (10), or a frame every S seconds (0.5s) at the clip's frame rate; "
+            "the whole clip always uses the paper's 16 frames."
         ),
-    ] = 1,
+    ] = PREDICT_EVERY,
     frame_folders: Annotated[
         bool, typer.Option("--frame-folders", help="Each folder given is one clip's frames (sorted).")
     ] = False,
+    fps: Annotated[
+        Optional[float], typer.Option(help="Frame folders' frame rate (per second): records get seconds.")
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = AUTO,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(min=1, help=f"Face crops per CLIP pass, across pictures and frames (default: extract's, "
+                     f"{BATCH_SIZES['cuda']} on CUDA, {BATCH_SIZES['cpu']} on the CPU)."),
+    ] = None,
+    precision: Annotated[
+        choice((AUTO, *PRECISIONS)), typer.Option(help=help_of(ExtractConfig, "precision"))
+    ] = ExtractConfig.precision,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")
     ] = None,
@@ -70,7 +92,7 @@ def predict(
     from expclip.reports import predictions as outputs
     from expclip.reports.evaluation import write_json
     from expclip.stages.predict.api import ZeroShotFER
-    from expclip.stages.predict.records import predict_inputs
+    from expclip.stages.predict.records import check_clip_options, predict_inputs
     from expclip.stages.shared.heads import load_head
 
     with user_errors():
@@ -80,6 +102,7 @@ def predict(
             names = outputs.annotation_names(paths, frame_folders=frame_folders)
             writable(annotate_dir, "--annotate", folder=True, inputs=read,
                      writes=[glob.escape(str(name)) for name in names.values()])
+        check_clip_options(every, fps)  # refused before any model is loaded
         loaded = load_head(head) if head is not None else None
         recorded = loaded.clip if loaded is not None else {}
         model = ZeroShotFER(
@@ -87,9 +110,9 @@ def predict(
             clip_pretrained if clip_model or clip_pretrained else recorded_pretrained(recorded),
             head=loaded, classes=classes, prompt_set=prompt_set,
             detector=detector, detector_model=detector_model, device=device,
-            transform=recorded.get("transform") or "model",
+            transform=recorded.get("transform") or "model", precision=precision, batch_size=batch_size,
         )
-        records, inputs = predict_inputs(model, paths, every=every, frame_folders=frame_folders)
+        records, inputs = predict_inputs(model, paths, every=every, frame_folders=frame_folders, fps=fps)
         failed = [r for r in records if r["kind"] == "failed"]
         if len(failed) == len(records) and detector != "none":  # with none, every picture or frame read is a face
             err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
@@ -99,10 +122,11 @@ def predict(
         if failed:
             err.print(f"[yellow]{len(failed)} of {inputs} inputs skipped[/] (unreadable; their records say why)",
                       highlight=False)
+        provenance = model.provenance(head)
         if json_out:
-            write_json(records, json_out)
+            write_json({"provenance": provenance, "records": records}, json_out)
         if csv_out:
-            outputs.write_csv(records, model.classes, csv_out)
+            outputs.write_csv(records, model.classes, csv_out, provenance)
         if annotate_dir:
             for written in outputs.annotate(records, model.classes, annotate_dir, names):
                 err.print(f"wrote {written}", highlight=False, markup=False)

@@ -123,3 +123,12 @@ def test_the_benchmark_builds_the_checkpoints_architectures(tmp_path, monkeypatc
 
     clip = stage_one.random_clip("ViT-B-32", torch.device("cpu"), "fp32", "openai")
     assert type(clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+
+
+def test_predict_rate_smoke(capsys, monkeypatch):
+    """The tiny path prints the three rows: predict --detector none, the encoder alone, batch size 1."""
+    rows = _script("predict_rate", monkeypatch).main(["--tiny", "--faces", "6", "--batch-size", "4",
+                                                      "--per-picture", "2"])
+    printed = capsys.readouterr().out
+    assert [r.faces for r in rows] == [6, 6, 2] and all(r.rate > 0 for r in rows)
+    assert all(r.name in printed for r in rows) and "batch size 4" in printed and "(a)/(b):" in printed

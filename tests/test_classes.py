@@ -82,19 +82,19 @@ def test_predict_takes_one_path_or_picture_and_refuses_other_types_in_one_line(f
     whole = fer.predict([PHOTO])
     assert fer.predict(str(PHOTO)) == whole and fer.predict(PHOTO) == whole  # a bare path is one picture
     assert fer.predict(Image.open(PHOTO)) == whole and fer.predict((p for p in [str(PHOTO)])) == whole
+    wanted = "give paths, PIL images or uint8 numpy arrays (H×W×3 RGB, bgr=True for OpenCV's BGR; H×W grayscale)"
     for given, message in (
-        (5, "images: got int; give PIL images or paths of picture files"),
-        (
-            np.zeros((4, 4, 3), np.uint8),
-            "images: got a numpy array; give PIL images or paths of "
-            "picture files (Image.fromarray makes one of an array)",
-        ),
-        ([PHOTO, 3.0], "images[1]: got float; give PIL images or paths of picture files"),
-        ([np.zeros((4, 4, 3))], "images[0]: got ndarray; give PIL images or paths of picture files"),
+        (5, "images: got int"),
+        ([PHOTO, 3.0], "images[1]: got float"),
+        ([np.zeros((4, 4, 3))], "images[0]: a numpy array of float64"),
+        (np.zeros((4, 4, 4), np.uint8), "images: a numpy array of shape 4×4×4"),
+        (np.zeros((2, 4, 4, 3), np.uint8),
+         "images: a numpy array of shape 2×4×4×3 (a stack of pictures: pass list(array))"),
+        ([PHOTO, [PHOTO]], "images[1]: got list"),
     ):
         with pytest.raises(ExpclipError) as refused:
             fer.predict(given)
-        assert str(refused.value) == message
+        assert str(refused.value) == f"{message}; {wanted}"
     with pytest.raises(ExpclipError, match=r"^on_error='skip': choose 'raise' or 'record'$"):
         fer.predict([PHOTO], on_error="skip")
 

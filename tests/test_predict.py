@@ -150,7 +150,7 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     assert result.exit_code == 0, result.output  # no --clip-model: the head's recorded CLIP
     work = len(set(range(0, 40, 10)) | set(protocol.frame_indices(40))) + 1  # the video's frames read, the photo
     assert f"{work}/{work}" in result.output and "frames/s" in result.output  # the bar moves per frame
-    records = json.loads((tmp_path / "p.json").read_text())
+    records = json.loads((tmp_path / "p.json").read_text())["records"]
     faces = [r for r in records if r["kind"] == "face" and r["file"] == str(video)]
     assert [r["frame"] for r in faces] == [0, 10, 20, 30] and all(r["face"] == 0 for r in faces)
     [whole] = [r for r in records if r["kind"] == "clip"]
@@ -158,9 +158,10 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     [photo] = [r for r in records if r["file"] == str(PHOTO)]
     assert photo["frame"] is None and abs(photo["box"][0] - 155) <= 3
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0] == "kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry,reason" and len(lines) == 1 + len(
-        records
-    )
+    assert lines[0] == ("kind,file,frame,face,track,x,y,w,h,top,p_happy,p_sad,p_angry,reason,seconds,score,"
+                        "expclip_version,clip_model,clip_pretrained,clip_sha256,clip_transform,precision,head,"
+                        "head_sha256,prompt_set,classes,detector,detector_model")
+    assert len(lines) == 1 + len(records)
     [track] = [r for r in records if r["kind"] == "track"]  # one person: one track, the same faces as the clip's
     assert track["frames"] == whole["frames"] and len(track["boxes"]) == 16 and track["track"] == 0
     assert track["probabilities"] == whole["probabilities"]
@@ -180,7 +181,7 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
     result = runner.invoke(app, ["predict", str(frames), "--frame-folders", "--head", str(head), "--device", "cpu",
                                  "--json", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
-    records = json.loads((tmp_path / "f.json").read_text())
+    records = json.loads((tmp_path / "f.json").read_text())["records"]
     assert [r["frame"] for r in records if r["kind"] == "face"] == [0, 1, 2, 3, 4]
     assert [r["frames"] for r in records if r["kind"] == "clip"] == [[0] * 16]  # <= 16 frames: frame 0 sixteen times
 
@@ -217,7 +218,7 @@ def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip
                                  "--annotate", str(tmp_path / "ann")])
     assert result.exit_code == 0, result.output
     assert "track 0" in result.output and "track 1" in result.output
-    records = json.loads((tmp_path / "t.json").read_text())
+    records = json.loads((tmp_path / "t.json").read_text())["records"]
     tracks = [r for r in records if r["kind"] == "track"]
     sampled = protocol.frame_indices(40)
     assert [t["track"] for t in tracks] == [0, 1] and all(t["frames"] == sampled for t in tracks)
@@ -249,7 +250,7 @@ def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):
     result = runner.invoke(app, ["predict", str(crop.parent), "--clip-model", tiny_clip, "--detector", "none",
                                  "--device", "cpu", "--json", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
-    [record] = json.loads((tmp_path / "c.json").read_text())
+    [record] = json.loads((tmp_path / "c.json").read_text())["records"]
     assert record["box"] == [0, 0, 290, 290] and set(record["probabilities"]) == set(protocol.class_order()[:7])
     (tmp_path / "notes.txt").write_text("x")
     bad = runner.invoke(app, ["predict", str(tmp_path / "notes.txt"), "--clip-model", tiny_clip, "--device", "cpu"])
@@ -278,7 +279,7 @@ def test_yunet_detector_runs_a_model_in_yunets_format(tmp_path, tiny_clip):
     result = runner.invoke(app, ["predict", str(tmp_path / "squares.png"), *args, "--detector-model", str(model),
                                  "--json", str(tmp_path / "y.json")])
     assert result.exit_code == 0, result.output
-    records = json.loads((tmp_path / "y.json").read_text())
+    records = json.loads((tmp_path / "y.json").read_text())["records"]
     assert [r["box"] for r in records] == [[32, 64, 32, 32], [224, 160, 32, 32]]
     api = ZeroShotFER(tiny_clip, detector="yunet", detector_model=model, device="cpu")
     picture = Image.open(tmp_path / "squares.png")
@@ -322,7 +323,7 @@ def test_unreadable_files_in_a_folder_are_skipped_and_recorded_and_the_rest_kept
     result = runner.invoke(app, ["predict", str(folder), *args, "--json", str(tmp_path / "p.json"),
                                  "--csv", str(tmp_path / "p.csv")])
     assert result.exit_code == 0, result.output
-    records = json.loads((tmp_path / "p.json").read_text())
+    records = json.loads((tmp_path / "p.json").read_text())["records"]
     failed = {Path(r["file"]).name: r["reason"] for r in records if r["kind"] == "failed"}
     assert set(failed) == {"b.jpg", "d.mp4", "e.avi"}
     assert failed["b.jpg"].startswith("cannot be read as an image (truncated or corrupt image")
@@ -338,7 +339,7 @@ def test_unreadable_files_in_a_folder_are_skipped_and_recorded_and_the_rest_kept
         (folder / name).unlink()
     clean = runner.invoke(app, ["predict", str(folder), *args, "--json", str(tmp_path / "clean.json")])
     assert clean.exit_code == 0, clean.output
-    assert [r for r in records if r["kind"] != "failed"] == json.loads((tmp_path / "clean.json").read_text())
+    assert [r for r in records if r["kind"] != "failed"] == json.loads((tmp_path / "clean.json").read_text())["records"]
     assert any(Path(r["file"]).name == "c.png" for r in records)  # the good files did give faces
 
     bad = tmp_path / "bad"

@@ -1,8 +1,10 @@
 """predict's records as a rich table, CSV, and annotated pictures / video timelines (`--annotate DIR`).
 
 CSV: one row per record, columns `kind, file, frame, face, track, x, y, w, h, top`, then
-`p_<class>` per class, then `reason` (why a `failed` input was skipped); empty cells
-where a field does not apply. Annotations:
+`p_<class>` per class, then `reason` (why a `failed` input was skipped), `seconds`,
+`score` (the detector's), then the provenance's fields (`ZeroShotFER.provenance`,
+the same on every row; classes comma-joined); empty cells where a field does not
+apply. Annotations:
 each picture with its faces boxed and labelled `top p`, as DIR/<name>.png;
 each clip as DIR/<name>.timeline.png: per-frame probabilities of each face
 track (the TIMELINE_TRACKS seen most), one panel per track, one line per class.
@@ -58,20 +60,22 @@ def table(records: list[dict]) -> Table:
     return found
 
 
-def csv_text(records: list[dict], classes: list[str]) -> str:
+def csv_text(records: list[dict], classes: list[str], provenance: dict | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FIELDS + [f"p_{c}" for c in classes] + ["reason"])
+    provenance = {k: ",".join(v) if isinstance(v, list) else v for k, v in (provenance or {}).items()}
+    writer.writerow(FIELDS + [f"p_{c}" for c in classes] + ["reason", "seconds", "score", *provenance])
     for r in records:
         box = r.get("box") or [None] * 4
         values = [r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r.get("top")]
         p = [r["probabilities"][c] for c in classes] if "probabilities" in r else [None] * len(classes)
-        writer.writerow(["" if v is None else v for v in [*values, *p, r.get("reason")]])
+        more = [r.get("reason"), r.get("seconds") if r["kind"] == "face" else None, r.get("score")]
+        writer.writerow(["" if v is None else v for v in [*values, *p, *more, *provenance.values()]])
     return buffer.getvalue()
 
 
-def write_csv(records: list[dict], classes: list[str], path: Path) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(csv_text(records, classes), "utf-8"))
+def write_csv(records: list[dict], classes: list[str], path: Path, provenance: dict | None = None) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(csv_text(records, classes, provenance), "utf-8"))
 
 
 def annotation_names(paths: list[Path], *, frame_folders: bool = False) -> dict[str, Path]:

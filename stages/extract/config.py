@@ -9,10 +9,9 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, option_name, setting
 from expclip.stages.shared import protocol
-from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
+from expclip.stages.shared.vocabulary import AUTO, BATCH_SIZES, DEVICE_HELP, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
 
 STORE_DTYPES = ("float16", "float32")
-BATCH_SIZES = {"cuda": 256, "cpu": 64}
 # Pixels one batch holds at most, after the transforms: long clips come fewer to a batch, so memory stays
 # bounded whatever the frames per clip (the DataLoader keeps a few batches per worker in flight).
 BATCH_BYTES = 2**28

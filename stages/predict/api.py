@@ -12,6 +12,12 @@ its frames' mapped features, normalised (the paper's video rule), over the
 largest face of each frame, or over each face track (`predict_tracks`: one
 verdict per person).
 
+Inputs: one item or a list of paths, PIL images and numpy arrays (`items`); the
+crops of every picture are encoded `batch_size` at a time (`batches`: extract's
+default per device), under extract's precision rule (bf16 autocast on CUDA).
+Face records are flat (`face_verdicts`): `pandas.DataFrame(records)` is one row
+per face with a column per number.
+
 Classes: names of the protocol's classes (or their synonyms: "happy", "angry",
 ...) take the chosen prompt set's prompts for that class; any other name gets
 the set's templates (its prompts for Happiness, with the word replaced). A str
@@ -22,7 +28,7 @@ probability between them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +36,30 @@ import torch
 from PIL import Image
 
 from expclip.base.errors import ExpclipError
+from expclip.base.version import __version__
 from expclip.stages.encoders.clip import load_clip
+from expclip.stages.predict.batches import Batches
 from expclip.stages.predict.faces import Box, Detector, crop
-from expclip.stages.predict.media import Unreadable, picture
+from expclip.stages.predict.items import as_picture, items
+from expclip.stages.predict.media import Unreadable
 from expclip.stages.predict.tracks import link
 from expclip.stages.shared import protocol
 from expclip.stages.shared.clip_identity import clip_identity
 from expclip.stages.shared.devices import resolve_device
-from expclip.stages.shared.heads import Head, load_head
+from expclip.stages.shared.digests import file_sha256
+from expclip.stages.shared.heads import Head, head_files, load_head
+from expclip.stages.shared.precision import resolve_precision
 from expclip.stages.shared.scoring import Space, class_targets, head_space, logit_rule, probabilities
-from expclip.stages.shared.vocabulary import AUTO, DETECTORS, MODEL_TRANSFORM, PREDICT_CLIP, PREDICT_PROMPT_SET
+from expclip.stages.shared.vocabulary import (
+    AUTO,
+    BATCH_SIZES,
+    DETECTORS,
+    MODEL_TRANSFORM,
+    PREDICT_CLIP,
+    PREDICT_PROMPT_SET,
+)
 
 BASIC = protocol.class_order()[:7]  # the seven basic expressions
-BATCH = 64
 
 
 class ZeroShotFER:
@@ -51,12 +68,18 @@ class ZeroShotFER:
     def __init__(self, clip_model: str = PREDICT_CLIP, clip_pretrained: str | None = None, *,
                  head: str | Path | Head | None = None, classes: str | Sequence[str] | None = None,
                  prompt_set: str = PREDICT_PROMPT_SET, detector: str = DETECTORS[0], detector_model: Path | None = None,
-                 device: str = AUTO, transform: str = MODEL_TRANSFORM) -> None:
+                 device: str = AUTO, transform: str = MODEL_TRANSFORM, precision: str = AUTO,
+                 batch_size: int | None = None) -> None:
         names = class_names(BASIC if classes is None else classes)  # refused before any model is loaded
         named_prompt_set(prompt_set)
+        if batch_size is not None and batch_size < 1:
+            raise ExpclipError(f"--batch-size {batch_size}: encode at least 1 face per pass")
         self.device = resolve_device(device)
+        self.batch_size = batch_size or BATCH_SIZES.get(self.device.type, BATCH_SIZES["cpu"])
+        self.head_path = Path(head) if isinstance(head, (str, Path)) else None
         self.head = load_head(Path(head)) if isinstance(head, (str, Path)) else head
-        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device, precision="fp32", transform=transform,
+        self.encoder = load_clip(clip_model, clip_pretrained, device=self.device,
+                                 precision=resolve_precision(precision, self.device), transform=transform,
                                  recorded=self.head.clip if self.head is not None else None)
         if (
             self.head is not None
@@ -82,15 +105,24 @@ class ZeroShotFER:
         self.classes, self.prompt_set = names, prompt_set
         self.targets = class_targets(self.space, features, np.array(index), len(names), "logits")
 
+    def pixels(self, faces: Sequence[Image.Image]) -> torch.Tensor | None:
+        """(n, 3, H, W) face crops through the encoder's own transform; None for no crops."""
+        return torch.stack([self.encoder.transform(f.convert("RGB")) for f in faces]) if faces else None
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, d) raw CLIP features of transformed crops, `batch_size` to a forward pass."""
+        parts = [self.encoder.encode_images(pixels[a : a + self.batch_size])
+                 for a in range(0, len(pixels), self.batch_size)]
+        return torch.cat(parts).float() if parts else torch.empty(0, self.encoder.width)
+
     def encode_images(self, faces: Sequence[Image.Image]) -> torch.Tensor:
         """(n, d) raw CLIP features of face crops (the encoder's own transform)."""
-        parts = [
-            self.encoder.encode_images(
-                torch.stack([self.encoder.transform(f.convert("RGB")) for f in faces[a : a + BATCH]])
-            )
-            for a in range(0, len(faces), BATCH)
-        ]
-        return torch.cat(parts).float() if parts else torch.empty(0, self.encoder.width)
+        pixels = self.pixels(faces)
+        return self.encode_pixels(pixels) if pixels is not None else torch.empty(0, self.encoder.width)
+
+    def batches(self) -> Batches:
+        """A queue that encodes the crops of many pictures and frames `batch_size` at a time."""
+        return Batches(self.encode_pixels, self.batch_size)
 
     def scores(self, faces: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
         """(n, C) class logits of face crops (or of raw features (n, d), or clips' frames (n, T, d))."""
@@ -107,45 +139,66 @@ class ZeroShotFER:
             raise ExpclipError(f"a picture of {image.width}×{image.height} pixels: no pixels to look for faces in")
         return [(box, crop(image, box)) for box in self.detector.detect(image)]
 
-    def detect(self, image: Image.Image, most: int | None = None) -> tuple[list[Box], torch.Tensor]:
-        """The picture's faces (the `most` largest; all by default) and their CLIP features (n, d), encoded once
-        for every verdict below."""
+    def locate(self, image: Image.Image, most: int | None = None) -> tuple[list[Box], torch.Tensor | None]:
+        """The picture's faces (the `most` largest; all by default) and their transformed crops, for `batches`."""
         faces = self.faces(image)[:most]
-        return [box for box, _ in faces], self.encode_images([c for _, c in faces])
+        return [box for box, _ in faces], self.pixels([c for _, c in faces])
 
-    def predict(self, images: Iterable[Image.Image | str | Path] | Image.Image | str | Path, *,
-                on_error: str = "raise") -> list[dict]:
-        """One dict per face: image (its position in `images`), face, box [x, y, w, h], probabilities, top.
+    def detect(self, image: Image.Image, most: int | None = None) -> tuple[list[Box], torch.Tensor]:
+        """The picture's faces and their CLIP features (n, d), encoded once for every verdict below."""
+        return self.detect_all([image], most)[0]
 
-        `images`: PIL images or paths of picture files (one alone stands for a list of it). A file that cannot be
-        read is an ExpclipError naming it; with `on_error="record"` it gives `{image, error}` instead and the
+    def detect_all(self, images: Sequence[Image.Image],
+                   most: int | None = None) -> list[tuple[list[Box], torch.Tensor]]:
+        """`detect` of each picture, their crops encoded together in batches."""
+        found: list[tuple[list[Box], torch.Tensor]] = []
+        batches = self.batches()
+        for image in images:
+            boxes, pixels = self.locate(image, most)
+            batches.put(pixels, lambda features, boxes=boxes: found.append((boxes, features)))
+        batches.flush()
+        return found
+
+    def predict(self, images: object, *, bgr: bool = False, on_error: str = "raise") -> list[dict]:
+        """One flat dict per face (`face_verdicts`), with `image`: its position in `images`.
+
+        `images`: one item or a list of paths, PIL images, numpy arrays (`items`: H×W×3 uint8 RGB, or BGR with
+        `bgr=True`; H×W grayscale). Crops of all pictures are encoded `batch_size` at a time. A file that cannot
+        be read is an ExpclipError naming it; with `on_error="record"` it gives `{image, error}` instead and the
         others are still scored (as `expclip predict` skips such files)."""
         if on_error not in ("raise", "record"):
             raise ExpclipError(f"on_error={on_error!r}: choose 'raise' or 'record'")
-        found = []
-        for n, image in enumerate(_pictures(images)):
+        found: list[list[dict]] = []  # per item, filled when its batch is encoded
+        batches = self.batches()
+        for n, item in enumerate(items(images)):
             try:
-                image = picture(Path(image)) if isinstance(image, (str, Path)) else image
+                image = as_picture(item, bgr=bgr)
             except Unreadable as e:
                 if on_error == "raise":
                     raise
-                found.append({"image": n, "error": str(e)})
+                found.append([{"image": n, "error": str(e)}])
                 continue
-            found += [{"image": n, **face} for face in self.face_verdicts(*self.detect(image))]
-        return found
+            boxes, pixels = self.locate(image)
+            found.append([])
+            batches.put(pixels, lambda f, n=n, boxes=boxes, slot=found[-1]:
+                        slot.extend({"image": n, **face} for face in self.face_verdicts(boxes, f)))
+        batches.flush()
+        return [record for slot in found for record in slot]
 
     def predict_clip(self, frames: Sequence[Image.Image]) -> dict | None:
         """The paper's video rule over the largest face of each frame; None when no frame shows a face."""
-        return self.clip_verdict([self.detect(frame, most=1) for frame in frames])
+        return self.clip_verdict(self.detect_all(frames, most=1))
 
     def predict_tracks(self, frames: Sequence[Image.Image]) -> list[dict]:
         """The paper's video rule per face track, longest first: track, positions (in `frames`), boxes, verdict."""
-        return self.track_verdicts([self.detect(frame) for frame in frames])
+        return self.track_verdicts(self.detect_all(frames))
 
     def face_verdicts(self, boxes: list[Box], features: torch.Tensor) -> list[dict]:
-        """One dict per face of a picture (`detect`'s output): face, box, probabilities, top."""
+        """One dict per face of a picture (`detect`'s output): face; its box flat (x, y, w, h) and as a list; the
+        detector's `score` (None where it gives none: Haar, none); the verdict (`verdict`)."""
         p = self.probabilities(features) if boxes else []
-        return [{"face": k, "box": box.as_list(), **self.verdict(p[k])} for k, box in enumerate(boxes)]
+        return [{"face": k, "x": b.x, "y": b.y, "w": b.w, "h": b.h, "score": b.score, "box": b.as_list(),
+                 **self.verdict(p[k])} for k, b in enumerate(boxes)]
 
     def clip_verdict(self, frames: Sequence[tuple[list[Box], torch.Tensor]]) -> dict | None:
         """`predict_clip` on frames already through `detect`."""
@@ -173,8 +226,26 @@ class ZeroShotFER:
         return self.probabilities(features.unsqueeze(0))[0]
 
     def verdict(self, p: torch.Tensor) -> dict:
-        """{probabilities: {class: p}, top: class} of one probability vector."""
-        return {"probabilities": {c: float(v) for c, v in zip(self.classes, p)}, "top": self.classes[int(p.argmax())]}
+        """{top: class, p_<class>: p for each class, probabilities: {class: p}} of one probability vector: flat
+        columns for tables (pandas, CSV) and the dict for code."""
+        probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+        return {"top": self.classes[int(p.argmax())], **{f"p_{c}": v for c, v in probabilities.items()},
+                "probabilities": probabilities}
+
+    def provenance(self, head: Path | None = None) -> dict:
+        """What produced the records (as evaluate's carry their CLIP key and cache): versions, CLIP and weights,
+        head file and sha256 (`head`: its path when the head was passed loaded), prompts, classes, detector."""
+        path = head or self.head_path
+        weights = None if path is None else path if path.suffix == ".pth" else head_files(path)[0]
+        recorded = self.head.meta.get("weights_sha256") if self.head is not None else None  # passed loaded
+        clip = self.encoder.attrs
+        return {"expclip_version": __version__, "clip_model": clip["model"], "clip_pretrained": clip["pretrained"],
+                "clip_sha256": clip.get("pretrained_sha256") or None, "clip_transform": clip["transform"],
+                "precision": self.encoder.precision, "head": None if path is None else str(path),
+                "head_sha256": file_sha256(weights) if weights is not None else recorded,
+                "prompt_set": self.prompt_set,
+                "classes": list(self.classes), "detector": self.detector.kind,
+                "detector_model": str(getattr(self.detector, "model", "")) or None}
 
 
 def class_names(classes: str | Sequence[str]) -> list[str]:
@@ -209,22 +280,6 @@ def named_prompt_set(prompt_set: str) -> dict[str, list[str]]:
     if prompt_set not in sets:
         raise ExpclipError(f"--prompt-set {prompt_set!r}: choose one of {', '.join(sets)}")
     return sets[prompt_set]
-
-
-def _pictures(images: object) -> list[Image.Image | str | Path]:
-    """`predict`'s input as a list, each entry a picture or a path, or one line saying what it got instead."""
-    wanted = "give PIL images or paths of picture files"
-    if isinstance(images, (Image.Image, str, Path)):
-        return [images]
-    if isinstance(images, np.ndarray):
-        raise ExpclipError(f"images: got a numpy array; {wanted} (Image.fromarray makes one of an array)")
-    if not isinstance(images, Iterable):
-        raise ExpclipError(f"images: got {type(images).__name__}; {wanted}")
-    found = list(images)
-    for n, image in enumerate(found):
-        if not isinstance(image, (Image.Image, str, Path)):
-            raise ExpclipError(f"images[{n}]: got {type(image).__name__}; {wanted}")
-    return found
 
 
 def class_prompts(name: str, prompt_set: dict[str, list[str]]) -> list[str]:

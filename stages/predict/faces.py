@@ -25,13 +25,14 @@ MIN_FACE = 24  # pixels: smaller detections are noise at Haar's scales
 
 @dataclass(frozen=True)
 class Box:
-    """A face: left, top, width, height in pixels of the picture, and the detector's confidence."""
+    """A face: left, top, width, height in pixels of the picture, and the detector's confidence (None where the
+    detector gives none: Haar's cascade answers yes or no, and `none` detects nothing)."""
 
     x: int
     y: int
     w: int
     h: int
-    score: float = 1.0
+    score: float | None = None
 
     def as_list(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]

@@ -36,17 +36,20 @@ class Clip:
 
     path: Path
     frames: list[Path] | None = None  # a frame folder's files; None for a video file
+    fps: float | None = None  # a frame folder's frame rate when told (--fps); a video's is its container's
 
-    def count(self) -> int:
+    def probe(self) -> tuple[int, float | None]:
+        """(frame count, frames per second: None when unknown) from a video's header, or a frame folder's."""
         if self.frames is not None:
-            return len(self.frames)
+            return len(self.frames), self.fps
         import cv2
 
         capture = cv2.VideoCapture(str(self.path))
         try:
             if not capture.isOpened():
                 raise Unreadable(self.path, "cannot be opened as a video")
-            return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            fps = capture.get(cv2.CAP_PROP_FPS)
+            return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), fps if 0 < fps < float("inf") else None
         finally:
             capture.release()
 

@@ -8,6 +8,7 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the forms --device takes (
 DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dtype name
+BATCH_SIZES = {"cuda": 256, "cpu": 64}  # images per encoder pass by device (extract, predict): GPUs need large ones
 TF32 = "tf32"  # fit-head only: float32 tensors whose matrix products run on CUDA tensor cores
 FIT_PRECISIONS = (*PRECISIONS, TF32)
 HEAD_KINDS = ("linear", "mlp")  # linear = the paper's head
@@ -19,3 +20,4 @@ NEAR_DUPLICATE = 0.95  # audit's default cosine threshold; not calibrated: bench
 DETECTORS = ("haar", "yunet", "none")  # predict's face detectors: OpenCV's bundled cascade, YuNet (ONNX file), none
 PREDICT_CLIP = "ViT-B-16"  # predict's CLIP when neither --clip-model nor a head names one (the paper's middle model)
 PREDICT_PROMPT_SET = "ensemble_ten"  # predict's prompts: the largest protocol set
+PREDICT_EVERY = "0.5s"  # predict's frame step, by time: an hour of video is not scored frame by frame

@@ -158,7 +158,9 @@ def test_extract_search_and_predict_with_a_hub_clip_and_its_changed_weights(hub,
                "--json", str(tmp_path / "p.json")]
     result = runner.invoke(app, predict)
     assert result.exit_code == 0, result.output
-    assert len(json.loads((tmp_path / "p.json").read_text())) == 1
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert len(written["records"]) == 1
+    assert written["provenance"]["clip_model"] == name and written["provenance"]["clip_sha256"] == sha
 
     save_hub_clip(hub, REPO, seed=2)  # `main` now names other weights
     now = hashlib.sha256(snapshot_file(hub, "open_clip_model.safetensors").read_bytes()).hexdigest()

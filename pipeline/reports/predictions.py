@@ -17,8 +17,6 @@ components as it takes to tell the arguments apart (`x/photos`, `y/photos`).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 
@@ -27,8 +25,9 @@ from PIL import ImageDraw
 from rich.table import Table
 
 from expclip.base.errors import ExpclipError
-from expclip.cache.atomic import ensure_folder, write_atomically
+from expclip.cache.atomic import ensure_folder
 from expclip.console import escape
+from expclip.reports.files import CsvTable, write_png
 from expclip.stages.predict.media import Clip, inputs, picture
 
 FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
@@ -58,20 +57,15 @@ def table(records: list[dict]) -> Table:
     return found
 
 
-def csv_text(records: list[dict], classes: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FIELDS + [f"p_{c}" for c in classes] + ["reason"])
+def csv_table(records: list[dict], classes: list[str]) -> CsvTable:
+    """The CSV described in the module docstring, for `files.write_csv`."""
+    rows = []
     for r in records:
         box = r.get("box") or [None] * 4
-        values = [r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r.get("top")]
         p = [r["probabilities"][c] for c in classes] if "probabilities" in r else [None] * len(classes)
-        writer.writerow(["" if v is None else v for v in [*values, *p, r.get("reason")]])
-    return buffer.getvalue()
-
-
-def write_csv(records: list[dict], classes: list[str], path: Path) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(csv_text(records, classes), "utf-8"))
+        rows.append([r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r.get("top"), *p,
+                     r.get("reason")])
+    return FIELDS + [f"p_{c}" for c in classes] + ["reason"], rows
 
 
 def annotation_names(paths: list[Path], *, frame_folders: bool = False) -> dict[str, Path]:
@@ -128,7 +122,7 @@ def annotate(records: list[dict], classes: list[str], folder: Path, names: dict[
             draw.text((x + 3, y + 3), f"{r['top']} {r['probabilities'][r['top']]:.2f}", fill=(255, 40, 40))
         target = folder / names[file]
         ensure_folder(target.parent)
-        write_atomically(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
+        write_png(image, target)
         written.append(target)
     for file in sorted({r["file"] for r in records if r["kind"] != "face" or r["frame"] is not None}):
         faces = [r for r in by_file[file] if r["kind"] == "face"]
@@ -150,5 +144,4 @@ def _timeline(file: str, by_track: dict[int, list[dict]], classes: list[str], ta
         ax.set(ylabel="probability", title=f"{Path(file).name}: track {track}", ylim=(0, 1))
     axes[-1].set_xlabel("frame")
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncols=min(len(classes), 8), loc="outside lower center")
-    write_atomically(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return target
+    return write_png(fig, target)

@@ -23,8 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from expclip.base.errors import ExpclipError
-from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import CacheReader
+from expclip.reports.files import write_png
 from expclip.stages.encoders.images import DecodeError, clip_frames, load_image
 
 COLUMNS = 6
@@ -130,8 +130,7 @@ def hits_sheet(where: Locator, query: str, hits: list[dict], out: Path) -> Path:
     fig.suptitle(f"{where.cache.name}: nearest to {query}", fontsize=9)
     for ax, h in zip(axes, hits):
         _tile(ax, where.picture(h["id"]), f"#{h['rank']} {h['score']:.3f}\n{_short(h['id'])}")
-    write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return out
+    return write_png(fig, out)
 
 
 def pairs_sheet(pairs: list[dict], out: Path, where: dict[str, Locator], limit: int = 24) -> Path:
@@ -144,8 +143,7 @@ def pairs_sheet(pairs: list[dict], out: Path, where: dict[str, Locator], limit: 
         a, b = where[p["a"]].picture(p["a_id"], p["a_frame"]), where[p["b"]].picture(p["b_id"], p["b_frame"])
         _tile(axes[2 * k], a, f"{p['score']:.4f}\n{_short(p['a_id'])}")
         _tile(axes[2 * k + 1], b, f"{Path(p['b']).stem}\n{_short(p['b_id'])}")
-    write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return out
+    return write_png(fig, out)
 
 
 def _short(text: str, most: int = 24) -> str:

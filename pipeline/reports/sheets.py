@@ -1,4 +1,4 @@
-"""Contact sheets (PNG) of search hits and audit pairs: the faces themselves, with their scores.
+"""Contact sheets (PNG) of search hits and audit pairs: the faces themselves, with their scores (and a hit's label).
 
 Images are read under one root per cache: the absolute folder extract recorded
 (`source_root`: the source folder, or the folder a list's relative paths start
@@ -124,13 +124,18 @@ def _grid(tiles: int, columns: int) -> tuple[Figure, list]:
     return fig, axes
 
 
-def hits_sheet(where: Locator, query: str, hits: list[dict], out: Path) -> Path:
-    """One tile per hit: rank, score, id."""
+def hits_figure(where: Locator, query: str, hits: list[dict]) -> Figure:
+    """One tile per hit: rank and score, its label (what the cache says it shows), id."""
     fig, axes = _grid(len(hits), COLUMNS)
     fig.suptitle(f"{where.cache.name}: nearest to {query}", fontsize=9)
     for ax, h in zip(axes, hits):
-        _tile(ax, where.picture(h["id"]), f"#{h['rank']} {h['score']:.3f}\n{_short(h['id'])}")
-    return write_png(fig, out)
+        label = h.get("label") or "no label"
+        _tile(ax, where.picture(h["id"]), f"#{h['rank']} {h['score']:.3f}\n{_short(label)}\n{_short(h['id'])}")
+    return fig
+
+
+def hits_sheet(where: Locator, query: str, hits: list[dict], out: Path) -> Path:
+    return write_png(hits_figure(where, query, hits), out)
 
 
 def pairs_sheet(pairs: list[dict], out: Path, where: dict[str, Locator], limit: int = 24) -> Path:

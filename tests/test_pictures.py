@@ -139,3 +139,17 @@ def test_search_sheet_shows_each_hits_label(tmp_path):
     path = files.write_png(fig, tmp_path / "hits.png")
     with Image.open(path) as shown:
         assert shown.format == "PNG" and shown.size == (1140, 220)
+
+
+DOCS = ("confusion.png", "annotate.png", "timeline.png", "search-sheet.png")
+
+
+def test_the_readmes_pictures_are_small_open_and_are_shown():
+    readme = (ROOT / "README.md").read_text("utf-8")
+    for name in DOCS:
+        path = ROOT / "docs" / "images" / name
+        assert path.stat().st_size < 150_000, name
+        with Image.open(path) as shown:
+            shown.verify()
+            assert shown.format == "PNG"
+        assert f"docs/images/{name}" in readme

@@ -188,6 +188,8 @@ def evaluate(
         writable_files([("--json", json_out), ("--csv", csv_out)], read)
         if out_dir is not None:
             writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # reports.confusion
+        elif confusion_counts:
+            raise ExpclipError("--confusion-counts: draws into --out-dir DIR; give one")
         sets = None if not prompt_set or "all" in prompt_set else prompt_set
         records = run_evaluate(
             load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,

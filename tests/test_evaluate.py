@@ -346,6 +346,8 @@ def test_cli_writes_reports_and_errors_exit_2(tmp_path, reference_sets):
         (["evaluate", "--baseline", "--cache", str(cache), "--prompt-set", "nope"], "--prompts FILE.json"),
         (["evaluate", "--baseline", "--cache", str(cache), "--ensemble", "median"], "--ensemble"),
         (["evaluate", "--baseline", "--cache", str(tmp_path / "missing.h5")], "missing.h5"),
+        (["evaluate", "--baseline", "--cache", str(cache), "--confusion-counts"],
+         "error: --confusion-counts: draws into --out-dir DIR; give one"),
     ):
         result = runner.invoke(app, bad)
         assert result.exit_code == 2, result.output

@@ -20,7 +20,7 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import as_json
 from expclip.cache.reader import whole_fingerprint
-from expclip.reports.evaluation import write_json
+from expclip.reports.files import write_json
 from expclip.stages.evaluate import evaluate
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head.config import value_problem

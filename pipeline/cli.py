@@ -174,13 +174,17 @@ def evaluate(
         Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
     csv_out: Annotated[
         Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices: one "
+        "per dataset, CLIP beside Exp-CLIP, rows normalised (per-class recall) with counts.")] = None,
+    confusion_counts: Annotated[bool, typer.Option("--confusion-counts", help="With --out-dir: one raw-count "
+        "panel per dataset, method and prompt set instead.")] = False,
     device: FO.device = F.device,
 ) -> None:
     """Zero-shot UAR / WAR of a head (Exp-CLIP) and of plain CLIP, as in the paper's Table 2."""
     import warnings
 
     from expclip.reports import evaluation as report
+    from expclip.reports import files
     from expclip.stages.evaluate import evaluate as run_evaluate
     from expclip.stages.shared.heads import load_head
     from expclip.stages.shared.labels import read_label_map
@@ -190,7 +194,9 @@ def evaluate(
         read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(label_map)}
         writable_files([("--json", json_out), ("--csv", csv_out)], read)
         if out_dir is not None:
-            writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # report.png_name
+            writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # reports.confusion
+        elif confusion_counts:
+            raise ExpclipError("--confusion-counts: draws into --out-dir DIR; give one")
         sets = None if not prompt_set or "all" in prompt_set else prompt_set
         records = run_evaluate(
             load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
@@ -202,11 +208,14 @@ def evaluate(
         for table in report.tables(records):
             out.print(table)
         if json_out:
-            report.write_json(records, json_out)
+            files.write_json(records, json_out)
         if csv_out:
-            report.write_csv(records, csv_out)
+            files.write_csv(report.csv_table(records), csv_out)
         if out_dir:
-            written = report.write_confusion_pngs(records, out_dir)
+            from expclip.reports import confusion
+
+            write = confusion.write_count_panels if confusion_counts else confusion.write_dataset_sheets
+            written = write(records, out_dir)
             out.print(f"wrote {len(written)} confusion matrices to {out_dir}", markup=False)
 
 
@@ -329,6 +338,7 @@ def ablate(
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
     from expclip import ablate as grid_runs
     from expclip.reports import evaluation as report
+    from expclip.reports import files
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
@@ -345,8 +355,8 @@ def ablate(
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))
-        report.write_json(rows, out_dir / "ablation.json")
-        report.write_rows_csv(rows, out_dir / "ablation.csv")
+        files.write_json(rows, out_dir / "ablation.json")
+        files.write_csv(report.rows_table(rows), out_dir / "ablation.csv")
     reused = sum(r["reused"] for r in runs)
     out.print(f"{len(runs)} runs ({reused} reused); "
               f"table in {out_dir / 'ablation.csv'} and {out_dir / 'ablation.json'}", markup=False)
@@ -366,11 +376,12 @@ def demo(
     """The whole pipeline offline on synthetic faces and tiny encoders pre-trained on drawn faces (under a minute)."""
     from expclip.demo.walkthrough import REAL_RUN, SYNTHETIC, run_demo
     from expclip.reports import evaluation as report
+    from expclip.reports import files
 
     with user_errors():
         writable(workdir, "--workdir", folder=True)
         run = run_demo(workdir)
-        report.write_json(run.records, workdir / "results.json")
+        files.write_json(run.records, workdir / "results.json")
     for table in report.tables(run.records):
         out.print(table)
     out.print(SYNTHETIC, style="bold yellow", highlight=False, markup=False)

@@ -52,6 +52,7 @@ def search(
 ) -> None:
     """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
     from expclip.cache.reader import CacheReader
+    from expclip.reports import files
     from expclip.reports import neighbours as report
     from expclip.stages.search import search as run_search
     from expclip.stages.search.queries import cache_encoder, encode_queries
@@ -78,7 +79,7 @@ def search(
         for name, hits in zip(names, found["hits"], strict=True):
             out.print(report.hits_table(name, hits))
         if json_out:
-            report.write_json(found, json_out)
+            files.write_json(found, json_out)
         if where is not None:
             from expclip.reports.sheets import hits_sheet
 
@@ -125,6 +126,7 @@ def audit(
     ] = None,
 ) -> None:
     """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
+    from expclip.reports import files
     from expclip.reports import neighbours as report
     from expclip.stages.audit import audit as run_audit
 
@@ -138,9 +140,9 @@ def audit(
                           device=device)
         out.print(report.audit_table(found))
         if csv_out:
-            report.write_pairs_csv(found["pairs"], csv_out)
+            files.write_csv(report.pairs_table(found["pairs"]), csv_out)
         if json_out:
-            report.write_json(found, json_out)
+            files.write_json(found, json_out)
         if sheet and found["pairs"]:
             from expclip.reports.sheets import pairs_sheet
 

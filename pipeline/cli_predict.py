@@ -89,8 +89,8 @@ def predict(
     ] = None,
 ) -> None:
     """Expressions of the faces in photos and videos: {class: probability} per face, zero-shot."""
+    from expclip.reports import files
     from expclip.reports import predictions as outputs
-    from expclip.reports.evaluation import write_json
     from expclip.stages.predict.api import ZeroShotFER
     from expclip.stages.predict.records import check_clip_options, predict_inputs
     from expclip.stages.shared.heads import load_head
@@ -124,9 +124,9 @@ def predict(
                       highlight=False)
         provenance = model.provenance(head)
         if json_out:
-            write_json({"provenance": provenance, "records": records}, json_out)
+            files.write_json({"provenance": provenance, "records": records}, json_out)
         if csv_out:
-            outputs.write_csv(records, model.classes, csv_out, provenance)
+            files.write_csv(outputs.csv_table(records, model.classes, provenance), csv_out)
         if annotate_dir:
             for written in outputs.annotate(records, model.classes, annotate_dir, names):
                 err.print(f"wrote {written}", highlight=False, markup=False)

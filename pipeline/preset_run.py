@@ -30,7 +30,7 @@ from expclip.cache.atomic import ensure_folder
 from expclip.cache.reader import CacheReader, whole_fingerprint
 from expclip.output_paths import writable
 from expclip.presets import Dataset, Preset, paper_numbers
-from expclip.reports.evaluation import write_json
+from expclip.reports.files import write_json
 from expclip.stages.encoders import clip as clip_encoder
 from expclip.stages.evaluate import evaluate, fold_means, table2, unscored_classes
 from expclip.stages.extract import counts, extract, sources

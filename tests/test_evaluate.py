@@ -327,7 +327,10 @@ def test_cli_writes_reports_and_errors_exit_2(tmp_path, reference_sets):
         ("exp-clip", "ensemble_five"),
     ]
     assert (tmp_path / "r.csv").read_text().startswith("dataset,method,prompt_set")
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["rafdb.png"]  # CLIP beside Exp-CLIP
+    result = runner.invoke(app, [*args, "--out-dir", str(tmp_path / "counts"), "--confusion-counts"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "counts").iterdir()) == [
         "rafdb__clip__ensemble_five.png",
         "rafdb__exp-clip__ensemble_five.png",
     ]
@@ -343,6 +346,8 @@ def test_cli_writes_reports_and_errors_exit_2(tmp_path, reference_sets):
         (["evaluate", "--baseline", "--cache", str(cache), "--prompt-set", "nope"], "--prompts FILE.json"),
         (["evaluate", "--baseline", "--cache", str(cache), "--ensemble", "median"], "--ensemble"),
         (["evaluate", "--baseline", "--cache", str(tmp_path / "missing.h5")], "missing.h5"),
+        (["evaluate", "--baseline", "--cache", str(cache), "--confusion-counts"],
+         "error: --confusion-counts: draws into --out-dir DIR; give one"),
     ):
         result = runner.invoke(app, bad)
         assert result.exit_code == 2, result.output

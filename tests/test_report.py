@@ -2,11 +2,16 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
+from matplotlib import colormaps
+from PIL import Image
 from rich.console import Console
 
+import expclip
 from expclip.base.errors import ExpclipError
+from expclip.reports import confusion, files
 from expclip.reports import evaluation as report
 
 
@@ -48,7 +53,7 @@ def test_table_two_layout(records):
 
 def test_json_is_the_record_list(records, tmp_path):
     path = tmp_path / "r.json"
-    report.write_json(records, path)
+    files.write_json(records, path)
     assert json.loads(path.read_text()) == records
     assert set(records[0]) >= {
         "dataset",
@@ -72,15 +77,15 @@ def test_json_never_holds_nan_and_says_so_in_one_line(records, tmp_path, bad):
     records[0]["uar"] = bad
     path = tmp_path / "r.json"
     with pytest.raises(ExpclipError) as refused:
-        report.write_json(records, path)
+        files.write_json(records, path)
     assert str(refused.value) == f"{path}: the results hold NaN or infinity, which JSON cannot hold; nothing written"
     assert list(tmp_path.iterdir()) == []
 
 
 def test_csv_columns(records, tmp_path):
     path = tmp_path / "r.csv"
-    report.write_csv(
-        records + [record("MAFW", "clip", 13.39, 15.48, classes=("Happiness", "Contempt", "Sadness"))], path
+    files.write_csv(report.csv_table(
+        records + [record("MAFW", "clip", 13.39, 15.48, classes=("Happiness", "Contempt", "Sadness"))]), path
     )
     rows = list(csv.DictReader(path.open()))
     assert list(rows[0]) == report.CSV_FIELDS + [
@@ -106,16 +111,77 @@ def test_csv_columns(records, tmp_path):
     assert rows[5]["recall_Contempt"] == "50.0" and rows[5]["recall_Anger"] == ""
 
 
-def test_confusion_pngs(records, tmp_path):
-    written = report.write_confusion_pngs(records[:2], tmp_path / "png")
+def test_count_panels_one_per_record(records, tmp_path):
+    written = confusion.write_count_panels(records[:2], tmp_path / "png")
     assert [p.name for p in written] == ["RAFDB__clip__ensemble_ten.png", "RAFDB__exp-clip__ensemble_ten.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [p.name for p in written]
 
 
-def test_confusion_pngs_of_two_caches_with_one_dataset_name_do_not_overwrite(records, tmp_path):
+def test_count_panels_of_two_caches_with_one_dataset_name_do_not_overwrite(records, tmp_path):
     first = dict(records[0], cache="/data/a/test.h5")
     second = dict(records[0], cache="/data/b/other.h5")
-    written = report.write_confusion_pngs([first, second], tmp_path)
+    written = confusion.write_count_panels([first, second], tmp_path)
     assert [p.name for p in written] == ["RAFDB-test__clip__ensemble_ten.png", "RAFDB-other__clip__ensemble_ten.png"]
+
+
+def test_dataset_sheets_one_file_per_dataset_and_two_caches_of_one_name_do_not_overwrite(records, tmp_path):
+    written = confusion.write_dataset_sheets(records, tmp_path / "png")
+    assert [p.name for p in written] == ["RAFDB.png", "DFEW.png"]
+    same = confusion.write_dataset_sheets([dict(records[0], cache="/a/test.h5"), dict(records[0], cache="/b/x.h5")],
+                                          tmp_path / "two")
+    assert [p.name for p in same] == ["RAFDB-test.png", "RAFDB-x.png"]
+
+
+def test_dataset_sheet_shows_row_shares_with_counts_clip_beside_exp_clip(records, tmp_path):
+    """The cells say what an independent row normalisation says; the picture shows their colours and a grey
+    row for a class without ground truth."""
+    counts = [[3, 1, 0], [0, 2, 2], [0, 0, 0]]
+    records[1]["confusion"] = counts
+    rafdb = [r for r in records if r["dataset"] == "RAFDB"]
+    fig = confusion.dataset_figure(rafdb, "RAFDB")
+    path = files.write_png(fig, tmp_path / "RAFDB.png")
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    titles = [ax.get_title().split("\n")[0] for ax in axes]
+    assert titles == ["CLIP — ensemble_ten", "Exp-CLIP — ensemble_ten", "CLIP — class_name: not evaluated",
+                      "Exp-CLIP — class_name"]
+    exp = axes[1]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in exp.texts}
+    expected = {(i, j): f"{round(100 * c / sum(row))}%\n({c})"
+                for i, row in enumerate(counts) if sum(row) for j, c in enumerate(row)}
+    assert cells == expected
+    with Image.open(path) as image:
+        assert image.size == (round(fig.get_figwidth() * 100), round(fig.get_figheight() * 100))
+        assert path.stat().st_size < 150_000
+        pixels = image.convert("RGB")
+
+        def near(i, j, rgb) -> bool:  # the pixel near a cell's corner, clear of its text, is `rgb` (8-bit rounding)
+            x, y = exp.transData.transform((j - 0.4, i - 0.4))
+            got = pixels.getpixel((round(x), image.height - round(y)))
+            return max(abs(g - round(255 * v)) for g, v in zip(got, rgb)) <= 1
+
+        assert near(2, 0, (0.85, 0.85, 0.85))  # no ground truth: grey, no text
+        blues = colormaps["Blues"]
+        for (i, j), share in (((0, 0), 0.75), ((1, 2), 0.5), ((0, 2), 0.0)):
+            assert near(i, j, blues(share)[:3])
+
+
+def test_csv_writer_leaves_none_empty_and_ablation_rows_keep_their_key_order(tmp_path):
+    rows = [{"lr": 0.001, "dataset": "RAFDB", "uar": 39.5, "note": None}, {"lr": 0.01, "dataset": "DFEW", "uar": 24.0,
+                                                                           "note": "x,y"}]
+    path = files.write_csv(report.rows_table(rows), tmp_path / "a.csv")
+    assert path.read_text("utf-8") == 'lr,dataset,uar,note\n0.001,RAFDB,39.5,\n0.01,DFEW,24.0,"x,y"\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"]
+
+
+OWN_WRITERS = ("json.dump(", "csv.writer", "csv.DictWriter", "savefig(", "write_atomically(", ".write_text(")
+
+
+def test_commands_write_reports_only_through_the_output_layer():
+    """JSON, CSV and PNG files of every command go through reports/files.py (the demo's fixtures are inputs)."""
+    root = Path(expclip.__file__).parent
+    found = [f"{p.relative_to(root)}: {w}" for p in sorted(root.rglob("*.py"))
+             if "demo" not in p.relative_to(root).parts and p != root / "reports" / "files.py"
+             for w in OWN_WRITERS if w in p.read_text("utf-8")]
+    assert found == []

@@ -1,33 +1,21 @@
-"""Evaluation records as the paper's Table 2 (rich), JSON, CSV and PNG confusion matrices.
+"""Evaluation records as the paper's Table 2 (rich) and CSV rows.
 
-Formats (each file written to a temporary name and renamed into place):
+Formats (written by `reports.files`, each whole or not at all):
 
 - JSON: the list of records exactly as `stages.evaluate.evaluate` returns them.
 - CSV: one row per record; columns `dataset, method, prompt_set, ensemble, uar,
   war, n, skipped, clip_key, cache`, then `recall_<Class>` for every class of
   any record in canonical order (empty where the class is absent from the
   dataset or from its ground truth). Percentages, full precision.
-- PNG: `<dataset>__<method>__<prompt_set>.png`, one confusion matrix per record
-  (rows: true class, columns: predicted); when two caches share a dataset
-  name, the dataset part becomes `<dataset>-<cache stem>`.
+- PNG: confusion matrices, see `reports.confusion`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from pathlib import Path
-
-import numpy as np
-from matplotlib.figure import Figure
 from rich.markup import escape
 from rich.table import Table
-from sklearn.metrics import ConfusionMatrixDisplay
 
-from expclip.base.errors import ExpclipError
-from expclip.cache.atomic import write_atomically
-from expclip.cache.format import sanitize
+from expclip.reports.files import CsvTable
 from expclip.stages.shared import protocol
 
 METHOD_ROWS = (("clip", "CLIP"), ("exp-clip", "Exp-CLIP"))
@@ -66,59 +54,12 @@ def _delta(clip: dict | None, exp: dict | None) -> str:
     return f"{exp['uar'] - clip['uar']:+.2f} / {exp['war'] - clip['war']:+.2f}"
 
 
-def write_json(records: list[dict] | dict, path: Path) -> None:
-    try:
-        text = json.dumps(records, indent=1, allow_nan=False) + "\n"
-    except ValueError:  # NaN or inf is not JSON: never written, and no traceback either
-        raise ExpclipError(
-            f"{path}: the results hold NaN or infinity, which JSON cannot hold; nothing written"
-        ) from None
-    write_atomically(path, lambda tmp: tmp.write_text(text, "utf-8"))
-
-
-def csv_text(records: list[dict]) -> str:
-    """The CSV described in the module docstring."""
+def csv_table(records: list[dict]) -> CsvTable:
+    """The CSV described in the module docstring, for `files.write_csv`."""
     present = {c for r in records for c in r["classes"]}
     classes = [c for c in protocol.class_order() if c in present] + sorted(present - set(protocol.class_order()))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_FIELDS + [f"recall_{c}" for c in classes])
-    for r in records:
-        recalls = [r["per_class"].get(c) for c in classes]
-        writer.writerow([r[f] for f in CSV_FIELDS] + ["" if v is None else v for v in recalls])
-    return buffer.getvalue()
-
-
-def write_csv(records: list[dict], path: Path) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(csv_text(records), "utf-8"))
-
-
-def png_name(record: dict, *, with_cache: bool = False) -> str:
-    """`<dataset>__<method>__<prompt_set>.png`; `with_cache` adds the cache's stem to the dataset part."""
-    dataset = f"{record['dataset']}-{Path(record['cache']).stem}" if with_cache else record["dataset"]
-    return "__".join(sanitize(v) for v in (dataset, record["method"], record["prompt_set"])) + ".png"
-
-
-def write_confusion_pngs(records: list[dict], out_dir: Path) -> list[Path]:
-    """One confusion-matrix PNG per record in `out_dir` (created if missing); returns the paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    caches_per_dataset = {
-        d: {r["cache"] for r in records if r["dataset"] == d} for d in {r["dataset"] for r in records}
-    }
-    for r in records:
-        size = 2.5 + 0.6 * len(r["classes"])
-        fig = Figure(figsize=(size + 1, size), layout="constrained")
-        display = ConfusionMatrixDisplay(np.asarray(r["confusion"]), display_labels=r["classes"])
-        display.plot(ax=fig.subplots(), xticks_rotation=45, colorbar=True, cmap="Blues")
-        display.ax_.set_title(
-            f"{r['dataset']} — {r['method']} — {r['prompt_set']}\nUAR {r['uar']:.2f} / WAR {r['war']:.2f}"
-        )
-        path = out_dir / png_name(r, with_cache=len(caches_per_dataset[r["dataset"]]) > 1)  # never overwrite
-        write_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
-        written.append(path)
-    return written
+    rows = [[r[f] for f in CSV_FIELDS] + [r["per_class"].get(c) for c in classes] for r in records]
+    return CSV_FIELDS + [f"recall_{c}" for c in classes], rows
 
 
 def grid_table(rows: list[dict]) -> Table:
@@ -143,13 +84,7 @@ def grid_table(rows: list[dict]) -> Table:
 GRID_ROW_FIELDS = ("run", "dataset", "prompt_set", "uar", "war", "n", "reused")
 
 
-def write_rows_csv(rows: list[dict], path: Path) -> None:
-    """Flat rows (all with the same keys) as CSV, header first."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomically(path, write)
+def rows_table(rows: list[dict]) -> CsvTable:
+    """Flat rows (all with the same keys) for `files.write_csv`, header first."""
+    header = list(rows[0]) if rows else []
+    return header, [[r[k] for k in header] for r in rows]

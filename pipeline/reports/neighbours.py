@@ -1,4 +1,4 @@
-"""Search hits and audit results as rich tables, JSON and CSV.
+"""Search hits and audit results as rich tables and the audit's CSV table (written by `reports.files`).
 
 Audit CSV: one row per pair, highest score first, columns
 `a, a_id, a_frame, b, b_id, b_frame, score` (cache paths, item ids as the
@@ -7,20 +7,15 @@ caches store them, frame slots for clips — empty for images — and the cosine
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
-from expclip.cache.atomic import write_atomically
-from expclip.reports.evaluation import write_json
+from expclip.reports.files import CsvTable
 
 PAIR_FIELDS = ["a", "a_id", "a_frame", "b", "b_id", "b_frame", "score"]
 SHOWN_PAIRS = 20
-
-__all__ = ["audit_table", "hits_table", "pairs_csv", "write_json", "write_pairs_csv"]
 
 
 def hits_table(query: str, hits: list[dict]) -> Table:
@@ -55,13 +50,6 @@ def _frame(slot: int | None) -> str:
     return "" if slot is None else f" #{slot}"
 
 
-def pairs_csv(pairs: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, PAIR_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if p[k] is None else p[k]) for k in PAIR_FIELDS} for p in pairs)
-    return buffer.getvalue()
-
-
-def write_pairs_csv(pairs: list[dict], path: Path) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(pairs_csv(pairs), "utf-8"))
+def pairs_table(pairs: list[dict]) -> CsvTable:
+    """The audit CSV described in the module docstring, for `files.write_csv`."""
+    return PAIR_FIELDS, [[p[k] for k in PAIR_FIELDS] for p in pairs]

@@ -5,9 +5,9 @@ CSV: one row per record, columns `kind, file, frame, face, track, x, y, w, h, to
 `score` (the detector's), then the provenance's fields (`ZeroShotFER.provenance`,
 the same on every row; classes comma-joined); empty cells where a field does not
 apply. Annotations:
-each picture with its faces boxed and labelled `top p`, as DIR/<name>.png;
-each clip as DIR/<name>.timeline.png: per-frame probabilities of each face
-track (the TIMELINE_TRACKS seen most), one panel per track, one line per class.
+each picture with its faces boxed, each box in its face's colour and labelled
+`#<face> <top> <p>` on a filled band, text sized to the picture, as DIR/<name>.png;
+each clip as DIR/<name>.timeline.png (see `reports.timeline`).
 
 <name> keeps the input's relative path and its extension, so no two inputs
 share an annotation (`a/001.jpg` and `b/001.jpg`, `x.jpg` and `x.png`): with
@@ -19,22 +19,25 @@ components as it takes to tell the arguments apart (`x/photos`, `y/photos`).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 
+from matplotlib import font_manager
 from matplotlib.figure import Figure
-from PIL import ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
 from expclip.base.errors import ExpclipError
-from expclip.cache.atomic import ensure_folder, write_atomically
+from expclip.cache.atomic import ensure_folder
 from expclip.console import escape
+from expclip.reports.files import CsvTable, write_png
+from expclip.reports.timeline import timeline_figure
 from expclip.stages.predict.media import Clip, inputs, picture
 
 FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
-TIMELINE_TRACKS = 4
+LABEL_SHARE, LABEL_MIN = 40, 12  # label height: 1/40 of the longer side, at least 12 px
+# Distinct on photos and to colour-blind eyes (Okabe-Ito); face i gets PALETTE[i % 6].
+PALETTE = ((213, 94, 0), (0, 114, 178), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233))
 
 
 def table(records: list[dict]) -> Table:
@@ -60,22 +63,17 @@ def table(records: list[dict]) -> Table:
     return found
 
 
-def csv_text(records: list[dict], classes: list[str], provenance: dict | None = None) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+def csv_table(records: list[dict], classes: list[str], provenance: dict | None = None) -> CsvTable:
+    """The CSV described in the module docstring, for `files.write_csv`."""
     provenance = {k: ",".join(v) if isinstance(v, list) else v for k, v in (provenance or {}).items()}
-    writer.writerow(FIELDS + [f"p_{c}" for c in classes] + ["reason", "seconds", "score", *provenance])
+    rows = []
     for r in records:
         box = r.get("box") or [None] * 4
-        values = [r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r.get("top")]
         p = [r["probabilities"][c] for c in classes] if "probabilities" in r else [None] * len(classes)
         more = [r.get("reason"), r.get("seconds") if r["kind"] == "face" else None, r.get("score")]
-        writer.writerow(["" if v is None else v for v in [*values, *p, *more, *provenance.values()]])
-    return buffer.getvalue()
-
-
-def write_csv(records: list[dict], classes: list[str], path: Path, provenance: dict | None = None) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(csv_text(records, classes, provenance), "utf-8"))
+        rows.append([r["kind"], r["file"], r.get("frame"), r.get("face"), r.get("track"), *box, r.get("top"), *p,
+                     *more, *provenance.values()])
+    return FIELDS + [f"p_{c}" for c in classes] + ["reason", "seconds", "score", *provenance], rows
 
 
 def annotation_names(paths: list[Path], *, frame_folders: bool = False) -> dict[str, Path]:
@@ -122,37 +120,50 @@ def annotate(records: list[dict], classes: list[str], folder: Path, names: dict[
     by_file: dict[str, list[dict]] = {}  # grouped once: a folder of many pictures is not scanned per picture
     for r in records:
         by_file.setdefault(r["file"], []).append(r)
-    pictures = sorted({r["file"] for r in records if r["kind"] == "face" and r["frame"] is None})
-    for file in pictures:
-        image = picture(Path(file)).copy()
-        draw = ImageDraw.Draw(image)
-        for r in by_file[file]:
-            x, y, w, h = r["box"]
-            draw.rectangle((x, y, x + w, y + h), outline=(255, 40, 40), width=max(2, w // 60))
-            draw.text((x + 3, y + 3), f"{r['top']} {r['probabilities'][r['top']]:.2f}", fill=(255, 40, 40))
-        target = folder / names[file]
-        ensure_folder(target.parent)
-        write_atomically(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
-        written.append(target)
-    for file in sorted({r["file"] for r in records if r["kind"] != "face" or r["frame"] is not None}):
-        faces = [r for r in by_file[file] if r["kind"] == "face"]
-        by_track = {t: sorted((r for r in faces if r["track"] == t), key=lambda r: r["frame"])
-                    for t in sorted({r["track"] for r in faces})[:TIMELINE_TRACKS]}  # track 0 = seen most
-        if by_track:
+    for file in sorted(by_file):
+        found = by_file[file]
+        if any(r["kind"] == "face" and r["frame"] is None for r in found):
+            drawn: Image.Image | Figure | None = boxed(picture(Path(file)), found)
+        else:
+            drawn = timeline_figure(file, found, classes)
+        if drawn is not None:  # a failed input, or a clip without a face
             ensure_folder((folder / names[file]).parent)
-            written.append(_timeline(file, by_track, classes, folder / names[file]))
+            written.append(write_png(drawn, folder / names[file]))
     return written
 
 
-def _timeline(file: str, by_track: dict[int, list[dict]], classes: list[str], target: Path) -> Path:
-    fig = Figure(figsize=(8, 0.8 + 2.2 * len(by_track)), layout="constrained")
-    axes = fig.subplots(len(by_track), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (track, frames) in zip(axes, by_track.items()):
-        x = [r["frame"] for r in frames]
-        for c in classes:
-            ax.plot(x, [r["probabilities"][c] for r in frames], label=c, marker="." if len(x) < 50 else None)
-        ax.set(ylabel="probability", title=f"{Path(file).name}: track {track}", ylim=(0, 1))
-    axes[-1].set_xlabel("frame")
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncols=min(len(classes), 8), loc="outside lower center")
-    write_atomically(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return target
+def label_size(size: tuple[int, int]) -> int:
+    """Label text height in pixels: a fixed share of the picture's longer side, so a label reads the same on a
+    thumbnail and on a 24-megapixel photo (never below LABEL_MIN, the smallest legible size)."""
+    return max(LABEL_MIN, round(max(size) / LABEL_SHARE))
+
+
+def face_colour(face: int) -> tuple[int, int, int]:
+    return PALETTE[face % len(PALETTE)]
+
+
+def ink(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on a light band, white on a dark one (ITU-R BT.601 luma), so every label reads."""
+    r, g, b = colour
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def boxed(image: Image.Image, records: list[dict]) -> Image.Image:
+    """A copy of `image` with each face record's box, and a label `#<face> <top> <p>` on a filled band in the box's
+    colour above it (inside the box's top when the picture ends there)."""
+    image = image.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), label_size(image.size))
+    line = max(2, round(font.size / 8))
+    for r in records:
+        x, y, w, h = r["box"]
+        colour = face_colour(r["face"])
+        draw.rectangle((x, y, x + w, y + h), outline=colour, width=line)
+        text = f"#{r['face']} {r['top']} {r['probabilities'][r['top']]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        width, height = right - left + 2 * line, bottom - top + 2 * line
+        at_x = max(0, min(x, image.width - width))
+        at_y = y - height if y >= height else y
+        draw.rectangle((at_x, at_y, at_x + width, at_y + height), fill=colour)
+        draw.text((at_x + line - left, at_y + line - top), text, fill=ink(colour), font=font)
+    return image

@@ -1,4 +1,4 @@
-"""Contact sheets (PNG) of search hits and audit pairs: the faces themselves, with their scores.
+"""Contact sheets (PNG) of search hits and audit pairs: the faces themselves, with their scores (and a hit's label).
 
 Images are read under one root per cache: the absolute folder extract recorded
 (`source_root`: the source folder, or the folder a list's relative paths start
@@ -23,8 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from expclip.base.errors import ExpclipError
-from expclip.cache.atomic import write_atomically
 from expclip.cache.reader import CacheReader
+from expclip.reports.files import write_png
 from expclip.stages.encoders.images import DecodeError, clip_frames, load_image
 
 COLUMNS = 6
@@ -124,14 +124,18 @@ def _grid(tiles: int, columns: int) -> tuple[Figure, list]:
     return fig, axes
 
 
-def hits_sheet(where: Locator, query: str, hits: list[dict], out: Path) -> Path:
-    """One tile per hit: rank, score, id."""
+def hits_figure(where: Locator, query: str, hits: list[dict]) -> Figure:
+    """One tile per hit: rank and score, its label (what the cache says it shows), id."""
     fig, axes = _grid(len(hits), COLUMNS)
     fig.suptitle(f"{where.cache.name}: nearest to {query}", fontsize=9)
     for ax, h in zip(axes, hits):
-        _tile(ax, where.picture(h["id"]), f"#{h['rank']} {h['score']:.3f}\n{_short(h['id'])}")
-    write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return out
+        label = h.get("label") or "no label"
+        _tile(ax, where.picture(h["id"]), f"#{h['rank']} {h['score']:.3f}\n{_short(label)}\n{_short(h['id'])}")
+    return fig
+
+
+def hits_sheet(where: Locator, query: str, hits: list[dict], out: Path) -> Path:
+    return write_png(hits_figure(where, query, hits), out)
 
 
 def pairs_sheet(pairs: list[dict], out: Path, where: dict[str, Locator], limit: int = 24) -> Path:
@@ -144,8 +148,7 @@ def pairs_sheet(pairs: list[dict], out: Path, where: dict[str, Locator], limit: 
         a, b = where[p["a"]].picture(p["a_id"], p["a_frame"]), where[p["b"]].picture(p["b_id"], p["b_frame"])
         _tile(axes[2 * k], a, f"{p['score']:.4f}\n{_short(p['a_id'])}")
         _tile(axes[2 * k + 1], b, f"{Path(p['b']).stem}\n{_short(p['b_id'])}")
-    write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    return out
+    return write_png(fig, out)
 
 
 def _short(text: str, most: int = 24) -> str:

@@ -196,3 +196,19 @@ def test_fp8_layers_stay_close_to_bf16():
         assert fp8.to_fp8(mlp, cuda) == 2
         after = mlp(x).float()
     assert torch.nn.functional.cosine_similarity(before, after).min() > 0.99
+
+
+def test_teacher_and_clip_attention_run_through_sdpa(tiny_clip, tiny_blip2, monkeypatch):
+    """transformers 5 loads every BLIP-2 part with SDPA by default, and open_clip's attention (need_weights=False)
+    calls F.scaled_dot_product_attention under autocast: a later version that changes either shows here."""
+    teacher = load_teacher(str(tiny_blip2), DEFAULT_INSTRUCTION, device=CPU, precision="fp32", transform="model")
+    config = teacher.model.config
+    parts = (config, config.vision_config, config.qformer_config, config.text_config)
+    assert [c._attn_implementation for c in parts] == ["sdpa"] * 4
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    clip = _clip(tiny_clip, "bf16")
+    clip.encode_images(torch.rand(2, 3, 32, 32))
+    assert len(calls) == len(clip.model.visual.transformer.resblocks)

@@ -28,9 +28,9 @@ def towers(encoder: ImageEncoder) -> dict[str, torch.nn.Module]:
 
 
 def bf16_weights(tower: torch.nn.Module) -> None:
-    """Cast `tower`'s weights to bfloat16 in place, LayerNorms kept in float32 (as transformers keeps them for
-    BLIP-2), so bf16 autocast no longer casts every weight on every pass."""
+    """Cast `tower`'s weights to bfloat16 in place, so bf16 autocast no longer casts every weight on every pass;
+    LayerNorms keep float32 weights (autocast normalises in float32 anyway)."""
     norms = {id(p) for m in tower.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     for p in tower.parameters():
-        if id(p) not in norms and p.is_floating_point():
+        if id(p) not in norms and p.dtype == torch.float32:  # float8 weights report bf16: left as they are
             p.data = p.data.to(torch.bfloat16)

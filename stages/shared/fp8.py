@@ -4,8 +4,8 @@ Float8 tensor cores exist from compute capability 8.9 (Ada, H100/H200); elsewher
 the option is refused in one line rather than run emulated under a name that
 says otherwise. Only linear layers whose both sides are at least MIN_FEATURES
 (and multiples of 16, as float8 kernels require) are converted: the small ones
-gain nothing and lose accuracy. Layers transformers keeps in float32
-(`_keep_in_fp32_modules`: BLIP-2's Q-Former, T5's `wo`) stay as they are.
+(BLIP-2's 768-wide Q-Former) gain nothing and lose accuracy. Layers left in
+float32 and layers converted already stay as they are.
 torchao is an optional dependency (`pip install expclip[fp8]`).
 """
 
@@ -15,6 +15,7 @@ import importlib
 from types import ModuleType
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from expclip.base.errors import ExpclipError
 
@@ -38,8 +39,11 @@ def check_fp8(device: torch.device) -> ModuleType:
 
 
 def large_linear(module: torch.nn.Module, _fqn: str = "") -> bool:
-    """Whether `module` is a linear layer float8 is applied to: bf16 weights, both sides large, multiples of 16."""
+    """Whether `module` is a linear layer float8 is applied to: plain bf16 weights (not converted already), both
+    sides large, multiples of 16."""
     if not isinstance(module, torch.nn.Linear) or module.weight.dtype != torch.bfloat16:
+        return False
+    if is_traceable_wrapper_subclass(module.weight.data):  # torchao's float8 tensors report their bf16 dtype
         return False
     sides = (module.in_features, module.out_features)
     return all(n >= MIN_FEATURES and n % 16 == 0 for n in sides)

@@ -212,3 +212,15 @@ def test_teacher_and_clip_attention_run_through_sdpa(tiny_clip, tiny_blip2, monk
     clip = _clip(tiny_clip, "bf16")
     clip.encode_images(torch.rand(2, 3, 32, 32))
     assert len(calls) == len(clip.model.visual.transformer.resblocks)
+
+
+def test_apply_levers_compiles_every_encoder_for_the_batch_size_when_on(tiny_clip):
+    from expclip.stages.extract.levers import apply_levers
+
+    clip, compiled = _clip(tiny_clip), []
+    cfg = ExtractConfig(compile="on", batch_size=3)
+    done, seconds = apply_levers({"image/x": clip}, cfg, torch.device("cuda"), "fp32", compile_fn=compiled.append)
+    assert compiled == [clip.model.visual] and seconds > 0
+    assert isinstance(done["image/x"], StaticBatch) and done["image/x"].batch_size == 3
+    same, none = apply_levers({"image/x": clip}, ExtractConfig(), torch.device("cuda"), "fp32")
+    assert same["image/x"] is clip and none == 0.0  # auto: not compiled

@@ -72,6 +72,8 @@ def extract(
     num_workers: XO.num_workers = X.num_workers,
     device: XO.device = X.device,
     precision: XO.precision = X.precision,
+    clip_weights: XO.clip_weights = X.clip_weights,
+    compile: XO.compile = X.compile,
     store_dtype: XO.store_dtype = X.store_dtype,
     shard_size: XO.shard_size = X.shard_size,
     part: XO.part = X.part,
@@ -92,7 +94,7 @@ def extract(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
             num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
-            shard_size=shard_size, part=part,
+            shard_size=shard_size, part=part, clip_weights=clip_weights, compile=compile,
         )
         summary = run_extract(src, cache, cfg)
     if summary["rank"] != 0:

@@ -185,7 +185,7 @@ def test_bfloat16_clip_is_close_to_float32(clip, tiny_clip, faces):
         (lambda: load_clip("ViT-Nope-1", None, device=CPU, precision="fp32", transform="model"), "ViT-B-32"),
         (lambda: load_clip("ViT-B-32", "nope", device=CPU, precision="fp32", transform="model"), "openai"),
         (lambda: load_clip("ViT-B-32", None, device=CPU, precision="fp32", transform="crop"), "exp-clip-official"),
-        (lambda: load_clip("ViT-B-32", None, device=CPU, precision="fp8", transform="model"), "bf16"),
+        (lambda: load_clip("ViT-B-32", None, device=CPU, precision="fp16", transform="model"), "bf16"),
         (lambda: load_clip("local-dir:/no/such/clip", None, device=CPU, precision="fp32", transform="model"),
          "/no/such/clip"),
         (lambda: load_teacher("/no/such/blip2", "x", device=CPU, precision="fp32", transform="model"),

@@ -9,7 +9,16 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, option_name, setting
 from expclip.stages.shared import protocol
-from expclip.stages.shared.vocabulary import AUTO, BATCH_SIZES, DEVICE_HELP, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
+from expclip.stages.shared.vocabulary import (
+    AUTO,
+    BATCH_SIZES,
+    COMPILE,
+    DEVICE_HELP,
+    EXTRACT_PRECISIONS,
+    MODEL_TRANSFORM,
+    TRANSFORMS,
+    WEIGHTS,
+)
 
 STORE_DTYPES = ("float16", "float32")
 # Pixels one batch holds at most, after the transforms: long clips come fewer to a batch, so memory stays
@@ -53,7 +62,26 @@ class ExtractConfig:
         "(default: one per core, shared among the ranks on this machine, at most 8).",
     )
     device: str = setting(AUTO, DEVICE_HELP)
-    precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
+    precision: str = setting(
+        AUTO,
+        "auto = bf16 autocast on CUDA, fp32 on the CPU; fp8 = float8 products in the large linear layers "
+        "(GPUs of compute capability >= 8.9, needs torchao: pip install 'expclip[fp8]'), recorded as its own "
+        "precision.",
+        choices=(AUTO, *EXTRACT_PRECISIONS),
+    )
+    clip_weights: str = setting(
+        "float32",
+        "CLIP's weights under bf16: float32 (cast by autocast on every pass) or bfloat16 (cast once; LayerNorms "
+        "stay float32), recorded as precision bfloat16-weights. Needs --precision bf16.",
+        choices=WEIGHTS,
+    )
+    compile: str = setting(
+        AUTO,
+        "torch.compile each tower for one batch shape (CUDA only; compiled code kept in TORCHINDUCTOR_CACHE_DIR, "
+        "default ~/.cache/expclip/inductor). auto = off until a GPU measurement shows it pays at the paper's "
+        "48,640 faces including compile time.",
+        choices=COMPILE,
+    )
     store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)
     prompts: Path | None = setting(None, "JSON file of extra prompt sets.")
     shard_size: int = setting(1024, "Rows per resumable shard.")

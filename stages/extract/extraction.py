@@ -25,6 +25,7 @@ from expclip.stages.encoders import teacher as teacher_encoder
 from expclip.stages.encoders.base import ImageEncoder
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.encode import encode_shards
+from expclip.stages.extract.levers import COMPILING, apply_levers, check_levers
 from expclip.stages.extract.plan import Plan, make_plan
 from expclip.stages.extract.sources import Source
 from expclip.stages.extract.team import join
@@ -52,6 +53,7 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     team = join(device)
     device = team.device(device)
     precision = resolve_precision(cfg.precision, device)
+    check_levers(cfg, device, precision)
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_for(device.type))
     with stop_requests() as halt:
         lock = team.leader_first(lambda: CacheLock(out, shared=part is not None).acquire(), others=False)
@@ -63,7 +65,8 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
             plan = team.leader_first(lambda: make_plan(source, Path(out), cfg, precision, sole_writer=sole))
             plan.shards, plan.texts = team.share((plan.shards, plan.texts))  # every rank splits the leader's list
             mine = plan.share(part, team.rank, team.size, team.leader)
-            encoders = _load_encoders(mine, cfg, device, precision)
+            encoders, compile_seconds = apply_levers(_load_encoders(mine, cfg, device, precision), cfg, device,
+                                                     precision)
             _check_space(plan.share(part, 0, 1, leader=True), encoders, source, cfg, merging=part is None)
             encoded, clock = encode_shards(source, mine.job, {p: encoders[p] for p in mine.shards}, mine.shards, cfg,
                                            halt, shown=team.leader)
@@ -78,6 +81,8 @@ def extract(source: Source, out: Path, cfg: ExtractConfig) -> dict:
     if part is None and team.leader:
         with CacheReader(out) as cache:
             failures = cache.failures()
+    if compile_seconds:
+        clock = {COMPILING: compile_seconds, **clock}
     return {"cache": str(out), "rows": len(source.items), "encoded_rows": encoded, "failures": failures,
             "loaded": sorted(encoders), "merged": merged, "ignored_files": source.ignored, "seconds": clock,
             "rank": team.rank, "part": part}

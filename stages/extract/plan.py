@@ -20,6 +20,7 @@ from expclip.cache.writer import Extraction, Range
 from expclip.stages.encoders import clip as clip_encoder
 from expclip.stages.encoders import teacher as teacher_encoder
 from expclip.stages.extract.config import ExtractConfig
+from expclip.stages.extract.levers import clip_precision_name
 from expclip.stages.extract.prompts import load_prompt_file, text_rows
 from expclip.stages.extract.sources import Source
 from expclip.stages.shared import protocol
@@ -105,7 +106,8 @@ def make_plan(source: Source, out: Path, cfg: ExtractConfig, precision: str, sol
 
 def clip_identity_for(cfg: ExtractConfig, precision: str) -> tuple[str, dict]:
     """(CLIP key, configuration) of the image features `cfg` extracts: the one reading of its CLIP options."""
-    return clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)
+    key, config = clip_encoder.identity(cfg.clip_model, cfg.clip_pretrained, cfg.transform, precision)
+    return key, {**config, "precision": clip_precision_name(cfg, precision, config["precision"])}
 
 
 def teacher_identity_for(cfg: ExtractConfig, precision: str) -> tuple[str, str, dict]:

@@ -3,7 +3,10 @@
 Options and configurations use the short names; caches record the torch dtype
 name (`float32` / `bfloat16`, docs/cache-format.md), so files written before
 read the same. fit-head also offers `tf32`: float32 tensors whose matrix
-products CUDA's tensor cores compute with 10-bit mantissas (`tensor_cores`).
+products CUDA's tensor cores compute with 10-bit mantissas (`tensor_cores`);
+extract also offers `fp8` (stages/shared/fp8.py): bf16 tensors whose large
+linear layers multiply in float8, recorded as `float8_e4m3fn` so its caches
+never count as bf16 ones.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from typing import Iterator
 import torch
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared.vocabulary import AUTO, FIT_PRECISIONS, PRECISIONS, TF32
+from expclip.stages.shared.vocabulary import AUTO, EXTRACT_PRECISIONS, FIT_PRECISIONS, FP8, TF32
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, TF32: torch.float32}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, TF32: torch.float32, FP8: torch.bfloat16}
+FP8_RECORDED = "float8_e4m3fn"  # torchao's float8 format for weights and activations
 
 
-def check_precision(precision: str, offered: tuple[str, ...] = PRECISIONS) -> None:
+def check_precision(precision: str, offered: tuple[str, ...] = EXTRACT_PRECISIONS) -> None:
     """Refuse a name outside the vocabulary, listing it."""
     if precision not in offered:
         raise ExpclipError(f"unknown precision {precision!r}; choose one of: {', '.join(offered)}")
@@ -34,8 +38,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def torch_dtype(precision: str) -> torch.dtype:
-    """The dtype tensors (and matrix-product inputs) take: tf32 keeps float32 tensors."""
-    check_precision(precision, FIT_PRECISIONS)
+    """The dtype tensors (and matrix-product inputs) take: tf32 keeps float32 tensors, fp8 keeps bf16 ones (only
+    its large linear layers' products run in float8)."""
+    check_precision(precision, (*FIT_PRECISIONS, FP8))
     return _DTYPES[precision]
 
 
@@ -61,7 +66,9 @@ def tensor_cores(precision: str, device: torch.device) -> Iterator[None]:
 
 
 def recorded_name(precision: str) -> str:
-    """How a cache records the precision of its features: the torch dtype name."""
+    """How a cache records the precision of its features: the torch dtype name (fp8: the float8 one)."""
+    if precision == FP8:
+        return FP8_RECORDED
     return str(torch_dtype(precision)).removeprefix("torch.")
 
 

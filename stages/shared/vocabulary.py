@@ -11,6 +11,10 @@ PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dt
 BATCH_SIZES = {"cuda": 256, "cpu": 64}  # images per encoder pass by device (extract, predict): GPUs need large ones
 TF32 = "tf32"  # fit-head only: float32 tensors whose matrix products run on CUDA tensor cores
 FIT_PRECISIONS = (*PRECISIONS, TF32)
+FP8 = "fp8"  # extract only: float8 matrix products in the large linear layers (torchao), bf16 elsewhere
+EXTRACT_PRECISIONS = (*PRECISIONS, FP8)
+WEIGHTS = ("float32", "bfloat16")  # extract's CLIP image-tower weights under bf16 autocast
+COMPILE = ("auto", "on", "off")  # extract's torch.compile of each tower
 HEAD_KINDS = ("linear", "mlp")  # linear = the paper's head
 ENSEMBLES = ("logits", "embedding")
 ENSEMBLE = "logits"  # the paper's: mean of a class's prompt logits

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice, help_of
+from expclip.options import choice
 from expclip.output_paths import head_paths, writable, writable_files
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.shared.clip_identity import recorded_pretrained
@@ -75,7 +75,7 @@ def predict(
                      f"{BATCH_SIZES['cuda']} on CUDA, {BATCH_SIZES['cpu']} on the CPU)."),
     ] = None,
     precision: Annotated[
-        choice((AUTO, *PRECISIONS)), typer.Option(help=help_of(ExtractConfig, "precision"))
+        choice((AUTO, *PRECISIONS)), typer.Option(help="auto = bf16 autocast on CUDA, fp32 on the CPU (as extract).")
     ] = ExtractConfig.precision,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")

@@ -25,6 +25,7 @@ from expclip.stages.encoders.teacher import load_teacher
 from expclip.stages.encoders.towers import towers
 from expclip.stages.extract import ExtractConfig
 from expclip.stages.extract.levers import compiles
+from expclip.stages.search.queries import cache_encoder
 from expclip.stages.shared import fp8
 from expclip.stages.shared.precision import recorded_name
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
@@ -61,7 +62,8 @@ def test_bf16_clip_weights_are_recorded_close_to_float32_and_never_count_as_auto
     low, attrs = _image_features(out)
     assert attrs["precision"] == "bfloat16-weights"
     with CacheReader(out) as r:
-        paths = r.items().ids
+        paths, (key,) = r.items().ids, r.image_keys()
+    assert cache_encoder(out, key, "cpu").precision == "bf16"  # search queries join this space by bf16 autocast
     clip = _clip(tiny_clip)
     high = clip.encode_images(torch.stack([clip.transform(load_image(faces / p)) for p in paths])).numpy()
     cosine = (low * high).sum(1) / np.linalg.norm(low, axis=1) / np.linalg.norm(high, axis=1)

@@ -19,17 +19,17 @@ and written in blocks, so an export needs little memory whatever the cache's siz
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from expclip.base.version import __version__
 from expclip.cache import format as fmt
-from expclip.cache.atomic import ensure_folder, write_atomically
+from expclip.cache.atomic import ensure_folder
 from expclip.cache.reader import CacheReader
+from expclip.reports import files
 from expclip.stages.shared.select import choose
 
 MARKER = "export.json"
@@ -63,7 +63,7 @@ def export(cache: Path, out: Path, *, clip_key: str | None = None, teacher: bool
         texts = [(s, r.text(key, s)) for s in sets]
     text_rows = np.concatenate([t.features for _, t in texts]) if texts else np.zeros((0, 0), np.float32)
     ensure_folder((out / TEXTS).parent)
-    write_atomically(out / TEXTS, lambda tmp: _save(tmp, _unit(text_rows)))
+    files.write_npy(out / TEXTS, np.float16, text_rows.shape, [_unit(text_rows)])
     _write_table(out / TEXT_METADATA, {
         "prompt_set": [s for s, t in texts for _ in t.prompts],
         "prompt": [p for _, t in texts for p in t.prompts],
@@ -72,7 +72,7 @@ def export(cache: Path, out: Path, *, clip_key: str | None = None, teacher: bool
     record = {"expclip": __version__, "cache": str(cache), "clip_key": key, "groups": groups,
               "rows": int(items.ok.sum()) * (frames or 1), "items_without_features": int((~items.ok).sum()),
               "prompt_sets": sets, "text_rows": len(text_rows)}
-    write_atomically(out / MARKER, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", "utf-8"))
+    files.write_json(record, out / MARKER)
     return record
 
 
@@ -83,29 +83,18 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.where(norms > 0, norms, 1)).astype(np.float16)
 
 
-def _save(tmp: Path, rows: np.ndarray) -> None:
-    with open(tmp, "wb") as f:
-        np.save(f, rows)
-
-
 def _write_rows(r: CacheReader, group: str, ok: np.ndarray, target: Path) -> None:
     """The group's rows of the items with features, frames flattened, as unit float16 rows, block by block."""
     (shape, _), kept = r.group_shape(group), int(ok.sum())
     per_item = int(np.prod(shape[1:-1], dtype=np.int64))  # frames per clip, 1 for pictures
 
-    def write(tmp: Path) -> None:
-        rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(kept * per_item, shape[-1]))
-        at = 0
+    def blocks() -> Iterator[np.ndarray]:
         for start in range(0, shape[0], BLOCK):
             block = r.rows(group, start, min(start + BLOCK, shape[0]))[ok[start:start + BLOCK]]
-            block = _unit(block.reshape(-1, shape[-1]))
-            rows[at:at + len(block)] = block
-            at += len(block)
-        rows.flush()
-        del rows
+            yield _unit(block.reshape(-1, shape[-1]))
 
     ensure_folder(target.parent)
-    write_atomically(target, write)
+    files.write_npy(target, np.float16, (kept * per_item, shape[-1]), blocks())
 
 
 def _metadata(items: fmt.Items, root: Path, frames: int | None) -> dict[str, list]:
@@ -123,7 +112,5 @@ def _metadata(items: fmt.Items, root: Path, frames: int | None) -> dict[str, lis
 
 
 def _write_table(target: Path, columns: dict[str, list]) -> None:
-    types = {"frame": pa.int32()}
-    table = pa.table({name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()})
     ensure_folder(target.parent)
-    write_atomically(target, lambda tmp: pq.write_table(table, tmp))
+    files.write_parquet(columns, target, {"frame": pa.int32()})

@@ -1,4 +1,4 @@
-"""The one output layer: every JSON, CSV and PNG a command writes goes through here.
+"""The one output layer: every JSON, CSV, PNG, npy and parquet file a command writes goes through here.
 
 Each file is written whole or not at all (`cache.atomic.write_atomically`:
 a temporary beside it, renamed into place), so a reader never sees half a
@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 from expclip.base.errors import ExpclipError
@@ -59,3 +60,28 @@ def write_png(picture: Figure | Image.Image, path: Path) -> Path:
     if isinstance(picture, Image.Image):
         return write_atomically(path, lambda tmp: picture.save(tmp, format="PNG"))
     return write_atomically(path, lambda tmp: picture.savefig(tmp, format="png", dpi=DPI))
+
+
+def write_npy(path: Path, dtype: np.dtype, shape: tuple[int, int], blocks: Iterable[np.ndarray]) -> Path:
+    """An .npy array of `shape` filled from `blocks` (consecutive rows), never held whole in memory."""
+
+    def write(tmp: Path) -> None:
+        rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        at = 0
+        for block in blocks:
+            rows[at:at + len(block)] = block
+            at += len(block)
+        rows.flush()
+        del rows
+
+    return write_atomically(path, write)
+
+
+def write_parquet(columns: dict[str, list], path: Path, types: dict | None = None) -> Path:
+    """Named columns as one parquet table; a column's arrow type from `types` (by name), else string."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = types or {}
+    table = pa.table({name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()})
+    return write_atomically(path, lambda tmp: pq.write_table(table, tmp))

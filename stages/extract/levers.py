@@ -18,10 +18,10 @@ from expclip.stages.encoders.compiled import Compile, compile_encoder, static_co
 from expclip.stages.encoders.towers import bf16_weights, towers
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.shared.fp8 import check_fp8, to_fp8
+from expclip.stages.shared.precision import BF16_WEIGHTS
 from expclip.stages.shared.vocabulary import AUTO, FP8
 
 COMPILING = "compiling"  # the summary's time of the warm-up passes that compile the towers
-BF16_WEIGHTS = "bfloat16-weights"  # the recorded precision of CLIP features made with bf16 weights
 
 
 def bf16_clip_weights(cfg: ExtractConfig, precision: str) -> bool:

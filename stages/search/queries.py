@@ -19,10 +19,7 @@ from expclip.stages.encoders.clip import ClipEncoder, identity, load_clip
 from expclip.stages.encoders.images import DecodeError, load_image
 from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.devices import resolve_device
-from expclip.stages.shared.precision import recorded_name
-from expclip.stages.shared.vocabulary import PRECISIONS
-
-_PRECISIONS = {recorded_name(p): p for p in PRECISIONS}  # as caches record them -> option names
+from expclip.stages.shared.precision import query_precision
 
 
 def cache_encoder(cache: Path, key: str, device: str) -> ClipEncoder:
@@ -31,7 +28,7 @@ def cache_encoder(cache: Path, key: str, device: str) -> ClipEncoder:
         attrs = reader.image_attrs(key)
     model = str(attrs.get("model", ""))
     pretrained = recorded_pretrained(attrs)
-    precision = _PRECISIONS.get(str(attrs.get("precision", "float32")), "fp32")
+    precision = query_precision(str(attrs.get("precision", "float32")))
     transform = str(attrs.get("transform", ""))
     if not model or not transform:
         raise ExpclipError(f"{cache}: /{fmt.image_path(key)} does not record its CLIP model and transform")

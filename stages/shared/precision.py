@@ -21,6 +21,7 @@ from expclip.stages.shared.vocabulary import AUTO, EXTRACT_PRECISIONS, FIT_PRECI
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, TF32: torch.float32, FP8: torch.bfloat16}
 FP8_RECORDED = "float8_e4m3fn"  # torchao's float8 format for weights and activations
+BF16_WEIGHTS = "bfloat16-weights"  # the recorded precision of CLIP features made with bf16 weights
 
 
 def check_precision(precision: str, offered: tuple[str, ...] = EXTRACT_PRECISIONS) -> None:
@@ -93,3 +94,9 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def query_precision(recorded: str) -> str:
+    """The autocast precision that encodes a few queries into the space of features recorded as `recorded`:
+    bf16 weights and fp8 products sit nearest bf16 autocast, which every device runs (fp8 needs a recent GPU)."""
+    return {"bfloat16": "bf16", BF16_WEIGHTS: "bf16", FP8_RECORDED: "bf16"}.get(recorded, "fp32")

@@ -9,14 +9,14 @@ import typer
 from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice, help_of, options
+from expclip.options import choice, configured, csv_option, help_of, json_option, options
 from expclip.output_paths import head_paths, writable, writable_files
+from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
-from expclip.stages.shared.labels import builtin_label_maps
-from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES, NEAR_DUPLICATE
+from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 X, F = ExtractConfig, FitConfig
 XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
@@ -24,7 +24,6 @@ XO = options(X, teacher={"show_default": True}, instruction={"show_default": Fal
              shard_size={"min": 1})
 FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
-LABEL_MAPS = ", ".join(builtin_label_maps())  # the shipped --label-map names, read from their folder
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -144,31 +143,17 @@ def cache_verify(
 
 
 @app.command()
+@configured(EvaluateConfig, baseline={"decls": ("--baseline",)}, prompt_sets={"decls": ("--prompt-set",)})
 def evaluate(
+    config: EvaluateConfig,
     cache: Annotated[
         list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several "
         "datasets).")],
     head: Annotated[
         Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
-    baseline: Annotated[
-        bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
-    prompt_set: Annotated[
-        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = "
-        "every set in the cache.")] = None,
-    ensemble: Annotated[
-        choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt "
-        "embedding).")] = ENSEMBLE,
-    label_map: Annotated[
-        Optional[str], typer.Option(help=LABEL_MAPS + ", or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, "
-        "for numeric class names.")] = None,
-    clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
-    csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
+    json_out: json_option("the records") = None,
+    csv_out: csv_option("one row per record") = None,
     out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices.")] = None,
-    device: FO.device = F.device,
 ) -> None:
     """Zero-shot UAR / WAR of a head (Exp-CLIP) and of plain CLIP, as in the paper's Table 2."""
     import warnings
@@ -176,20 +161,14 @@ def evaluate(
     from expclip.reports import evaluation as report
     from expclip.stages.evaluate import evaluate as run_evaluate
     from expclip.stages.shared.heads import load_head
-    from expclip.stages.shared.labels import read_label_map
 
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(label_map)}
+        read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(config.label_map)}
         writable_files([("--json", json_out), ("--csv", csv_out)], read)
         if out_dir is not None:
             writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # report.png_name
-        sets = None if not prompt_set or "all" in prompt_set else prompt_set
-        records = run_evaluate(
-            load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
-            baseline=baseline, label_map=read_label_map(label_map) if label_map else None, clip_key=clip_key,
-            device=device,
-        )
+        records = run_evaluate(load_head(head) if head is not None else None, cache, config)
         for w in caught:
             err.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
         for table in report.tables(records):
@@ -295,7 +274,9 @@ def head_export(
 
 
 @app.command()
+@configured(EvaluateConfig, skip=("baseline",), prompt_sets={"decls": ("--prompt-set",)})
 def ablate(
+    config: EvaluateConfig,
     train: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s).")],
     eval_caches: Annotated[
         list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")],
@@ -305,36 +286,32 @@ def ablate(
     out_dir: Annotated[
         Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here "
         "are reused.")] = Path("ablation"),
-    prompt_set: Annotated[
-        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the "
-        "caches.")] = None,
-    ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper) or embedding.")] = ENSEMBLE,
-    clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
     teacher_key: Annotated[
         Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
     instruction: Annotated[
         Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
-    label_map: Annotated[
-        Optional[str], typer.Option(help=LABEL_MAPS + ", or a label,name file, for numeric class names.")] = None,
-    device: FO.device = F.device,
 ) -> None:
-    """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
+    """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused.
+
+    --clip-key selects the image key for every run (unless the grid varies it); each head is evaluated on the
+    key it was trained on.
+    """
     from expclip import ablate as grid_runs
     from expclip.reports import evaluation as report
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
-        parsed, names = grid_runs.parse_grid(grid), read_label_map(label_map) if label_map else None  # before any file
+        parsed = grid_runs.parse_grid(grid)
+        if config.label_map:
+            read_label_map(config.label_map)  # a bad map is refused before any file
         writable(out_dir, "--out-dir", folder=True, writes=grid_runs.WRITES,
-                 inputs={"TRAIN": train, "--eval": eval_caches, "--label-map": _file(label_map)})
+                 inputs={"TRAIN": train, "--eval": eval_caches, "--label-map": _file(config.label_map)})
         for sub in ("runs", "heads"):  # finished runs are reused: their folders must take new ones too
             if (out_dir / sub).is_dir():
                 writable(out_dir / sub, "--out-dir", folder=True)
         runs = grid_runs.run_grid(
-            train, eval_caches, parsed, out_dir, base=FitConfig(device=device),
-            prompt_sets=None if not prompt_set or "all" in prompt_set else prompt_set, ensemble=ensemble,
-            select={"clip_key": clip_key, "teacher_key": teacher_key, "instruction": instruction}, label_map=names,
+            train, eval_caches, parsed, out_dir, base=FitConfig(device=config.device), evaluation=config,
+            select={"clip_key": config.clip_key, "teacher_key": teacher_key, "instruction": instruction},
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))

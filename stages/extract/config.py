@@ -8,8 +8,8 @@ from pathlib import Path
 
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, option_name, setting
-from expclip.stages.shared import protocol
-from expclip.stages.shared.vocabulary import AUTO, DEVICES, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
+from expclip.stages.shared import common_settings, protocol
+from expclip.stages.shared.vocabulary import AUTO, MODEL_TRANSFORM, PRECISIONS, TRANSFORMS
 
 STORE_DTYPES = ("float16", "float32")
 BATCH_SIZES = {"cuda": 256, "cpu": 64}
@@ -53,7 +53,7 @@ class ExtractConfig:
         "DataLoader workers decoding images "
         "(default: one per core, shared among the ranks on this machine, at most 8).",
     )
-    device: str = setting("auto", "auto = CUDA when there is one, else the CPU.", choices=DEVICES)
+    device: str = common_settings.device()
     precision: str = setting(AUTO, "auto = bf16 autocast on CUDA, fp32 on the CPU.", choices=(AUTO, *PRECISIONS))
     store_dtype: str = setting("float16", "Feature dtype on disk.", choices=STORE_DTYPES)
     prompts: Path | None = setting(None, "JSON file of extra prompt sets.")

@@ -10,7 +10,7 @@ from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, configured, csv_option, help_of, json_option, options
-from expclip.output_paths import head_paths, writable, writable_files
+from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
@@ -80,7 +80,7 @@ def extract(
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
-        writable(cache, "--out", inputs={"SOURCE": [source], "--prompts": [prompts]})
+        check_outputs({"SOURCE": [source], "--prompts": [prompts]}, files=[("--out", cache)], create=True)
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
                               dataset=dataset)
         cfg = X(
@@ -165,9 +165,8 @@ def evaluate(
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(config.label_map)}
-        writable_files([("--json", json_out), ("--csv", csv_out)], read)
-        if out_dir is not None:
-            writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # report.png_name
+        check_outputs(read, files=[("--json", json_out), ("--csv", csv_out)],
+                      folders=[("--out-dir", out_dir, ["*.png"])])  # report.png_name
         records = run_evaluate(load_head(head) if head is not None else None, cache, config)
         for w in caught:
             err.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
@@ -239,8 +238,7 @@ def fit_head(
         config.check()  # before any file or cache is touched
         read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
                 "--init-from": head_paths(init_from)}
-        for written in files:
-            writable(written, "--out", inputs=read)  # before training, not after
+        check_outputs(read, files=[("--out", written) for written in files], create=True)  # before training
         exclude = None
         if exclude_near_duplicates_of:
             from expclip.stages.audit.leaks import near_duplicates_of
@@ -268,7 +266,7 @@ def head_export(
     from expclip.stages.shared.heads import export_official, load_head
 
     with user_errors():
-        writable(target, "--out", inputs={"HEAD": head_paths(head)})
+        check_outputs({"HEAD": head_paths(head)}, files=[("--out", target)], create=True)
         export_official(load_head(head), target)
     out.print(f"wrote {target}", markup=False)
 
@@ -304,11 +302,9 @@ def ablate(
         parsed = grid_runs.parse_grid(grid)
         if config.label_map:
             read_label_map(config.label_map)  # a bad map is refused before any file
-        writable(out_dir, "--out-dir", folder=True, writes=grid_runs.WRITES,
-                 inputs={"TRAIN": train, "--eval": eval_caches, "--label-map": _file(config.label_map)})
-        for sub in ("runs", "heads"):  # finished runs are reused: their folders must take new ones too
-            if (out_dir / sub).is_dir():
-                writable(out_dir / sub, "--out-dir", folder=True)
+        reused = [("--out-dir", out_dir / sub, ()) for sub in ("runs", "heads") if (out_dir / sub).is_dir()]
+        check_outputs({"TRAIN": train, "--eval": eval_caches, "--label-map": _file(config.label_map)},
+                      folders=[("--out-dir", out_dir, grid_runs.WRITES), *reused])  # reused: must take new runs
         runs = grid_runs.run_grid(
             train, eval_caches, parsed, out_dir, base=FitConfig(device=config.device), evaluation=config,
             select={"clip_key": config.clip_key, "teacher_key": teacher_key, "instruction": instruction},
@@ -338,7 +334,7 @@ def demo(
     from expclip.reports import evaluation as report
 
     with user_errors():
-        writable(workdir, "--workdir", folder=True)
+        check_outputs(folders=[("--workdir", workdir, ("**/*",))])
         run = run_demo(workdir)
         report.write_json(run.records, workdir / "results.json")
     for table in report.tables(run.records):

@@ -8,7 +8,7 @@ import typer
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
 from expclip.options import configured, csv_option, json_option
-from expclip.output_paths import head_paths, writable_files
+from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.audit.config import AuditConfig
 from expclip.stages.search.config import SearchConfig
 
@@ -61,7 +61,7 @@ def search(
         sheets = [] if sheet is None else [sheet] if len(names) == 1 else [
             sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}") for n in range(1, len(names) + 1)]
         read = {"CACHE": [cache], "--image": image or [], "--head": head_paths(head)}
-        writable_files([("--json", json_out), *(("--sheet", s) for s in sheets)], read)
+        check_outputs(read, files=[("--json", json_out), *(("--sheet", s) for s in sheets)])
         where = _locators([cache], image_root, sheets)[str(cache)] if sheet else None  # no image root: refused now
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
@@ -115,8 +115,8 @@ def audit(
     from expclip.stages.audit import audit as run_audit
 
     with user_errors():
-        writable_files([("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)],
-                       {"CACHES": caches, "--against": against or []})
+        check_outputs({"CACHES": caches, "--against": against or []},
+                      files=[("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)])
         where = (
             _locators([*caches, *(against or [])], image_root, [sheet]) if sheet else {}
         )  # no image root: refused now

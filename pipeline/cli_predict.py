@@ -8,7 +8,7 @@ import typer
 
 from expclip.console import err, escape, out, user_errors
 from expclip.options import configured, csv_option, json_option
-from expclip.output_paths import head_paths, writable, writable_files
+from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.predict.config import PredictConfig
 from expclip.stages.shared.clip_identity import recorded_pretrained
 from expclip.stages.shared.vocabulary import PREDICT_CLIP
@@ -39,26 +39,23 @@ def predict(
     from expclip.stages.shared.heads import load_head
 
     with user_errors():
-        c = config
-        read = {"INPUT": _files(paths, c.frame_folders), "--head": head_paths(head),
-                "--detector-model": [c.detector_model]}
-        writable_files([("--json", json_out), ("--csv", csv_out)], read)
-        if annotate_dir is not None:
-            names = outputs.annotation_names(paths, frame_folders=c.frame_folders)
-            writable(annotate_dir, "--annotate", folder=True, inputs=read,
-                     writes=[glob.escape(str(name)) for name in names.values()])
+        read = {"INPUT": _files(paths, config.frame_folders), "--head": head_paths(head),
+                "--detector-model": [config.detector_model]}
+        names = outputs.annotation_names(paths, frame_folders=config.frame_folders) if annotate_dir else {}
+        check_outputs(read, files=[("--json", json_out), ("--csv", csv_out)],
+                      folders=[("--annotate", annotate_dir, [glob.escape(str(name)) for name in names.values()])])
         loaded = load_head(head) if head is not None else None
         recorded = loaded.clip if loaded is not None else {}
         model = ZeroShotFER(
-            c.clip_model or recorded.get("model") or PREDICT_CLIP,
-            c.clip_pretrained if c.clip_model or c.clip_pretrained else recorded_pretrained(recorded),
-            head=loaded, classes=c.classes, prompt_set=c.prompt_set,
-            detector=c.detector, detector_model=c.detector_model, device=c.device,
+            config.clip_model or recorded.get("model") or PREDICT_CLIP,
+            config.clip_pretrained if config.clip_model or config.clip_pretrained else recorded_pretrained(recorded),
+            head=loaded, classes=config.classes, prompt_set=config.prompt_set,
+            detector=config.detector, detector_model=config.detector_model, device=config.device,
             transform=recorded.get("transform") or "model",
         )
-        records, inputs = predict_inputs(model, paths, every=c.every, frame_folders=c.frame_folders)
+        records, inputs = predict_inputs(model, paths, every=config.every, frame_folders=config.frame_folders)
         failed = [r for r in records if r["kind"] == "failed"]
-        if len(failed) == len(records) and c.detector != "none":  # with none, every picture or frame read is a face
+        if len(failed) == len(records) and config.detector != "none":  # with none, every picture read is a face
             err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
         out.print(outputs.table(records))
         for r in failed:

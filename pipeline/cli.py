@@ -18,11 +18,11 @@ from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
-X, F = ExtractConfig, FitConfig
-XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
-             prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0},
-             shard_size={"min": 1})
-FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
+EXTRACT_OPTIONS = options(
+    ExtractConfig, teacher={"show_default": True}, instruction={"show_default": False},
+    prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
+)
+FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
 app = typer.Typer(
@@ -45,13 +45,13 @@ def extract(
         Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list "
         "(frame_dir num_frames label).")],
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
-    clip_model: XO.clip_model = X.clip_model,
-    clip_pretrained: XO.clip_pretrained = X.clip_pretrained,
-    teacher: XO.teacher = X.teacher,
+    clip_model: EXTRACT_OPTIONS.clip_model = ExtractConfig.clip_model,
+    clip_pretrained: EXTRACT_OPTIONS.clip_pretrained = ExtractConfig.clip_pretrained,
+    teacher: EXTRACT_OPTIONS.teacher = ExtractConfig.teacher,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Skip the teacher (evaluation sets).")] = False,
-    instruction: XO.instruction = X.instruction,
-    transform: XO.transform = X.transform,
-    prompts: XO.prompts = X.prompts,
+    instruction: EXTRACT_OPTIONS.instruction = ExtractConfig.instruction,
+    transform: EXTRACT_OPTIONS.transform = ExtractConfig.transform,
+    prompts: EXTRACT_OPTIONS.prompts = ExtractConfig.prompts,
     source_type: Annotated[
         choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
     root: Annotated[
@@ -63,13 +63,13 @@ def extract(
         int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
     dataset: Annotated[
         Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
-    batch_size: XO.batch_size = X.batch_size,
-    num_workers: XO.num_workers = X.num_workers,
-    device: XO.device = X.device,
-    precision: XO.precision = X.precision,
-    store_dtype: XO.store_dtype = X.store_dtype,
-    shard_size: XO.shard_size = X.shard_size,
-    part: XO.part = X.part,
+    batch_size: EXTRACT_OPTIONS.batch_size = ExtractConfig.batch_size,
+    num_workers: EXTRACT_OPTIONS.num_workers = ExtractConfig.num_workers,
+    device: EXTRACT_OPTIONS.device = ExtractConfig.device,
+    precision: EXTRACT_OPTIONS.precision = ExtractConfig.precision,
+    store_dtype: EXTRACT_OPTIONS.store_dtype = ExtractConfig.store_dtype,
+    shard_size: EXTRACT_OPTIONS.shard_size = ExtractConfig.shard_size,
+    part: EXTRACT_OPTIONS.part = ExtractConfig.part,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5.
 
@@ -83,7 +83,7 @@ def extract(
         check_outputs({"SOURCE": [source], "--prompts": [prompts]}, files=[("--out", cache)], create=True)
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
                               dataset=dataset)
-        cfg = X(
+        cfg = ExtractConfig(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
             num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
@@ -192,22 +192,23 @@ def fit_head(
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
     instruction: Annotated[
         Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
-    lr: FO.lr = F.lr,
-    momentum: FO.momentum = F.momentum,
-    weight_decay: FO.weight_decay = F.weight_decay,
-    batch_size: FO.batch_size = F.batch_size,
-    epochs: FO.epochs = F.epochs,
+    lr: FIT_OPTIONS.lr = FitConfig.lr,
+    momentum: FIT_OPTIONS.momentum = FitConfig.momentum,
+    weight_decay: FIT_OPTIONS.weight_decay = FitConfig.weight_decay,
+    batch_size: FIT_OPTIONS.batch_size = FitConfig.batch_size,
+    epochs: FIT_OPTIONS.epochs = FitConfig.epochs,
     milestones: Annotated[
-        str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(map(str, F.milestones)),
-    gamma: FO.gamma = F.gamma,
-    seed: FO.seed = F.seed,
-    optimizer: FO.optimizer = F.optimizer,
-    head: FO.head = F.head,
-    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(F, "logit_scale"))] = F.logit_scale,
-    init_from: FO.init_from = F.init_from,
-    device: FO.device = F.device,
-    precision: FO.precision = F.precision,
-    max_memory: FO.max_memory = F.max_memory,
+        str, typer.Option(help=help_of(FitConfig, "milestones") + " Comma list.")
+    ] = ",".join(map(str, FitConfig.milestones)),
+    gamma: FIT_OPTIONS.gamma = FitConfig.gamma,
+    seed: FIT_OPTIONS.seed = FitConfig.seed,
+    optimizer: FIT_OPTIONS.optimizer = FitConfig.optimizer,
+    head: FIT_OPTIONS.head = FitConfig.head,
+    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(FitConfig, "logit_scale"))] = FitConfig.logit_scale,
+    init_from: FIT_OPTIONS.init_from = FitConfig.init_from,
+    device: FIT_OPTIONS.device = FitConfig.device,
+    precision: FIT_OPTIONS.precision = FitConfig.precision,
+    max_memory: FIT_OPTIONS.max_memory = FitConfig.max_memory,
     exclude_near_duplicates_of: Annotated[
         Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False,
         help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,

@@ -3,11 +3,14 @@
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 # Configs, vocabularies and sources are data only: `expclip --help` never imports torch.
 from expclip import cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
+from expclip.base.version import __version__
 from expclip.console import err, escape, out, user_errors
 from expclip.options import choice, configured, csv_option, help_of, json_option, options
 from expclip.output_paths import check_outputs, head_paths
@@ -25,26 +28,42 @@ EXTRACT_OPTIONS = options(
 FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
-    help="Exp-CLIP zero-shot FER: extract encoder features once, then fit heads and evaluate from the cache.",
-)
+ORDER = ("extract", "fit-head", "evaluate", "ablate", "run", "predict", "search", "audit", "cache", "head", "demo")
+
+
+class InOrder(TyperGroup):
+    """The command list in the order people use them: stage one, stage two, the paper's run, then the tools
+    (typer would list sub-groups such as `cache` after every command)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(super().list_commands(ctx), key=lambda name: ORDER.index(name) if name in ORDER else len(ORDER))
+
+
+app = typer.Typer(cls=InOrder, no_args_is_help=True)  # its help: main's docstring
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")
 head_app = typer.Typer(no_args_is_help=True, help="Convert heads between formats.")
-app.add_typer(cache_app, name="cache")
-app.add_typer(head_app, name="head")
-app.command()(cli_neighbours.search)
-app.command()(cli_neighbours.audit)
-app.command()(cli_predict.predict)
-app.command()(cli_run.run)
 
 
-@app.command()
+def _version(asked: bool) -> None:
+    if asked:
+        out.print(f"expclip {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Exp-CLIP zero-shot FER: extract encoder features once, then fit heads and evaluate from the cache."""
+
+
 def extract(
     source: Annotated[
         Path, typer.Argument(exists=True, help="Image folder, list file (.csv/.txt: path[,label]) or clip list "
         "(frame_dir num_frames label).")],
-    cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
+    cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="File: the cache to create or extend (HDF5).")],
     clip_model: EXTRACT_OPTIONS.clip_model = ExtractConfig.clip_model,
     clip_pretrained: EXTRACT_OPTIONS.clip_pretrained = ExtractConfig.clip_pretrained,
     teacher: EXTRACT_OPTIONS.teacher = ExtractConfig.teacher,
@@ -142,7 +161,6 @@ def cache_verify(
     raise typer.Exit(code)
 
 
-@app.command()
 @configured(EvaluateConfig, baseline={"decls": ("--baseline",)}, prompt_sets={"decls": ("--prompt-set",)})
 def evaluate(
     config: EvaluateConfig,
@@ -181,13 +199,13 @@ def evaluate(
             out.print(f"wrote {len(written)} confusion matrices to {out_dir}", markup=False)
 
 
-@app.command("fit-head")
 def fit_head(
     caches: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher "
         "features (rows are concatenated).")],
     head_out: Annotated[
-        Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")],
+        Path, typer.Option("--out", dir_okay=False, help="File stem HEAD: writes the head as HEAD.safetensors and "
+        "HEAD.json.")],
     clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
     instruction: Annotated[
@@ -258,7 +276,7 @@ def fit_head(
 @head_app.command("export")
 def head_export(
     head: Annotated[Path, typer.Argument(help="HEAD (stem, .safetensors or .json).")],
-    target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write, e.g. HEAD.pth.")],
+    target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File: the head to write, e.g. HEAD.pth.")],
     to: Annotated[
         choice(HEAD_FORMATS), typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict "
         "{mlp.weight}.")] = "official",
@@ -272,7 +290,6 @@ def head_export(
     out.print(f"wrote {target}", markup=False)
 
 
-@app.command()
 @configured(EvaluateConfig, skip=("baseline",), prompt_sets={"decls": ("--prompt-set",)})
 def ablate(
     config: EvaluateConfig,
@@ -324,7 +341,6 @@ def _file(name: str | None) -> list[Path]:
     return [Path(name)] if name and Path(name).is_file() else []
 
 
-@app.command()
 def demo(
     workdir: Annotated[
         Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and "
@@ -344,3 +360,11 @@ def demo(
     for name, path in {**run.files, "results": workdir / "results.json"}.items():
         out.print(f"  {name:18} {path}", highlight=False, markup=False)
     out.print(REAL_RUN, highlight=False, markup=False)
+
+
+for _name, _command in [("extract", extract), ("fit-head", fit_head), ("evaluate", evaluate), ("ablate", ablate),
+                        ("run", cli_run.run), ("predict", cli_predict.predict), ("search", cli_neighbours.search),
+                        ("audit", cli_neighbours.audit), ("demo", demo)]:
+    app.command(_name)(_command)
+app.add_typer(cache_app, name="cache")
+app.add_typer(head_app, name="head")

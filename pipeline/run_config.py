@@ -21,7 +21,8 @@ class RunConfig:
 
     data_root: Path = setting(REQUIRED, "Folder holding the datasets as the preset lays them out (--check lists "
                                         "where).")
-    out: Path = setting(Path("expclip-runs"), "Caches, heads and results; what is already there is reused.")
+    out: Path = setting(Path("expclip-runs"), "Folder: caches, heads and results; what is already there is "
+                                                     "reused.")
     check_only: bool = setting(False, "Only list where each dataset is expected and whether it is there.")
     clip_model: str | None = setting(None, f"CLIP model name or local-dir:PATH. {OVERRIDE}")
     clip_pretrained: str | None = setting(

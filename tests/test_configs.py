@@ -130,3 +130,32 @@ def test_run_overrides_are_the_extract_fields_given():
     assert config.extract_overrides() == {"clip_model": "m", "batch_size": 3}
     assert config.fit_overrides() == {"epochs": 2}
     assert RunConfig(data_root=Path("d")).extract_overrides() == {} and RunConfig(data_root=Path("d")).fit is None
+
+
+def test_version_completion_and_the_command_order():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"expclip {version('expclip')}\n"
+    top = typer.main.get_command(app)
+    assert top.list_commands(None) == ["extract", "fit-head", "evaluate", "ablate", "run", "predict", "search",
+                                       "audit", "cache", "head", "demo"]
+    assert {"--install-completion", "--show-completion"} <= {o for p in top.params for o in p.opts}
+
+
+@pytest.mark.parametrize("command, kind", [("extract", "File"), ("fit-head", "File"), ("head export", "File"),
+                                           ("run", "Folder")])
+def test_out_says_whether_it_is_a_file_or_a_folder(command, kind):
+    group = typer.main.get_command(app)
+    for word in command.split():
+        group = group.commands[word]
+    [out] = [p for p in group.params if "--out" in p.opts]
+    assert out.help.startswith(kind)
+    help_text = " ".join(re.sub("[│╭╮╰╯─]", " ", runner.invoke(app, [*command.split(), "--help"],
+                                                               env={"COLUMNS": "250"}).output).split())
+    assert f"--out <{'file' if kind == 'File' else 'dir'}> {kind}" in help_text
+
+
+def test_teacher_help_says_how_to_run_without_one():
+    assert "without one: --no-teacher" in _params("extract")["--teacher"].help
+    assert "--no-teacher" in _params("extract")

@@ -35,7 +35,8 @@ class ExtractConfig:
     )
     teacher: str | None = setting(
         protocol.DEFAULT_TEACHER,
-        "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.",
+        "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); without one: "
+        "--no-teacher (evaluation caches need none).",
     )
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
     transform: str = setting(

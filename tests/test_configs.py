@@ -159,3 +159,22 @@ def test_out_says_whether_it_is_a_file_or_a_folder(command, kind):
 def test_teacher_help_says_how_to_run_without_one():
     assert "without one: --no-teacher" in _params("extract")["--teacher"].help
     assert "--no-teacher" in _params("extract")
+
+
+def test_dataset_names_are_case_insensitive(monkeypatch, tmp_path):
+    from expclip.demo.synthetic import write_faces
+
+    write_faces(tmp_path / "faces", ["happy", "sad"], 1, size=16)
+    seen = {}
+
+    def fake_extract(source, out, cfg):
+        seen["dataset"] = source.dataset
+        return {"cache": str(out), "rows": 0, "encoded_rows": 0, "failures": {}, "loaded": [], "merged": False,
+                "ignored_files": 0, "seconds": {}, "rank": 0, "part": None}
+
+    monkeypatch.setattr("expclip.stages.extract.extraction.extract", fake_extract)
+    for given, stored in [("rafdb", "RAFDB"), ("AFFECTNET8", "AffectNet8"), ("my-faces", "my-faces")]:
+        result = runner.invoke(app, ["extract", str(tmp_path / "faces"), "--out", str(tmp_path / "c.h5"),
+                                     "--dataset", given])
+        assert result.exit_code == 0, result.output
+        assert seen["dataset"] == stored

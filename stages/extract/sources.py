@@ -50,6 +50,7 @@ def resolve(
 ) -> Source:
     """List a source; `root`/`strip_prefix` re-base list paths written on another machine."""
     protocol.check_frames(frames)
+    dataset = protocol.dataset_name(dataset)
     source = Path(source)
     if not source.exists():
         raise ExpclipError(f"{source}: no such file or folder")

@@ -102,6 +102,9 @@ def extract(
         check_outputs({"SOURCE": [source], "--prompts": [prompts]}, files=[("--out", cache)], create=True)
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
                               dataset=dataset)
+        if dataset and src.items.kind == "clips" and src.dataset not in protocol.dataset_classes():
+            raise ExpclipError(f"--dataset {dataset!r}: a clip list takes its class count from its benchmark; "
+                               f"known: {', '.join(protocol.dataset_classes())}")
         cfg = ExtractConfig(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,

@@ -178,3 +178,14 @@ def test_dataset_names_are_case_insensitive(monkeypatch, tmp_path):
                                      "--dataset", given])
         assert result.exit_code == 0, result.output
         assert seen["dataset"] == stored
+
+
+def test_an_unknown_dataset_for_a_clip_list_is_refused_listing_the_known_ones(monkeypatch, tmp_path):
+    monkeypatch.setattr("expclip.stages.extract.extraction.extract", lambda *a: pytest.fail("extract ran"))
+    (tmp_path / "clip1").mkdir()
+    clips = tmp_path / "clips.txt"
+    clips.write_text("clip1 16 0\n")
+    result = runner.invoke(app, ["extract", str(clips), "--out", str(tmp_path / "c.h5"), "--dataset", "dfew2"])
+    assert result.exit_code == 2
+    assert result.output == ("error: --dataset 'dfew2': a clip list takes its class count from its benchmark; "
+                             "known: RAFDB, AffectNet7, AffectNet8, FERPlus, DFEW, FERV39k, MAFW, AFEW\n")

@@ -14,9 +14,11 @@ from typing import Any
 
 from expclip.base.errors import ExpclipError
 
+REQUIRED = dataclasses.MISSING  # a setting without a default: the command's option is required
+
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with its default, its one-line help and (optionally) its allowed values."""
+    """A dataclass field with its default (or REQUIRED), its one-line help and (optionally) its allowed values."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -41,10 +43,18 @@ def as_json(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def value_problem(field: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for `field` (outside its declared choices), else None: the one choice rule,
+    which the CLI applies as it parses and `check_choices` for API callers."""
+    allowed = field.metadata.get("choices")
+    if allowed and value not in allowed:
+        return f"{value!r} is not one of {', '.join(allowed)}"
+    return None
+
+
 def check_choices(config: Any) -> None:
     """Refuse any field whose value lies outside its declared choices, naming the option."""
     for f in dataclasses.fields(config):
-        allowed = f.metadata.get("choices")
-        value = getattr(config, f.name)
-        if allowed and value not in allowed:
-            raise ExpclipError(f"{option_name(f.name)}: {value!r} is not one of {', '.join(allowed)}")
+        problem = value_problem(f, getattr(config, f.name))
+        if problem:
+            raise ExpclipError(f"{option_name(f.name)}: {problem}")

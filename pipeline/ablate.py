@@ -21,13 +21,13 @@ from expclip.base.errors import ExpclipError
 from expclip.base.settings import as_json
 from expclip.cache.reader import whole_fingerprint
 from expclip.reports.files import write_json
-from expclip.stages.evaluate import evaluate
+from expclip.stages.evaluate import EvaluateConfig, evaluate
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head.config import value_problem
 from expclip.stages.fit_head.train import fit_heads, shared_order
 from expclip.stages.shared.heads import load_head
+from expclip.stages.shared.labels import read_label_map
 from expclip.stages.shared.progress import progress
-from expclip.stages.shared.vocabulary import ENSEMBLE
 
 # Grid names: FitConfig's scalar fields, plus which cache groups to train on; values convert by the field's type.
 _FIT_TYPES = {name: kind for name, kind in typing.get_type_hints(FitConfig).items()
@@ -83,16 +83,19 @@ def run_grid(
     out_dir: Path,
     *,
     base: FitConfig | None = None,
-    prompt_sets: list[str] | None = None,
-    ensemble: str = ENSEMBLE,
+    evaluation: EvaluateConfig | None = None,
     select: dict[str, str | None] | None = None,
-    label_map: dict[str, str] | None = None,
 ) -> list[dict]:
     """Run every grid point not already in `out_dir/runs/`; return all runs of the grid in order.
 
     `select` gives clip_key / teacher_key / instruction for every point; grid values override it.
+    `evaluation` scores each head (its device is the point's; the head's provenance picks the CLIP key).
     """
-    base = base or FitConfig()
+    base, evaluation = base or FitConfig(), evaluation or EvaluateConfig()
+    evaluation.check()
+    names = read_label_map(evaluation.label_map) if evaluation.label_map else None
+    # Every evaluation setting that changes a record keys the run (the device and the key do not).
+    scoring = {k: v for k, v in as_json(evaluation).items() if k not in ("baseline", "clip_key", "device")}
     out_dir = Path(out_dir)
     caches = {"train": [whole_fingerprint(p) for p in train], "eval": [whole_fingerprint(p) for p in evals]}
     planned = []  # (key, point, fit config, selectors, identity), in grid order
@@ -105,9 +108,9 @@ def run_grid(
             "fit": as_json(fit),
             "select": chosen,
             "caches": caches,
-            "prompt_sets": prompt_sets,
-            "ensemble": ensemble,
-            "label_map": label_map,
+            **scoring,
+            "prompt_sets": evaluation.sets(),
+            "label_map": names,
         }
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         planned.append((key, point, fit, chosen, identity))
@@ -123,14 +126,8 @@ def run_grid(
             heads = [out_dir / "heads" / key for key, *_ in group]
             metas = fit_heads(train, heads, [fit for _, _, fit, _, _ in group], **group[0][3])
             for (key, point, fit, _, identity), head_path, meta in zip(group, heads, metas, strict=True):
-                records = evaluate(
-                    load_head(head_path),
-                    evals,
-                    prompt_sets=prompt_sets,
-                    ensemble=ensemble,
-                    label_map=label_map,
-                    device=fit.device,
-                )
+                records = evaluate(load_head(head_path), evals, evaluation, baseline=False, label_map=names,
+                                   clip_key=None, device=fit.device)
                 run = {
                     "key": key,
                     "grid": point,

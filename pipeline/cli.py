@@ -10,22 +10,21 @@ from expclip import cli_export, cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.cli_app import InUseOrder, shared_options
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice, help_of, options
-from expclip.output_paths import head_paths, writable, writable_files
+from expclip.options import choice, configured, csv_option, help_of, json_option, options
+from expclip.output_paths import check_outputs, head_paths
+from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.fit_head.config import LEARNABLE, FitConfig
 from expclip.stages.shared import protocol
-from expclip.stages.shared.labels import builtin_label_maps
-from expclip.stages.shared.vocabulary import ENSEMBLE, ENSEMBLES, NEAR_DUPLICATE
+from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
-X, F = ExtractConfig, FitConfig
-XO = options(X, teacher={"show_default": True}, instruction={"show_default": False},
-             prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0},
-             shard_size={"min": 1})
-FO = options(F, batch_size={"min": 2}, epochs={"min": 1})
+EXTRACT_OPTIONS = options(
+    ExtractConfig, teacher={"show_default": True}, instruction={"show_default": False},
+    prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
+)
+FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
-LABEL_MAPS = ", ".join(builtin_label_maps())  # the shipped --label-map names, read from their folder
 
 app = typer.Typer(
     cls=InUseOrder, callback=shared_options, no_args_is_help=True,
@@ -33,27 +32,20 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")
 head_app = typer.Typer(no_args_is_help=True, help="Convert heads between formats.")
-app.add_typer(cache_app, name="cache")
-app.add_typer(head_app, name="head")
-app.command()(cli_neighbours.search)
-app.command()(cli_neighbours.audit)
-app.command()(cli_predict.predict)
-app.command()(cli_run.run)
 
 
-@app.command()
 def extract(
     source: Annotated[
         Path, typer.Argument(help="Image folder, list file (.csv/.txt: path[,label]), clip list "
         "(frame_dir num_frames label) or WebDataset tar shards ('faces-{00000..00099}.tar').")],
-    cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="Cache file to create or extend (HDF5).")],
-    clip_model: XO.clip_model = X.clip_model,
-    clip_pretrained: XO.clip_pretrained = X.clip_pretrained,
-    teacher: XO.teacher = X.teacher,
+    cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="File: the cache to create or extend (HDF5).")],
+    clip_model: EXTRACT_OPTIONS.clip_model = ExtractConfig.clip_model,
+    clip_pretrained: EXTRACT_OPTIONS.clip_pretrained = ExtractConfig.clip_pretrained,
+    teacher: EXTRACT_OPTIONS.teacher = ExtractConfig.teacher,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Skip the teacher (evaluation sets).")] = False,
-    instruction: XO.instruction = X.instruction,
-    transform: XO.transform = X.transform,
-    prompts: XO.prompts = X.prompts,
+    instruction: EXTRACT_OPTIONS.instruction = ExtractConfig.instruction,
+    transform: EXTRACT_OPTIONS.transform = ExtractConfig.transform,
+    prompts: EXTRACT_OPTIONS.prompts = ExtractConfig.prompts,
     source_type: Annotated[
         choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
     root: Annotated[
@@ -68,15 +60,15 @@ def extract(
     label_field: Annotated[
         Optional[str], typer.Option(help="Tar shards: the .json members' field holding the label (default: "
         ".cls members).")] = None,
-    batch_size: XO.batch_size = X.batch_size,
-    num_workers: XO.num_workers = X.num_workers,
-    device: XO.device = X.device,
-    precision: XO.precision = X.precision,
-    clip_weights: XO.clip_weights = X.clip_weights,
-    compile: XO.compile = X.compile,
-    store_dtype: XO.store_dtype = X.store_dtype,
-    shard_size: XO.shard_size = X.shard_size,
-    part: XO.part = X.part,
+    batch_size: EXTRACT_OPTIONS.batch_size = ExtractConfig.batch_size,
+    num_workers: EXTRACT_OPTIONS.num_workers = ExtractConfig.num_workers,
+    device: EXTRACT_OPTIONS.device = ExtractConfig.device,
+    precision: EXTRACT_OPTIONS.precision = ExtractConfig.precision,
+    clip_weights: EXTRACT_OPTIONS.clip_weights = ExtractConfig.clip_weights,
+    compile: EXTRACT_OPTIONS.compile = ExtractConfig.compile,
+    store_dtype: EXTRACT_OPTIONS.store_dtype = ExtractConfig.store_dtype,
+    shard_size: EXTRACT_OPTIONS.shard_size = ExtractConfig.shard_size,
+    part: EXTRACT_OPTIONS.part = ExtractConfig.part,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5.
 
@@ -87,10 +79,14 @@ def extract(
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
-        writable(cache, "--out", inputs={"SOURCE": sources.named_files(source, source_type), "--prompts": [prompts]})
+        check_outputs({"SOURCE": sources.named_files(source, source_type), "--prompts": [prompts]},
+                      files=[("--out", cache)], create=True)
         src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
                               dataset=dataset, label_field=label_field)
-        cfg = X(
+        if dataset and src.items.kind == "clips" and src.dataset not in protocol.dataset_classes():
+            raise ExpclipError(f"--dataset {dataset!r}: a clip list takes its class count from its benchmark; "
+                               f"known: {', '.join(protocol.dataset_classes())}")
+        cfg = ExtractConfig(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
             num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
@@ -152,35 +148,20 @@ def cache_verify(
 cache_app.command("export")(cli_export.export)  # after info and verify: listed in that order
 
 
-@app.command()
+@configured(EvaluateConfig, baseline={"decls": ("--baseline",)}, prompt_sets={"decls": ("--prompt-set",)})
 def evaluate(
+    config: EvaluateConfig,
     cache: Annotated[
         list[Path], typer.Option("--cache", exists=True, dir_okay=False, help="Evaluation cache (repeat for several "
         "datasets).")],
     head: Annotated[
         Optional[Path], typer.Option(help="HEAD (stem, .safetensors or .json) or an official .pth.")] = None,
-    baseline: Annotated[
-        bool, typer.Option("--baseline", help="Also evaluate plain CLIP (the only method without --head).")] = False,
-    prompt_set: Annotated[
-        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set to score (repeatable); 'all' (default) = "
-        "every set in the cache.")] = None,
-    ensemble: Annotated[
-        choice(ENSEMBLES), typer.Option(help="logits (paper: mean of prompt logits) or embedding (mean prompt "
-        "embedding).")] = ENSEMBLE,
-    label_map: Annotated[
-        Optional[str], typer.Option(help=LABEL_MAPS + ", or a file: JSON {\"1\": \"Surprise\"} or CSV label,name, "
-        "for numeric class names.")] = None,
-    clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key to use when a cache holds several CLIP encoders.")] = None,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")] = None,
-    csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")] = None,
+    json_out: json_option("the records") = None,
+    csv_out: csv_option("one row per record") = None,
     out_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help="Folder for PNG confusion matrices: one "
         "per dataset, CLIP beside Exp-CLIP, rows normalised (per-class recall) with counts.")] = None,
     confusion_counts: Annotated[bool, typer.Option("--confusion-counts", help="With --out-dir: one raw-count "
         "panel per dataset, method and prompt set instead.")] = False,
-    device: FO.device = F.device,
 ) -> None:
     """Zero-shot UAR / WAR of a head (Exp-CLIP) and of plain CLIP, as in the paper's Table 2."""
     import warnings
@@ -189,22 +170,15 @@ def evaluate(
     from expclip.reports import files
     from expclip.stages.evaluate import evaluate as run_evaluate
     from expclip.stages.shared.heads import load_head
-    from expclip.stages.shared.labels import read_label_map
 
     with user_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(label_map)}
-        writable_files([("--json", json_out), ("--csv", csv_out)], read)
-        if out_dir is not None:
-            writable(out_dir, "--out-dir", folder=True, inputs=read, writes=["*.png"])  # reports.confusion
-        elif confusion_counts:
+        read = {"--cache": cache, "--head": head_paths(head), "--label-map": _file(config.label_map)}
+        if confusion_counts and out_dir is None:
             raise ExpclipError("--confusion-counts: draws into --out-dir DIR; give one")
-        sets = None if not prompt_set or "all" in prompt_set else prompt_set
-        records = run_evaluate(
-            load_head(head) if head is not None else None, cache, prompt_sets=sets, ensemble=ensemble,
-            baseline=baseline, label_map=read_label_map(label_map) if label_map else None, clip_key=clip_key,
-            device=device,
-        )
+        check_outputs(read, files=[("--json", json_out), ("--csv", csv_out)],
+                      folders=[("--out-dir", out_dir, ["*.png"])])  # reports.confusion
+        records = run_evaluate(load_head(head) if head is not None else None, cache, config)
         for w in caught:
             err.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
         for table in report.tables(records):
@@ -221,33 +195,34 @@ def evaluate(
             out.print(f"wrote {len(written)} confusion matrices to {out_dir}", markup=False)
 
 
-@app.command("fit-head")
 def fit_head(
     caches: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher "
         "features (rows are concatenated).")],
     head_out: Annotated[
-        Path, typer.Option("--out", dir_okay=False, help="HEAD path: writes HEAD.safetensors and HEAD.json.")],
+        Path, typer.Option("--out", dir_okay=False, help="File stem HEAD: writes the head as HEAD.safetensors and "
+        "HEAD.json.")],
     clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
     teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
     instruction: Annotated[
         Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
-    lr: FO.lr = F.lr,
-    momentum: FO.momentum = F.momentum,
-    weight_decay: FO.weight_decay = F.weight_decay,
-    batch_size: FO.batch_size = F.batch_size,
-    epochs: FO.epochs = F.epochs,
+    lr: FIT_OPTIONS.lr = FitConfig.lr,
+    momentum: FIT_OPTIONS.momentum = FitConfig.momentum,
+    weight_decay: FIT_OPTIONS.weight_decay = FitConfig.weight_decay,
+    batch_size: FIT_OPTIONS.batch_size = FitConfig.batch_size,
+    epochs: FIT_OPTIONS.epochs = FitConfig.epochs,
     milestones: Annotated[
-        str, typer.Option(help=help_of(F, "milestones") + " Comma list.")] = ",".join(map(str, F.milestones)),
-    gamma: FO.gamma = F.gamma,
-    seed: FO.seed = F.seed,
-    optimizer: FO.optimizer = F.optimizer,
-    head: FO.head = F.head,
-    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(F, "logit_scale"))] = F.logit_scale,
-    init_from: FO.init_from = F.init_from,
-    device: FO.device = F.device,
-    precision: FO.precision = F.precision,
-    max_memory: FO.max_memory = F.max_memory,
+        str, typer.Option(help=help_of(FitConfig, "milestones") + " Comma list.")
+    ] = ",".join(map(str, FitConfig.milestones)),
+    gamma: FIT_OPTIONS.gamma = FitConfig.gamma,
+    seed: FIT_OPTIONS.seed = FitConfig.seed,
+    optimizer: FIT_OPTIONS.optimizer = FitConfig.optimizer,
+    head: FIT_OPTIONS.head = FitConfig.head,
+    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(FitConfig, "logit_scale"))] = FitConfig.logit_scale,
+    init_from: FIT_OPTIONS.init_from = FitConfig.init_from,
+    device: FIT_OPTIONS.device = FitConfig.device,
+    precision: FIT_OPTIONS.precision = FitConfig.precision,
+    max_memory: FIT_OPTIONS.max_memory = FitConfig.max_memory,
     exclude_near_duplicates_of: Annotated[
         Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False,
         help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
@@ -278,8 +253,7 @@ def fit_head(
         config.check()  # before any file or cache is touched
         read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
                 "--init-from": head_paths(init_from)}
-        for written in files:
-            writable(written, "--out", inputs=read)  # before training, not after
+        check_outputs(read, files=[("--out", written) for written in files], create=True)  # before training
         exclude = None
         if exclude_near_duplicates_of:
             from expclip.stages.audit.leaks import near_duplicates_of
@@ -298,7 +272,7 @@ def fit_head(
 @head_app.command("export")
 def head_export(
     head: Annotated[Path, typer.Argument(help="HEAD (stem, .safetensors or .json).")],
-    target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write, e.g. HEAD.pth.")],
+    target: Annotated[Path, typer.Option("--out", dir_okay=False, help="File: the head to write, e.g. HEAD.pth.")],
     to: Annotated[
         choice(HEAD_FORMATS), typer.Option("--format", help="official: the Exp-CLIP release's .pth state dict "
         "{mlp.weight}.")] = "official",
@@ -307,13 +281,14 @@ def head_export(
     from expclip.stages.shared.heads import export_official, load_head
 
     with user_errors():
-        writable(target, "--out", inputs={"HEAD": head_paths(head)})
+        check_outputs({"HEAD": head_paths(head)}, files=[("--out", target)], create=True)
         export_official(load_head(head), target)
     out.print(f"wrote {target}", markup=False)
 
 
-@app.command()
+@configured(EvaluateConfig, skip=("baseline",), prompt_sets={"decls": ("--prompt-set",)})
 def ablate(
+    config: EvaluateConfig,
     train: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s).")],
     eval_caches: Annotated[
         list[Path], typer.Option("--eval", exists=True, dir_okay=False, help="Evaluation cache (repeatable).")],
@@ -323,37 +298,31 @@ def ablate(
     out_dir: Annotated[
         Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here "
         "are reused.")] = Path("ablation"),
-    prompt_set: Annotated[
-        Optional[list[str]], typer.Option("--prompt-set", help="Prompt set(s) to score; default: all in the "
-        "caches.")] = None,
-    ensemble: Annotated[choice(ENSEMBLES), typer.Option(help="logits (paper) or embedding.")] = ENSEMBLE,
-    clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key for every run (unless the grid varies it).")] = None,
     teacher_key: Annotated[
         Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
     instruction: Annotated[
         Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
-    label_map: Annotated[
-        Optional[str], typer.Option(help=LABEL_MAPS + ", or a label,name file, for numeric class names.")] = None,
-    device: FO.device = F.device,
 ) -> None:
-    """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused."""
+    """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused.
+
+    --clip-key selects the image key for every run (unless the grid varies it); each head is evaluated on the
+    key it was trained on.
+    """
     from expclip import ablate as grid_runs
     from expclip.reports import evaluation as report
     from expclip.reports import files
     from expclip.stages.shared.labels import read_label_map
 
     with user_errors():
-        parsed, names = grid_runs.parse_grid(grid), read_label_map(label_map) if label_map else None  # before any file
-        writable(out_dir, "--out-dir", folder=True, writes=grid_runs.WRITES,
-                 inputs={"TRAIN": train, "--eval": eval_caches, "--label-map": _file(label_map)})
-        for sub in ("runs", "heads"):  # finished runs are reused: their folders must take new ones too
-            if (out_dir / sub).is_dir():
-                writable(out_dir / sub, "--out-dir", folder=True)
+        parsed = grid_runs.parse_grid(grid)
+        if config.label_map:
+            read_label_map(config.label_map)  # a bad map is refused before any file
+        reused = [("--out-dir", out_dir / sub, ()) for sub in ("runs", "heads") if (out_dir / sub).is_dir()]
+        check_outputs({"TRAIN": train, "--eval": eval_caches, "--label-map": _file(config.label_map)},
+                      folders=[("--out-dir", out_dir, grid_runs.WRITES), *reused])  # reused: must take new runs
         runs = grid_runs.run_grid(
-            train, eval_caches, parsed, out_dir, base=FitConfig(device=device),
-            prompt_sets=None if not prompt_set or "all" in prompt_set else prompt_set, ensemble=ensemble,
-            select={"clip_key": clip_key, "teacher_key": teacher_key, "instruction": instruction}, label_map=names,
+            train, eval_caches, parsed, out_dir, base=FitConfig(device=config.device), evaluation=config,
+            select={"clip_key": config.clip_key, "teacher_key": teacher_key, "instruction": instruction},
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))
@@ -369,7 +338,6 @@ def _file(name: str | None) -> list[Path]:
     return [Path(name)] if name and Path(name).is_file() else []
 
 
-@app.command()
 def demo(
     workdir: Annotated[
         Path, typer.Option(file_okay=False, help="Where the demo writes data, models, caches and "
@@ -381,7 +349,7 @@ def demo(
     from expclip.reports import files
 
     with user_errors():
-        writable(workdir, "--workdir", folder=True)
+        check_outputs(folders=[("--workdir", workdir, ("**/*",))])
         run = run_demo(workdir)
         files.write_json(run.records, workdir / "results.json")
     for table in report.tables(run.records):
@@ -390,3 +358,11 @@ def demo(
     for name, path in {**run.files, "results": workdir / "results.json"}.items():
         out.print(f"  {name:18} {path}", highlight=False, markup=False)
     out.print(REAL_RUN, highlight=False, markup=False)
+
+
+for _name, _command in [("extract", extract), ("fit-head", fit_head), ("evaluate", evaluate), ("ablate", ablate),
+                        ("run", cli_run.run), ("predict", cli_predict.predict), ("search", cli_neighbours.search),
+                        ("audit", cli_neighbours.audit), ("demo", demo)]:
+    app.command(_name)(_command)
+app.add_typer(cache_app, name="cache")
+app.add_typer(head_app, name="head")

@@ -7,14 +7,18 @@ import typer
 
 from expclip.base.errors import ExpclipError
 from expclip.console import err, escape, out, user_errors
-from expclip.output_paths import head_paths, writable_files
-from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, NEAR_DUPLICATE
+from expclip.options import configured, csv_option, json_option
+from expclip.output_paths import check_outputs, head_paths
+from expclip.stages.audit.config import AuditConfig
+from expclip.stages.search.config import SearchConfig
 
 if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked for
     from expclip.reports.sheets import Locator
 
 
+@configured(SearchConfig, k={"decls": ("-k",), "min": 1}, exact={"decls": ("--exact",)})
 def search(
+    config: SearchConfig,
     cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Cache to search.")],
     text: Annotated[
         Optional[list[str]], typer.Option("--text", help="Text query (repeatable), encoded by the cache's own CLIP.")
@@ -25,15 +29,7 @@ def search(
     head: Annotated[
         Optional[Path], typer.Option(help="Search in this head's space (W x, normalised), as zero-shot scores.")
     ] = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per query.")] = 20,
-    exact: Annotated[
-        bool, typer.Option("--exact", help="Exact search (faiss Flat) whatever the cache's size.")
-    ] = False,
-    clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key when the cache holds several CLIP encoders.")
-    ] = None,
-    device: Annotated[str, typer.Option(help=f"Where the query encoder runs: {DEVICE_HELP}")] = AUTO,
-    json_out: Annotated[Optional[Path], typer.Option("--json", dir_okay=False, help="Write the hits as JSON.")] = None,
+    json_out: json_option("the hits") = None,
     sheet: Annotated[
         Optional[Path],
         typer.Option(
@@ -66,13 +62,13 @@ def search(
         sheets = [] if sheet is None else [sheet] if len(names) == 1 else [
             sheet.with_name(f"{sheet.stem}-{n}{sheet.suffix}") for n in range(1, len(names) + 1)]
         read = {"CACHE": [cache], "--image": image or [], "--head": head_paths(head)}
-        writable_files([("--json", json_out), *(("--sheet", s) for s in sheets)], read)
+        check_outputs(read, files=[("--json", json_out), *(("--sheet", s) for s in sheets)])
         where = _locators([cache], image_root, sheets)[str(cache)] if sheet else None  # no image root: refused now
         loaded = load_head(head) if head is not None else None
         with CacheReader(cache) as reader:
-            key = evaluation_key(reader, loaded, clip_key)
-        queries = encode_queries(cache_encoder(cache, key, device), list(text or []), list(image or []))
-        found = run_search(cache, queries, head=loaded, k=k, exact=exact, clip_key=key)
+            key = evaluation_key(reader, loaded, config.clip_key)
+        queries = encode_queries(cache_encoder(cache, key, config.device), list(text or []), list(image or []))
+        found = run_search(cache, queries, config, head=loaded, clip_key=key)
         found["queries"] = names
         err.print(f"index {found['index']['spec']} of {found['index']['rows']:,} items "
                   f"({'built now' if found['index_built'] else 'reused'})", highlight=False)
@@ -88,7 +84,9 @@ def search(
             _note_unshown([where])
 
 
+@configured(AuditConfig, threshold={"min": 0.0, "max": 1.0}, within={"decls": ("--within/--no-within",)})
 def audit(
+    config: AuditConfig,
     caches: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="Cache(s) to audit, e.g. training sets.")
     ],
@@ -98,23 +96,11 @@ def audit(
             "--against", exists=True, dir_okay=False, help="Cache(s) to compare with, e.g. test sets (repeatable)."
         ),
     ] = None,
-    threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Cosine at or above which two frames are near-duplicates.")
-    ] = NEAR_DUPLICATE,
-    within: Annotated[bool, typer.Option("--within/--no-within", help="Also pairs inside each cache.")] = True,
-    clip_key: Annotated[
-        Optional[str], typer.Option(help="Image key when the caches hold several CLIP encoders.")
-    ] = None,
-    csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write every pair (ids, frames, score) as CSV.")
-    ] = None,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", dir_okay=False, help="Write counts and pairs as JSON.")
-    ] = None,
+    csv_out: csv_option("every pair (ids, frames, score)") = None,
+    json_out: json_option("counts and pairs") = None,
     fail_on_leak: Annotated[
         bool, typer.Option("--fail-on-leak", help="Exit 1 when any pair spans two caches.")
     ] = False,
-    device: Annotated[str, typer.Option(help=f"Where the products run (faiss on the CPU): {DEVICE_HELP}")] = AUTO,
     sheet: Annotated[
         Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")
     ] = None,
@@ -131,13 +117,12 @@ def audit(
     from expclip.stages.audit import audit as run_audit
 
     with user_errors():
-        writable_files([("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)],
-                       {"CACHES": caches, "--against": against or []})
+        check_outputs({"CACHES": caches, "--against": against or []},
+                      files=[("--csv", csv_out), ("--json", json_out), ("--sheet", sheet)])
         where = (
             _locators([*caches, *(against or [])], image_root, [sheet]) if sheet else {}
         )  # no image root: refused now
-        found = run_audit(caches, list(against or []), threshold=threshold, within=within, clip_key=clip_key,
-                          device=device)
+        found = run_audit(caches, list(against or []), config)
         out.print(report.audit_table(found))
         if csv_out:
             files.write_csv(report.pairs_table(found["pairs"]), csv_out)
@@ -150,7 +135,8 @@ def audit(
             _note_unshown(list(where.values()))
     leaks = sum(c["pairs"] for c in found["counts"] if not c["within"])
     if leaks:
-        err.print(f"[yellow]{leaks} near-duplicate pair(s) across caches at cosine >= {threshold}[/]", highlight=False)
+        err.print(f"[yellow]{leaks} near-duplicate pair(s) across caches at cosine >= {config.threshold}[/]",
+                  highlight=False)
     if fail_on_leak and leaks:
         raise typer.Exit(1)
 

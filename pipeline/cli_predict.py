@@ -7,82 +7,25 @@ from typing import Annotated, Optional
 import typer
 
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice
-from expclip.output_paths import head_paths, writable, writable_files
-from expclip.stages.extract.config import ExtractConfig
+from expclip.options import configured, csv_option, json_option
+from expclip.output_paths import check_outputs, head_paths
+from expclip.stages.predict.config import PredictConfig
 from expclip.stages.shared.clip_identity import recorded_pretrained
-from expclip.stages.shared.vocabulary import (
-    AUTO,
-    BATCH_SIZES,
-    DETECTORS,
-    DEVICE_HELP,
-    PRECISIONS,
-    PREDICT_CLIP,
-    PREDICT_EVERY,
-    PREDICT_PROMPT_SET,
-)
+from expclip.stages.shared.vocabulary import PREDICT_CLIP
 
 
+@configured(PredictConfig, detector_model={"exists": True, "dir_okay": False}, batch_size={"min": 1},
+            frame_folders={"decls": ("--frame-folders",)})
 def predict(
+    config: PredictConfig,
     paths: Annotated[
         list[Path], typer.Argument(help="Image files, folders, video files or (with --frame-folders) frame folders.")
     ],
     head: Annotated[
         Optional[Path], typer.Option(help="A trained head (Exp-CLIP); without one, plain CLIP zero-shot.")
     ] = None,
-    clip_model: Annotated[
-        Optional[str],
-        typer.Option(
-            help=f"open_clip model, local-dir:PATH or hf-hub:ORG/REPO (default: the head's CLIP, else {PREDICT_CLIP})."
-        ),
-    ] = None,
-    clip_pretrained: Annotated[
-        Optional[str],
-        typer.Option(help="Pretrained tag or weights file (default: the head's, else openai or the model's only tag)."),
-    ] = None,
-    classes: Annotated[
-        Optional[str], typer.Option(help="Comma list of class names, any words (default: the 7 basic expressions).")
-    ] = None,
-    prompt_set: Annotated[
-        str, typer.Option(help="Prompt set for the classes' prompts and templates.")
-    ] = PREDICT_PROMPT_SET,
-    detector: Annotated[
-        choice(DETECTORS),
-        typer.Option(
-            help="haar: OpenCV's bundled cascade; yunet: --detector-model FILE.onnx; none: pre-cropped faces."
-        ),
-    ] = DETECTORS[0],
-    detector_model: Annotated[
-        Optional[Path], typer.Option(exists=True, dir_okay=False, help="YuNet ONNX file for --detector yunet.")
-    ] = None,
-    every: Annotated[
-        str,
-        typer.Option(
-            help="Score every N-th frame of clips (10), or a frame every S seconds (0.5s) at the clip's frame rate; "
-            "the whole clip always uses the paper's 16 frames."
-        ),
-    ] = PREDICT_EVERY,
-    frame_folders: Annotated[
-        bool, typer.Option("--frame-folders", help="Each folder given is one clip's frames (sorted).")
-    ] = False,
-    fps: Annotated[
-        Optional[float], typer.Option(help="Frame folders' frame rate (per second): records get seconds.")
-    ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = AUTO,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(min=1, help=f"Face crops per CLIP pass, across pictures and frames (default: extract's, "
-                     f"{BATCH_SIZES['cuda']} on CUDA, {BATCH_SIZES['cpu']} on the CPU)."),
-    ] = None,
-    precision: Annotated[
-        choice((AUTO, *PRECISIONS)), typer.Option(help="auto = bf16 autocast on CUDA, fp32 on the CPU (as extract).")
-    ] = ExtractConfig.precision,
-    json_out: Annotated[
-        Optional[Path], typer.Option("--json", dir_okay=False, help="Write the records as JSON.")
-    ] = None,
-    csv_out: Annotated[
-        Optional[Path], typer.Option("--csv", dir_okay=False, help="Write one CSV row per record.")
-    ] = None,
+    json_out: json_option("the records") = None,
+    csv_out: csv_option("one row per record") = None,
     annotate_dir: Annotated[
         Optional[Path],
         typer.Option("--annotate", file_okay=False, help="Write boxed pictures and video timelines here."),
@@ -96,25 +39,25 @@ def predict(
     from expclip.stages.shared.heads import load_head
 
     with user_errors():
-        read = {"INPUT": _files(paths, frame_folders), "--head": head_paths(head), "--detector-model": [detector_model]}
-        writable_files([("--json", json_out), ("--csv", csv_out)], read)
-        if annotate_dir is not None:
-            names = outputs.annotation_names(paths, frame_folders=frame_folders)
-            writable(annotate_dir, "--annotate", folder=True, inputs=read,
-                     writes=[glob.escape(str(name)) for name in names.values()])
-        check_clip_options(every, fps)  # refused before any model is loaded
+        read = {"INPUT": _files(paths, config.frame_folders), "--head": head_paths(head),
+                "--detector-model": [config.detector_model]}
+        names = outputs.annotation_names(paths, frame_folders=config.frame_folders) if annotate_dir else {}
+        check_outputs(read, files=[("--json", json_out), ("--csv", csv_out)],
+                      folders=[("--annotate", annotate_dir, [glob.escape(str(name)) for name in names.values()])])
+        check_clip_options(config.every, config.fps)  # refused before any model is loaded
         loaded = load_head(head) if head is not None else None
         recorded = loaded.clip if loaded is not None else {}
         model = ZeroShotFER(
-            clip_model or recorded.get("model") or PREDICT_CLIP,
-            clip_pretrained if clip_model or clip_pretrained else recorded_pretrained(recorded),
-            head=loaded, classes=classes, prompt_set=prompt_set,
-            detector=detector, detector_model=detector_model, device=device,
-            transform=recorded.get("transform") or "model", precision=precision, batch_size=batch_size,
+            config.clip_model or recorded.get("model") or PREDICT_CLIP,
+            config.clip_pretrained if config.clip_model or config.clip_pretrained else recorded_pretrained(recorded),
+            head=loaded, classes=config.classes, prompt_set=config.prompt_set,
+            detector=config.detector, detector_model=config.detector_model, device=config.device,
+            transform=recorded.get("transform") or "model", precision=config.precision, batch_size=config.batch_size,
         )
-        records, inputs = predict_inputs(model, paths, every=every, frame_folders=frame_folders, fps=fps)
+        records, inputs = predict_inputs(model, paths, every=config.every, frame_folders=config.frame_folders,
+                                         fps=config.fps)
         failed = [r for r in records if r["kind"] == "failed"]
-        if len(failed) == len(records) and detector != "none":  # with none, every picture or frame read is a face
+        if len(failed) == len(records) and config.detector != "none":  # with none, every picture read is a face
             err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
         out.print(outputs.table(records))
         for r in failed:

@@ -75,13 +75,23 @@ def head_paths(head: Path | None) -> list[Path]:
     return [Path(head), *head_files(Path(head))]
 
 
-def writable_files(outputs: list[tuple[str, Path | None]], inputs: Inputs) -> None:
-    """A command's output files, (option, path) pairs (None: not asked for), checked before any work: no two
-    are one file, and each can be written in an existing folder without replacing an input."""
-    distinct(outputs)
-    for option, path in outputs:
+Files = Iterable[tuple[str, Path | None]]  # (option, path) pairs; None: not asked for
+Folders = Iterable[tuple[str, Path | None, Iterable[str]]]  # (option, path, the names it writes there)
+
+
+def check_outputs(inputs: Inputs | None = None, *, files: Files = (), folders: Folders = (),
+                  create: bool = False) -> None:
+    """Every output of a command, checked in one call before any work: no two files are one file, each file
+    can be written (its folder made first with `create`, else it must exist) and each folder too (made when
+    missing), none replacing an input."""
+    files = list(files)
+    distinct(files)
+    for option, path in files:
         if path is not None:
-            writable(path, option, create=False, inputs=inputs)
+            writable(path, option, create=create, inputs=inputs)
+    for option, path, writes in folders:
+        if path is not None:
+            writable(path, option, folder=True, inputs=inputs, writes=writes)
 
 
 def distinct(outputs: Iterable[tuple[str, Path | None]]) -> None:

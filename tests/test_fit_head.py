@@ -300,7 +300,7 @@ def test_cli_fit_head_and_export(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--optimizer", "adam"], "Invalid value for '--optimizer': Value error, 'adam' is not one of 'sgd', 'adamw'"),
+    (["--optimizer", "adam"], "Invalid value for '--optimizer': 'adam' is not one of sgd, adamw"),
     (["--milestones", "3,x"], "--milestones: '3,x' is not a comma list"),
     (["--logit-scale", "big"], "--logit-scale: 'big' is neither a number nor 'learnable'"),
     (["--init-from", "missing-head"], "no head weights"),

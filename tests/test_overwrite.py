@@ -35,7 +35,7 @@ CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transf
         "embed_dim": 8}
 WORK = ("expclip.stages.extract.sources.resolve", "expclip.stages.fit_head.train.fit_head",
         "expclip.stages.evaluate.evaluate", "expclip.stages.shared.heads.load_head", "expclip.ablate.run_grid",
-        "expclip.stages.search.nearest", "expclip.stages.audit.pairs", "expclip.stages.predict.api.ZeroShotFER")
+        "expclip.stages.search.search", "expclip.stages.audit.audit", "expclip.stages.predict.api.ZeroShotFER")
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ not faiss).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,12 +25,13 @@ import torch
 from expclip.base.errors import ExpclipError
 from expclip.cache import format as fmt
 from expclip.cache.reader import CacheReader
+from expclip.stages.audit.config import AuditConfig
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.scoring import BLOCK_ROWS
 from expclip.stages.shared.select import evaluation_key
 from expclip.stages.shared.vectors import Rows, all_vectors, cache_vectors
-from expclip.stages.shared.vocabulary import AUTO, NEAR_DUPLICATE
+from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 THRESHOLD = NEAR_DUPLICATE
 SCORES_PER_BLOCK = 1 << 26  # queries x indexed rows scored at once: 256 MB of float32 scores
@@ -47,14 +49,16 @@ class Pairs:
         return len(self.score)
 
 
-def audit(caches: list[Path], against: list[Path], *, threshold: float = THRESHOLD, within: bool = True,
-          clip_key: str | None = None, block_rows: int = BLOCK_ROWS, device: str = AUTO) -> dict:
-    """Pairs and counts: every cache in `caches` against every one in `against`, and each cache with itself."""
-    if not 0 < threshold <= 1:
-        raise ExpclipError(f"--threshold {threshold}: a cosine in (0, 1]")
-    where = resolve_device(device)
+def audit(caches: list[Path], against: list[Path], config: AuditConfig | None = None, *,
+          block_rows: int = BLOCK_ROWS, **settings: Any) -> dict:
+    """Pairs and counts: every cache in `caches` against every one in `against`, and each cache with itself
+    (`within`). `config` (default: AuditConfig()) with `settings` replacing its fields."""
+    cfg = dataclasses.replace(config or AuditConfig(), **settings)
+    cfg.check()
+    threshold, within = cfg.threshold, cfg.within
+    where = resolve_device(cfg.device)
     paths = [Path(p) for p in dict.fromkeys([*caches, *against])]
-    key, described = _common_key(paths, clip_key)
+    key, described = _common_key(paths, cfg.clip_key)
     results = []
     across = [(a, b) for b in dict.fromkeys(map(Path, against)) for a in dict.fromkeys(map(Path, caches)) if a != b]
     usable = {Path(d["path"]): d["rows"] for d in described}

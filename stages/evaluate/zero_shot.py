@@ -15,7 +15,9 @@ over the dataset's classes present in the ground truth, both in percent.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sklearn
@@ -24,49 +26,44 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
+from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.evaluate.protocol_rules import scored_classes
 from expclip.stages.shared import protocol
 from expclip.stages.shared.devices import resolve_device
 from expclip.stages.shared.heads import Head
-from expclip.stages.shared.labels import Labels, dataset_labels
+from expclip.stages.shared.labels import Labels, dataset_labels, read_label_map
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.scoring import Space, blocks, class_targets, head_space
 from expclip.stages.shared.select import evaluation_key
-from expclip.stages.shared.vocabulary import AUTO, ENSEMBLE, ENSEMBLES
 
 CLIP, EXP_CLIP = "clip", "exp-clip"
 
 
 def evaluate(
-    head: Head | None,
-    caches: list[Path],
-    *,
-    prompt_sets: list[str] | None = None,
-    ensemble: str = ENSEMBLE,
-    baseline: bool = False,
-    label_map: dict[str, str] | None = None,
-    clip_key: str | None = None,
-    device: str = AUTO,
+    head: Head | None, caches: list[Path], config: EvaluateConfig | None = None, **settings: Any
 ) -> list[dict]:
     """One record per (cache, method, prompt set): UAR, WAR, per-class recall and confusion matrix.
 
-    `head=None` evaluates plain CLIP only; `baseline=True` adds plain CLIP rows
-    next to the head's. `prompt_sets=None` takes every set the cache holds for
-    the CLIP key. `label_map` translates numeric class names (see stages.labels).
-    `device` computes the scores (float64 there; `auto` = CUDA when present).
+    `config` (default: EvaluateConfig()) with `settings` replacing its fields, e.g. `baseline=True`.
+    `head=None` evaluates plain CLIP only; `baseline` adds plain CLIP rows next
+    to the head's. `prompt_sets=None` takes every set the cache holds for the
+    CLIP key. `label_map` translates numeric class names (see stages.shared.labels):
+    a map's name or file, or the map as read. `device` computes the scores
+    (float64 there; `auto` = CUDA when present).
     """
-    if head is None and not baseline:
+    cfg = dataclasses.replace(config or EvaluateConfig(), **settings)
+    cfg.check()
+    names = read_label_map(cfg.label_map) if isinstance(cfg.label_map, (str, Path)) else cfg.label_map
+    if head is None and not cfg.baseline:
         raise ExpclipError("--head: give a head to evaluate, or --baseline for plain CLIP")
-    if ensemble not in ENSEMBLES:
-        raise ExpclipError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
-    where = resolve_device(device)
-    spaces = (([(CLIP, head_space(None, where))] if baseline else [])
+    where = resolve_device(cfg.device)
+    spaces = (([(CLIP, head_space(None, where))] if cfg.baseline else [])
               + ([(EXP_CLIP, head_space(head, where))] if head is not None else []))
     records = []
     for path in caches:
         with CacheReader(Path(path)) as cache:
-            key = evaluation_key(cache, head, clip_key)
-            records += _evaluate_cache(cache, key, spaces, prompt_sets, ensemble, label_map)
+            key = evaluation_key(cache, head, cfg.clip_key)
+            records += _evaluate_cache(cache, key, spaces, cfg.sets(), cfg.ensemble, names)
     return records
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import check_choices, option_name, setting
-from expclip.stages.shared import protocol
+from expclip.stages.shared import common_settings, protocol
 from expclip.stages.shared.vocabulary import (
     AUTO,
     BATCH_SIZES,
     COMPILE,
-    DEVICE_HELP,
     EXTRACT_PRECISIONS,
     MODEL_TRANSFORM,
     TRANSFORMS,
@@ -43,7 +42,8 @@ class ExtractConfig:
     )
     teacher: str | None = setting(
         protocol.DEFAULT_TEACHER,
-        "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); None: no teacher.",
+        "Teacher: HF id or save_pretrained folder (BLIP-2 Flan-T5 or OPT, InstructBLIP Flan-T5); without one: "
+        "--no-teacher (evaluation caches need none).",
     )
     instruction: str = setting(protocol.DEFAULT_INSTRUCTION, "Teacher instruction (default: the paper's).")
     transform: str = setting(
@@ -61,7 +61,7 @@ class ExtractConfig:
         "DataLoader workers decoding images "
         "(default: one per core, shared among the ranks on this machine, at most 8).",
     )
-    device: str = setting(AUTO, DEVICE_HELP)
+    device: str = common_settings.device()
     precision: str = setting(
         AUTO,
         "auto = bf16 autocast on CUDA, fp32 on the CPU; fp8 = float8 products in the large linear layers "

@@ -57,6 +57,7 @@ def resolve(
     """List a source; `root`/`strip_prefix` re-base list paths written on another machine; `label_field`:
     the JSON field tar shards' labels come from."""
     protocol.check_frames(frames)
+    dataset = protocol.dataset_name(dataset)
     source = Path(source)
     if kind not in SOURCE_TYPES:
         raise ExpclipError(f"--source-type {kind!r}: choose one of {', '.join(SOURCE_TYPES)}")

@@ -8,8 +8,10 @@ from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
 from expclip.base.settings import finite_number, integer, option_name, setting
+from expclip.base.settings import value_problem as choice_problem
+from expclip.stages.shared import common_settings
 from expclip.stages.shared.memory import available_bytes, parse_size
-from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, FIT_PRECISIONS, HEAD_KINDS
+from expclip.stages.shared.vocabulary import FIT_PRECISIONS, HEAD_KINDS
 
 OPTIMIZERS = ("sgd", "adamw")
 LEARNABLE = "learnable"
@@ -50,7 +52,7 @@ class FitConfig:
         None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen)."
     )
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
-    device: str = setting(AUTO, DEVICE_HELP)
+    device: str = common_settings.device()
     precision: str = setting(
         "fp32",
         "fp32 (exact); bf16 matrix products (the paper's head: its hand-written gradient's four; "
@@ -81,9 +83,8 @@ class FitConfig:
 
 def value_problem(name: str, value: Any) -> str | None:
     """What is wrong with `value` for FitConfig's field `name` (outside its choices or its range), else None."""
-    field = {f.name: f for f in fields(FitConfig)}[name]
-    allowed = field.metadata.get("choices")
-    if allowed and value not in allowed:
-        return f"{value!r} is not one of {', '.join(allowed)}"
+    outside = choice_problem({f.name: f for f in fields(FitConfig)}[name], value)
+    if outside:
+        return outside
     ok, wanted = RANGES.get(name, (lambda v: True, ""))
     return None if ok(value) else f"{value!r} is not {wanted}"

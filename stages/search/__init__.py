@@ -1,5 +1,17 @@
-"""`search`: a cache's items nearest to text or image queries, through a faiss index kept beside the cache."""
+"""`search`: a cache's items nearest to text or image queries, through a faiss index kept beside the cache.
 
-from expclip.stages.search.nearest import search
+`SearchConfig` lives in the torch-free `config` module; `search` is imported on
+first use, so reading the configuration (the CLI's --help) does not load torch.
+"""
 
-__all__ = ["search"]
+from expclip.stages.search.config import SearchConfig
+
+__all__ = ["SearchConfig", "search"]
+
+
+def __getattr__(name: str):
+    if name == "search":
+        from expclip.stages.search.nearest import search
+
+        return search
+    raise AttributeError(name)

@@ -7,13 +7,16 @@ scoring compares (plain CLIP space without one).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from expclip.base.errors import ExpclipError
 from expclip.cache.reader import CacheReader
+from expclip.stages.search.config import SearchConfig
 from expclip.stages.search.index import cached_index, on_gpus
 from expclip.stages.shared.heads import Head
 from expclip.stages.shared.memory import available_bytes
@@ -21,14 +24,15 @@ from expclip.stages.shared.scoring import vector_space
 from expclip.stages.shared.select import evaluation_key
 
 
-def search(cache: Path, queries: np.ndarray, *, head: Head | None = None, k: int = 20, exact: bool = False,
-           clip_key: str | None = None) -> dict:
+def search(cache: Path, queries: np.ndarray, config: SearchConfig | None = None, *, head: Head | None = None,
+           **settings: Any) -> dict:
     """For each query row, the `k` nearest usable items: {"index": provenance, "hits": [[{rank, score, item,
-    id, label}, ...] per query]}."""
-    if k < 1:
-        raise ExpclipError(f"-k {k}: ask for at least one neighbour")
+    id, label}, ...] per query]}. `config` (default: SearchConfig()) with `settings` replacing its fields."""
+    cfg = dataclasses.replace(config or SearchConfig(), **settings)
+    cfg.check()
+    k, exact = cfg.k, cfg.exact
     with CacheReader(cache) as reader:
-        key = evaluation_key(reader, head, clip_key)
+        key = evaluation_key(reader, head, cfg.clip_key)
         items = reader.items()
     found = cached_index(cache, key, head, exact=exact, budget=available_bytes() // 2)
     q = vector_space(head).images(torch.from_numpy(np.asarray(queries, dtype=np.float32))).numpy()

@@ -55,6 +55,14 @@ def dataset_classes() -> dict[str, int]:
     return dict(protocol()["dataset_classes"])
 
 
+def dataset_name(name: str | None) -> str | None:
+    """A benchmark's own spelling of `name`, matched case-insensitively (`rafdb` -> `RAFDB`); any other name
+    as given."""
+    if name is None:
+        return None
+    return next((known for known in dataset_classes() if known.lower() == name.lower()), name)
+
+
 def prompt_sets() -> dict[str, dict[str, list[str]]]:
     """Prompt set key -> canonical class name -> prompts."""
     return {k: {c: list(p) for c, p in v.items()} for k, v in protocol()["prompt_sets"].items()}

@@ -1,0 +1,27 @@
+"""The settings several commands share, declared once: each stage's config takes its field from here, so
+`--device`, `--clip-key` and `--label-map` mean (and default to) the same everywhere (data only, no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from expclip.base.settings import setting
+from expclip.stages.shared.labels import builtin_label_maps
+from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP
+
+
+def device(runs: str = "") -> Any:
+    """`--device`; `runs` says what runs there when that is not obvious (e.g. a query encoder). Its forms
+    (cuda:N among them) are checked by `devices.resolve_device`, the one rule."""
+    return setting(AUTO, f"{runs}{': ' if runs else ''}{DEVICE_HELP}")
+
+
+def clip_key(scope: str = "") -> Any:
+    """`--clip-key`: which CLIP image group of a cache (`scope`: e.g. for every run of a grid)."""
+    return setting(None, f"Image key when a cache holds several CLIP encoders{scope}.")
+
+
+def label_map() -> Any:
+    """`--label-map`: the shipped maps' names are read from their folder, not listed by hand."""
+    return setting(None, f"{', '.join(builtin_label_maps())}, or a file: JSON {{\"1\": \"Surprise\"}} or CSV "
+                         "label,name, for numeric class names.")

@@ -10,6 +10,17 @@ from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
 
 KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))
 
+# Expected values written out, not read back from expclip.stages.shared.protocol (test_protocol and
+# test_reference check that module against the paper): the paper's class order, the first 7 the basic ones,
+SEVEN = ["Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust", "Fear"]
+ELEVEN = [*SEVEN, "Contempt", "Anxiety", "Helplessness", "Disappointment"]
+# the 16 frames of a 40-frame clip (the middle of each 2.5-frame segment, int(1.25 + 2.5 i)),
+FRAMES_OF_40 = [1, 3, 6, 8, 11, 13, 16, 18, 21, 23, 26, 28, 31, 33, 36, 38]
+# and the paper's teacher and its instruction.
+PAPER_TEACHER = "Salesforce/blip2-flan-t5-xxl"
+PAPER_INSTRUCTION = ("Please play the role of a facial action describer. "
+                     "Objectively describe the detailed facial actions of the person in the image.")
+
 
 def clip_attrs(**changes) -> dict:
     """Attributes of a hand-written cache's CLIP image group (what extract records), with `changes`."""

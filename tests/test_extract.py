@@ -14,6 +14,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import FRAMES_OF_40, PAPER_INSTRUCTION, SEVEN
 from typer.testing import CliRunner
 
 from expclip.cache.format import partial_dir
@@ -91,7 +92,7 @@ def test_teacher_features_equal_the_encoder_and_bad_files_are_recorded(train_cac
         assert r.teacher_keys() == [(Path(tiny_blip2).name, "paper")]
         stored = r.teacher(Path(tiny_blip2).name, "paper")
         attrs = r.teacher_attrs(Path(tiny_blip2).name, "paper")
-        assert attrs["instruction"] == protocol.DEFAULT_INSTRUCTION and attrs["pooling"] == "mean"
+        assert attrs["instruction"] == PAPER_INSTRUCTION and attrs["pooling"] == "mean"
         good = [i for i, ok in zip(items.ids, items.ok) if ok]
         expected = teacher.encode_images(torch.stack([teacher.transform(load_image(faces / i)) for i in good]))
         np.testing.assert_allclose(stored[items.ok].astype(np.float32), expected.numpy(), rtol=2e-3, atol=2e-3)
@@ -154,8 +155,9 @@ def test_clip_list_samples_frames_by_the_protocol(tmp_path, tiny_clip):
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
     with CacheReader(out) as r:
         items = r.items()
-        assert items.class_names == protocol.class_order()[:7] and items.labels.tolist() == [0, 3, 1]
-        assert items.frame_index.tolist() == [protocol.frame_indices(n) for n in (40, 9, 17)]
+        assert items.class_names == SEVEN and items.labels.tolist() == [0, 3, 1]
+        of_17 = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16]  # int(17/32 + 17/16 i)
+        assert items.frame_index.tolist() == [FRAMES_OF_40, [0] * 16, of_17]
         assert items.frame_index[1].tolist() == [0] * 16  # <= 16 frames: frame 0 sixteen times
         features = r.image(r.image_keys()[0])
         assert features.shape == (3, 16, 32)

@@ -225,10 +225,11 @@ def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip
     assert all(x < 280 for x, _, _, _ in tracks[0]["boxes"]) and all(x > 280 for x, _, _, _ in tracks[1]["boxes"])
     w = load_head(head).linear_weight().double()
     decoded = decode(video)
+    detected = {i: Detector("haar").detect(decoded[i]) for i in sampled}
     for track, on_the_left in zip(tracks, (True, False)):
         crops = []
         for i in sampled:
-            [box] = [b for b in Detector("haar").detect(decoded[i]) if (b.x < 280) == on_the_left]
+            [box] = [b for b in detected[i] if (b.x < 280) == on_the_left]
             crops.append(margin_crop(decoded[i], box.as_list()))
         want = expected(tiny_clip, w, crops, protocol.class_order()[:7], "ensemble_ten", 20.0, clip=True)[0]
         got = torch.tensor([track["probabilities"][c] for c in protocol.class_order()[:7]])

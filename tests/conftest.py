@@ -5,8 +5,16 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/open_clip import: never touch the network
 
 import pytest
+import torch
 
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
+
+# Under pytest-xdist each worker, and every process its tests start, computes with its share of the cores:
+# torch's default (all of them) in every worker would make the workers fight over them. The children get the
+# same count as their worker because float32 sums depend on it, and tests compare their caches byte for byte.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))
 

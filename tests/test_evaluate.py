@@ -345,7 +345,7 @@ def test_cli_writes_reports_and_errors_exit_2(tmp_path, reference_sets):
         (["evaluate", "--baseline", "--cache", str(cache), "--ensemble", "median"], "--ensemble"),
         (["evaluate", "--baseline", "--cache", str(tmp_path / "missing.h5")], "missing.h5"),
     ):
-        result = runner.invoke(app, bad)
+        result = runner.invoke(app, bad, env={"COLUMNS": "250"})  # click's error box would cut a long path short
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
 

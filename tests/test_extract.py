@@ -204,7 +204,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_clip, tiny_blip2, tmp_
     resumed = runner.invoke(app, [*args, "--out", str(out)])
     assert resumed.exit_code == 0, resumed.output
     encoded, earlier = map(int, re.search(r"\(9 items: (\d+) encoded, (\d+) encoded earlier, 1 failed\)",
-                                          resumed.output).groups())
+                                          " ".join(resumed.output.split())).groups())  # a long path wraps the line
     assert encoded + earlier == 8 and earlier >= 1  # finished shards not redone
     with CacheReader(reference) as a, CacheReader(out) as b:
         assert a.items().same_rows(b.items()) and (a.items().ok == b.items().ok).all() and not a.items().ok.all()

@@ -24,7 +24,8 @@ SEVEN = ["Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust", "Fea
 ELEVEN = [*SEVEN, "Contempt", "Anxiety", "Helplessness", "Disappointment"]
 # the 16 frames of a 40-frame clip (the middle of each 2.5-frame segment, int(1.25 + 2.5 i)),
 FRAMES_OF_40 = [1, 3, 6, 8, 11, 13, 16, 18, 21, 23, 26, 28, 31, 33, 36, 38]
-# and the paper's teacher and its instruction.
+# the names of the prompt sets the package ships, and the paper's teacher and its instruction.
+PROMPT_SETS = ["class_name", "an_expression_of", "a_photo_of_a_face", "ensemble_five", "ensemble_ten"]
 PAPER_TEACHER = "Salesforce/blip2-flan-t5-xxl"
 PAPER_INSTRUCTION = ("Please play the role of a facial action describer. "
                      "Objectively describe the detailed facial actions of the person in the image.")

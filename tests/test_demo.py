@@ -6,13 +6,13 @@ from pathlib import Path
 from statistics import mean
 
 import pytest
+from conftest import PROMPT_SETS
 from typer.testing import CliRunner
 
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
 from expclip.demo.run import DEMO_CLASSES, SYNTHETIC
 from expclip.stages.evaluate import evaluate
-from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import load_head
 
 CHANCE = 100 / len(DEMO_CLASSES)
@@ -41,7 +41,7 @@ def test_demo_runs_every_stage_and_says_what_it_is(demo):
     assert {(r["dataset"], r["method"]) for r in records} == {
         (d, m) for d in ("demo-images", "demo-clips") for m in ("clip", "exp-clip")
     }
-    assert {r["prompt_set"] for r in records} == set(protocol.prompt_sets())
+    assert {r["prompt_set"] for r in records} == set(PROMPT_SETS)
     with CacheReader(workdir / "caches" / "train.h5") as train:
         assert train.teacher_keys() and train.image_keys()
     with CacheReader(workdir / "caches" / "eval-clips.h5") as clips:

@@ -5,10 +5,30 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/open_clip import: never touch the network
 
 import pytest
+import torch
 
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
 
+# Under pytest-xdist each worker, and every process its tests start, computes with its share of the cores:
+# torch's default (all of them) in every worker would make the workers fight over them. The children get the
+# same count as their worker because float32 sums depend on it, and tests compare their caches byte for byte.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))
+
+# Expected values written out, not read back from expclip.stages.shared.protocol (test_protocol and
+# test_reference check that module against the paper): the paper's class order, the first 7 the basic ones,
+SEVEN = ["Happiness", "Sadness", "Neutral", "Anger", "Surprise", "Disgust", "Fear"]
+ELEVEN = [*SEVEN, "Contempt", "Anxiety", "Helplessness", "Disappointment"]
+# the 16 frames of a 40-frame clip (the middle of each 2.5-frame segment, int(1.25 + 2.5 i)),
+FRAMES_OF_40 = [1, 3, 6, 8, 11, 13, 16, 18, 21, 23, 26, 28, 31, 33, 36, 38]
+# the names of the prompt sets the package ships, and the paper's teacher and its instruction.
+PROMPT_SETS = ["class_name", "an_expression_of", "a_photo_of_a_face", "ensemble_five", "ensemble_ten"]
+PAPER_TEACHER = "Salesforce/blip2-flan-t5-xxl"
+PAPER_INSTRUCTION = ("Please play the role of a facial action describer. "
+                     "Objectively describe the detailed facial actions of the person in the image.")
 
 
 def clip_attrs(**changes) -> dict:

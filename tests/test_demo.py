@@ -6,13 +6,13 @@ from pathlib import Path
 from statistics import mean
 
 import pytest
+from conftest import PROMPT_SETS
 from typer.testing import CliRunner
 
 from expclip.cache.reader import CacheReader
 from expclip.cli import app
-from expclip.demo.walkthrough import DEMO_CLASSES, HEAD_EPOCHS, SYNTHETIC
+from expclip.demo.walkthrough import DEMO_CLASSES, SYNTHETIC
 from expclip.stages.evaluate import evaluate
-from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import load_head
 
 CHANCE = 100 / len(DEMO_CLASSES)
@@ -41,13 +41,13 @@ def test_demo_runs_every_stage_and_says_what_it_is(demo):
     assert {(r["dataset"], r["method"]) for r in records} == {
         (d, m) for d in ("demo-images", "demo-clips") for m in ("clip", "exp-clip")
     }
-    assert {r["prompt_set"] for r in records} == set(protocol.prompt_sets())
+    assert {r["prompt_set"] for r in records} == set(PROMPT_SETS)
     with CacheReader(workdir / "caches" / "train.h5") as train:
         assert train.teacher_keys() and train.image_keys()
     with CacheReader(workdir / "caches" / "eval-clips.h5") as clips:
         assert clips.kind == "clips" and clips.image(clips.image_keys()[0]).shape[1] == 16
     head = json.loads((workdir / "heads" / "demo-head.json").read_text())
-    assert head["n_train"] == 7 * 40 and len(head["history"]) == HEAD_EPOCHS
+    assert head["n_train"] == 7 * 40 and len(head["history"]) == 100  # HEAD_EPOCHS
     assert str(workdir / "caches" / "train.h5") in output
 
 

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SEVEN
 
 from expclip.base.errors import ExpclipError
-from expclip.stages.shared import protocol
 from expclip.stages.shared.labels import canonical_names, dataset_labels, read_label_map
 
 RAFDB = {"1": "Surprise", "2": "Fear", "3": "Disgust", "4": "Happiness", "5": "Sadness", "6": "Anger", "7": "Neutral"}
@@ -26,7 +26,7 @@ def test_alphabetical_folders_are_reordered_by_name():
     names = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # image-folder order
     labels = np.array([0, 3, 5, -1, 6, 4])
     got = dataset_labels(names, labels)
-    assert got.classes == protocol.class_order()[:7]  # Happiness, Sadness, Neutral, Anger, Surprise, Disgust, Fear
+    assert got.classes == SEVEN
     assert [got.classes[i] if i >= 0 else None for i in got.y] == [
         "Anger",
         "Happiness",
@@ -96,7 +96,7 @@ def test_affectnet_csv_label_map_with_header_and_synonyms(tmp_path):
     mapping = read_label_map(path)
     assert mapping["1"] == "Happiness" and mapping["2"] == "Sadness" and mapping["7"] == "Contempt"
     got = dataset_labels(list(AFFECTNET), np.arange(8), mapping)
-    assert got.classes == protocol.class_order()[:8]
+    assert got.classes == [*SEVEN, "Contempt"]
 
 
 def test_txt_label_map_whitespace_and_comments(tmp_path):

@@ -14,6 +14,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FRAMES_OF_40, SEVEN
 from PIL import Image
 from typer.testing import CliRunner
 from yunet_format import write_yunet_like
@@ -148,13 +149,13 @@ def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, 
         ],
     )
     assert result.exit_code == 0, result.output  # no --clip-model: the head's recorded CLIP
-    work = len(set(range(0, 40, 10)) | set(protocol.frame_indices(40))) + 1  # the video's frames read, the photo
+    work = len(set(range(0, 40, 10)) | set(FRAMES_OF_40)) + 1  # the video's frames read, the photo
     assert f"{work}/{work}" in result.output and "frames/s" in result.output  # the bar moves per frame
     records = json.loads((tmp_path / "p.json").read_text())["records"]
     faces = [r for r in records if r["kind"] == "face" and r["file"] == str(video)]
     assert [r["frame"] for r in faces] == [0, 10, 20, 30] and all(r["face"] == 0 for r in faces)
     [whole] = [r for r in records if r["kind"] == "clip"]
-    assert whole["frames"] == protocol.frame_indices(40) and whole["frames_with_a_face"] == 16
+    assert whole["frames"] == FRAMES_OF_40 and whole["frames_with_a_face"] == 16
     [photo] = [r for r in records if r["file"] == str(PHOTO)]
     assert photo["frame"] is None and abs(photo["box"][0] - 155) <= 3
     lines = (tmp_path / "p.csv").read_text().splitlines()
@@ -220,15 +221,16 @@ def test_a_video_of_two_people_gets_a_verdict_per_face_track(tmp_path, tiny_clip
     assert "track 0" in result.output and "track 1" in result.output
     records = json.loads((tmp_path / "t.json").read_text())["records"]
     tracks = [r for r in records if r["kind"] == "track"]
-    sampled = protocol.frame_indices(40)
+    sampled = FRAMES_OF_40
     assert [t["track"] for t in tracks] == [0, 1] and all(t["frames"] == sampled for t in tracks)
     assert all(x < 280 for x, _, _, _ in tracks[0]["boxes"]) and all(x > 280 for x, _, _, _ in tracks[1]["boxes"])
     w = load_head(head).linear_weight().double()
     decoded = decode(video)
+    detected = {i: Detector("haar").detect(decoded[i]) for i in sampled}
     for track, on_the_left in zip(tracks, (True, False)):
         crops = []
         for i in sampled:
-            [box] = [b for b in Detector("haar").detect(decoded[i]) if (b.x < 280) == on_the_left]
+            [box] = [b for b in detected[i] if (b.x < 280) == on_the_left]
             crops.append(margin_crop(decoded[i], box.as_list()))
         want = expected(tiny_clip, w, crops, protocol.class_order()[:7], "ensemble_ten", 20.0, clip=True)[0]
         got = torch.tensor([track["probabilities"][c] for c in protocol.class_order()[:7]])
@@ -251,7 +253,7 @@ def test_pre_cropped_faces_and_bad_inputs(tmp_path, tiny_clip):
                                  "--device", "cpu", "--json", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
     [record] = json.loads((tmp_path / "c.json").read_text())["records"]
-    assert record["box"] == [0, 0, 290, 290] and set(record["probabilities"]) == set(protocol.class_order()[:7])
+    assert record["box"] == [0, 0, 290, 290] and set(record["probabilities"]) == set(SEVEN)
     (tmp_path / "notes.txt").write_text("x")
     bad = runner.invoke(app, ["predict", str(tmp_path / "notes.txt"), "--clip-model", tiny_clip, "--device", "cpu"])
     assert bad.exit_code == 2 and "notes.txt: neither an image" in " ".join(bad.output.split())

@@ -9,6 +9,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import typer
+from conftest import PAPER_INSTRUCTION, PAPER_TEACHER
 from typer.testing import CliRunner
 
 from expclip import cli_run, preset_run, presets
@@ -16,9 +17,7 @@ from expclip.base.errors import ExpclipError
 from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip, tiny_clip_cfg
 from expclip.demo.synthetic import write_clips, write_faces
 from expclip.stages.evaluate import table2
-from expclip.stages.fit_head import FitConfig
 from expclip.stages.shared import protocol
-from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 SAMPLES = Path(__file__).resolve().parent / "data" / "annotation_samples"
@@ -40,20 +39,11 @@ def test_the_registry_holds_the_three_paper_runs_and_names_them_when_asked_for_a
         preset = presets.load(name)
         assert [d.name for d in preset.evaluation] == paper["datasets"] == list(protocol.dataset_classes())
         assert set(presets.paper_numbers(preset)["exp-clip"]) == set(paper["datasets"])
-        assert preset.extract.transform == OFFICIAL_TRANSFORM and preset.extract.teacher == protocol.DEFAULT_TEACHER
-        assert preset.extract.instruction == protocol.DEFAULT_INSTRUCTION and preset.frames == protocol.DEFAULT_FRAMES
-        official = (
-            "lr",
-            "momentum",
-            "weight_decay",
-            "batch_size",
-            "epochs",
-            "milestones",
-            "gamma",
-            "optimizer",
-            "head",
-        )
-        assert {k: getattr(preset.fit, k) for k in official} == {k: getattr(FitConfig(), k) for k in official}
+        assert preset.extract.transform == "exp-clip-official" and preset.extract.teacher == PAPER_TEACHER
+        assert preset.extract.instruction == PAPER_INSTRUCTION and preset.frames == 16
+        official = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512, "epochs": 5,
+                    "milestones": (30,), "gamma": 0.1, "optimizer": "sgd", "head": "linear"}  # the paper's SGD run
+        assert {k: getattr(preset.fit, k) for k in official} == official
     with pytest.raises(ExpclipError, match="paper-vit-b-16, paper-vit-b-32, paper-vit-l-14"):
         presets.load("paper-vit-h-14")
 
@@ -85,7 +75,7 @@ def test_a_preset_file_may_extend_the_paper_part_and_bad_keys_name_the_choices(t
         "mine",
         2,
         1e-3,
-        protocol.DEFAULT_TEACHER,
+        PAPER_TEACHER,
     )
     mine.write_text(json.dumps({"extends": "_paper", "fit": {"learning_rate": 0.1}}))
     with pytest.raises(ExpclipError, match=r"unknown key\(s\) fit.learning_rate; valid: fit.lr"):

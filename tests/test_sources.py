@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
+from conftest import ELEVEN, SEVEN
 from PIL import Image
 
 from expclip.base.errors import ExpclipError
 from expclip.stages.extract.sources import resolve
-from expclip.stages.shared import protocol
 
 SAMPLES = (
     Path(__file__).resolve().parent / "data" / "annotation_samples"
@@ -77,12 +77,12 @@ def test_reference_annotation_samples_parse_and_rebase(tmp_path):
     assert src.paths[0] == tmp_path / first[0][len(prefix) + 1:]
     assert src.items.ids[0] == "DFEW_Frame_Face/00001"
     assert src.items.labels.tolist() == [int(row[2]) for row in lines]
-    assert src.items.class_names == protocol.class_order()[:7]
+    assert src.items.class_names == SEVEN
     assert src.items.num_frames.tolist() == [int(row[1]) for row in lines]
-    assert src.items.frame_index[0].tolist() == protocol.frame_indices(int(first[1]))
+    assert first[1] == "144" and src.items.frame_index[0].tolist() == [int(4.5 + 9 * i) for i in range(16)]
     assert src.items.frame_index.shape == (len(lines), 16)
     mafw = resolve(SAMPLES / "MAFW_set_1_test.txt", strip_prefix="/data", root=tmp_path, dataset="MAFW")
-    assert mafw.items.class_names == protocol.class_order()  # MAFW has all 11 classes
+    assert mafw.items.class_names == ELEVEN  # MAFW has all 11 classes
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any
 
 from expclip.base.errors import ExpclipError
@@ -17,9 +18,10 @@ from expclip.base.errors import ExpclipError
 REQUIRED = dataclasses.MISSING  # a setting without a default: the command's option is required
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with its default (or REQUIRED), its one-line help and (optionally) its allowed values."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, pattern: str | None = None) -> Any:
+    """A dataclass field with its default (or REQUIRED), its one-line help and (optionally) its allowed values:
+    `choices` as listed, or the forms they name matched by the regular expression `pattern` (e.g. cuda:N)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "pattern": pattern})
 
 
 def finite_number(v: Any) -> bool:
@@ -46,10 +48,12 @@ def as_json(config: Any) -> dict:
 def value_problem(field: dataclasses.Field, value: Any) -> str | None:
     """What is wrong with `value` for `field` (outside its declared choices), else None: the one choice rule,
     which the CLI applies as it parses and `check_choices` for API callers."""
-    allowed = field.metadata.get("choices")
-    if allowed and value not in allowed:
-        return f"{value!r} is not one of {', '.join(allowed)}"
-    return None
+    allowed, pattern = field.metadata.get("choices"), field.metadata.get("pattern")
+    if pattern is not None:
+        known = isinstance(value, str) and re.fullmatch(pattern, value) is not None
+    else:
+        known = not allowed or value in allowed
+    return None if known else f"{value!r} is not one of {', '.join(allowed)}"
 
 
 def check_choices(config: Any) -> None:

@@ -11,7 +11,7 @@ from expclip.options import configured, csv_option, json_option
 from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.predict.config import PredictConfig
 from expclip.stages.shared.clip_identity import recorded_pretrained
-from expclip.stages.shared.vocabulary import PREDICT_CLIP
+from expclip.stages.shared.vocabulary import DEFAULT_CLIP
 
 
 @configured(PredictConfig, detector_model={"exists": True, "dir_okay": False}, batch_size={"min": 1},
@@ -48,7 +48,7 @@ def predict(
         loaded = load_head(head) if head is not None else None
         recorded = loaded.clip if loaded is not None else {}
         model = ZeroShotFER(
-            config.clip_model or recorded.get("model") or PREDICT_CLIP,
+            config.clip_model or recorded.get("model") or DEFAULT_CLIP,
             config.clip_pretrained if config.clip_model or config.clip_pretrained else recorded_pretrained(recorded),
             head=loaded, classes=config.classes, prompt_set=config.prompt_set,
             detector=config.detector, detector_model=config.detector_model, device=config.device,

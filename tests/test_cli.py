@@ -25,7 +25,11 @@ def _plain(text: str) -> str:
 
 @pytest.mark.parametrize("command, option, values", [
     ("extract", "--transform", "model|exp-clip-official"),
-    ("extract", "--precision", "auto|fp32|bf16"),
+    ("extract", "--precision", "auto|fp32|bf16|fp8"),
+    ("extract", "--clip-weights", "float32|bfloat16"),
+    ("extract", "--compile", "auto|on|off"),
+    ("extract", "--device", "auto|cpu|cuda|cuda:N|mps"),
+    ("fit-head", "--device", "auto|cpu|cuda|cuda:N|mps"),
     ("extract", "--store-dtype", "float16|float32"),
     ("extract", "--source-type", "auto|folder|list|clips|shards"),
     ("fit-head", "--optimizer", "sgd|adamw"),

@@ -18,7 +18,7 @@ from expclip.stages.predict.config import PredictConfig
 from expclip.stages.search import SearchConfig
 
 runner = CliRunner()
-DEVICE_HELP = "auto = CUDA when there is one, else the CPU."
+DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 
 
 def _params(command: str) -> dict:
@@ -33,7 +33,8 @@ def _params(command: str) -> dict:
     ("search", SearchConfig, ["-k", "--exact", "--clip-key", "--device"]),
     ("audit", AuditConfig, ["--threshold", "--within", "--clip-key", "--device"]),
     ("predict", PredictConfig, ["--clip-model", "--clip-pretrained", "--classes", "--prompt-set", "--detector",
-                                "--detector-model", "--every", "--frame-folders", "--device"]),
+                                "--detector-model", "--every", "--frame-folders", "--fps", "--device", "--batch-size",
+                                "--precision"]),
     ("run", RunConfig, ["--data-root", "--out", "--check", "--clip-model", "--clip-pretrained", "--teacher", "--fit",
                         "--device", "--batch-size", "--num-workers"]),
 ])
@@ -60,11 +61,11 @@ def test_shared_options_read_the_same_in_every_command():
 
 
 @pytest.mark.parametrize("command, option, values", [
-    ("search", "--device", "auto|cpu|cuda"),
-    ("audit", "--device", "auto|cpu|cuda"),
-    ("predict", "--device", "auto|cpu|cuda"),
+    ("search", "--device", "auto|cpu|cuda|cuda:N|mps"),
+    ("audit", "--device", "auto|cpu|cuda|cuda:N|mps"),
+    ("predict", "--device", "auto|cpu|cuda|cuda:N|mps"),
     ("predict", "--detector", "haar|yunet|none"),
-    ("run", "--device", "auto|cpu|cuda"),
+    ("run", "--device", "auto|cpu|cuda|cuda:N|mps"),
 ])
 def test_new_config_choices_are_listed_and_refused_as_they_are_parsed(command, option, values):
     help_text = " ".join(re.sub("[│╭╮╰╯─]", " ", runner.invoke(app, [command, "--help"],
@@ -84,7 +85,7 @@ def test_api_callers_meet_the_rule_the_cli_applies():
 
     with pytest.raises(ExpclipError, match=r"^--ensemble: 'nope' is not one of logits, embedding$"):
         evaluate(None, [], ensemble="nope")
-    with pytest.raises(ExpclipError, match=r"^--device: 'gpu' is not one of auto, cpu, cuda$"):
+    with pytest.raises(ExpclipError, match=r"^--device: 'gpu' is not one of auto, cpu, cuda, cuda:N, mps$"):
         search(Path("unread.h5"), np.zeros((1, 4), np.float32), device="gpu")
     with pytest.raises(ExpclipError, match=r"^--threshold 0: a cosine in \(0, 1\]$"):
         audit([], [], threshold=0)
@@ -189,3 +190,9 @@ def test_an_unknown_dataset_for_a_clip_list_is_refused_listing_the_known_ones(mo
     assert result.exit_code == 2
     assert result.output == ("error: --dataset 'dfew2': a clip list takes its class count from its benchmark; "
                              "known: RAFDB, AffectNet7, AffectNet8, FERPlus, DFEW, FERV39k, MAFW, AFEW\n")
+
+
+def test_extract_and_predict_default_to_the_same_clip():
+    """A cache extracted with no --clip-model and a predict with none (and no head) use one CLIP: ViT-B-16."""
+    assert _params("extract")["--clip-model"].default == "ViT-B-16"
+    assert _params("predict")["--clip-model"].help.endswith("(default: the head's CLIP, else ViT-B-16).")

@@ -24,7 +24,7 @@ from expclip.base.errors import ExpclipError
 from expclip.cache.format import encoder_key
 from expclip.stages.encoders.hub import hub_files
 from expclip.stages.encoders.provenance import sha256_file, versions_json
-from expclip.stages.encoders.transforms import OnDevice, official_transform, split_on_device
+from expclip.stages.encoders.transforms import OnDevice, check_transform, official_transform, split_on_device
 from expclip.stages.shared.clip_identity import HF_HUB, LOCAL_DIR, clip_identity, model_name, own_weights
 from expclip.stages.shared.precision import autocast, check_precision, recorded_name
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM, OFFICIAL_TRANSFORM
@@ -139,6 +139,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str]:
 def identity(name: str, pretrained: str | None, transform: str, precision: str) -> tuple[str, dict]:
     """Cache key and configuration of an encoder, known without loading it (so a complete
     cache is recognised without touching the GPU)."""
+    check_transform(transform)
     check_precision(precision)
     model_ref, weights, weights_sha = _resolve_weights(name, pretrained)
     if own_weights(model_ref):

@@ -21,6 +21,7 @@ from expclip.base.errors import ExpclipError
 from expclip.cache.format import encoder_key
 from expclip.stages.encoders import blip2_opt, blip2_t5, instructblip_t5
 from expclip.stages.encoders.base import Teacher, TeacherSpec, load_error
+from expclip.stages.encoders.transforms import check_transform
 from expclip.stages.shared.precision import check_precision
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 from expclip.stages.shared.vocabulary import OFFICIAL_TRANSFORM
@@ -77,6 +78,7 @@ def family_of(source: str) -> Family:
 
 
 def _spec(id_or_dir: str, instruction: str, transform: str, precision: str) -> tuple[Family, TeacherSpec]:
+    check_transform(transform)
     check_precision(precision)
     source = _source(id_or_dir)
     family = family_of(source)

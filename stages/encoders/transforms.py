@@ -13,10 +13,20 @@ from collections.abc import Callable
 import torch
 from torchvision import transforms as T
 
+from expclip.base.errors import ExpclipError
+from expclip.stages.shared.vocabulary import TRANSFORMS
+
 
 def official_transform() -> T.Compose:
     """Resize((224, 224)) + ToTensor(): values in [0, 1], no mean/std normalisation."""
     return T.Compose([T.Resize((224, 224)), T.ToTensor()])
+
+
+def check_transform(transform: str) -> None:
+    """The encoders' guard for Python callers (the CLI and configs check first): an unknown name would
+    otherwise silently take the model's own transform."""
+    if transform not in TRANSFORMS:
+        raise ExpclipError(f"unknown transform {transform!r}; choose one of: {', '.join(TRANSFORMS)}")
 
 
 class OnDevice:

@@ -13,6 +13,7 @@ from expclip.stages.shared.vocabulary import (
     AUTO,
     BATCH_SIZES,
     COMPILE,
+    DEFAULT_CLIP,
     EXTRACT_PRECISIONS,
     MODEL_TRANSFORM,
     TRANSFORMS,
@@ -36,7 +37,7 @@ def default_workers() -> int:
 class ExtractConfig:
     """Everything stage one can be told; the defaults reproduce the paper's encoders."""
 
-    clip_model: str = setting("ViT-B-32", "open_clip model name, local-dir:PATH, or hf-hub:ORG/REPO (a hub repo).")
+    clip_model: str = setting(DEFAULT_CLIP, "open_clip model name, local-dir:PATH, or hf-hub:ORG/REPO (a hub repo).")
     clip_pretrained: str | None = setting(
         None, "Pretrained tag or weights file (default: openai where the model has it, else its only tag)."
     )

@@ -53,9 +53,9 @@ from expclip.stages.shared.scoring import Space, class_targets, head_space, logi
 from expclip.stages.shared.vocabulary import (
     AUTO,
     BATCH_SIZES,
+    DEFAULT_CLIP,
     DETECTORS,
     MODEL_TRANSFORM,
-    PREDICT_CLIP,
     PREDICT_PROMPT_SET,
 )
 
@@ -65,7 +65,7 @@ BASIC = protocol.class_order()[:7]  # the seven basic expressions
 class ZeroShotFER:
     """Load once; then `predict` pictures, `scores`/`probabilities` of face crops, `encode_images`."""
 
-    def __init__(self, clip_model: str = PREDICT_CLIP, clip_pretrained: str | None = None, *,
+    def __init__(self, clip_model: str = DEFAULT_CLIP, clip_pretrained: str | None = None, *,
                  head: str | Path | Head | None = None, classes: str | Sequence[str] | None = None,
                  prompt_set: str = PREDICT_PROMPT_SET, detector: str = DETECTORS[0], detector_model: Path | None = None,
                  device: str = AUTO, transform: str = MODEL_TRANSFORM, precision: str = AUTO,

@@ -12,9 +12,9 @@ from expclip.stages.shared import common_settings
 from expclip.stages.shared.vocabulary import (
     AUTO,
     BATCH_SIZES,
+    DEFAULT_CLIP,
     DETECTORS,
     PRECISIONS,
-    PREDICT_CLIP,
     PREDICT_EVERY,
     PREDICT_PROMPT_SET,
 )
@@ -25,7 +25,7 @@ class PredictConfig:
     """Which CLIP, classes, prompts and face detector score the pictures, and how videos are sampled."""
 
     clip_model: str | None = setting(
-        None, f"open_clip model, local-dir:PATH or hf-hub:ORG/REPO (default: the head's CLIP, else {PREDICT_CLIP})."
+        None, f"open_clip model, local-dir:PATH or hf-hub:ORG/REPO (default: the head's CLIP, else {DEFAULT_CLIP})."
     )
     clip_pretrained: str | None = setting(
         None, "Pretrained tag or weights file (default: the head's, else openai or the model's only tag)."

@@ -5,6 +5,7 @@ offer exactly these choices.
 """
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the forms --device takes (stages.shared.devices reads them)
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"  # DEVICES as a regular expression (N: a CUDA device index)
 DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dtype name
@@ -22,6 +23,6 @@ MODEL_TRANSFORM, OFFICIAL_TRANSFORM = "model", "exp-clip-official"
 TRANSFORMS = (MODEL_TRANSFORM, OFFICIAL_TRANSFORM)
 NEAR_DUPLICATE = 0.95  # audit's default cosine threshold; not calibrated: benchmarks/leak_threshold.py proposes one
 DETECTORS = ("haar", "yunet", "none")  # predict's face detectors: OpenCV's bundled cascade, YuNet (ONNX file), none
-PREDICT_CLIP = "ViT-B-16"  # predict's CLIP when neither --clip-model nor a head names one (the paper's middle model)
+DEFAULT_CLIP = "ViT-B-16"  # extract's and predict's CLIP when none is named (the paper's middle model)
 PREDICT_PROMPT_SET = "ensemble_ten"  # predict's prompts: the largest protocol set
 PREDICT_EVERY = "0.5s"  # predict's frame step, by time: an hour of video is not scored frame by frame

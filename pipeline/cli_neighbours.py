@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # sheets import matplotlib: loaded only when a sheet is asked
     from expclip.reports.sheets import Locator
 
 
+# --image-root, as search and audit both offer it with their contact sheets
+IMAGE_ROOT = Annotated[Optional[Path], typer.Option(
+    file_okay=False, help="Where the caches' images are now, if not where extract read them (--sheet reads only "
+    "under it).")]
+
 @configured(SearchConfig, k={"decls": ("-k",), "min": 1}, exact={"decls": ("--exact",)})
 def search(
     config: SearchConfig,
@@ -37,14 +42,7 @@ def search(
             help="Write a contact sheet of the hits (PNG; with several queries, one per query: NAME-1.png, ...).",
         ),
     ] = None,
-    image_root: Annotated[
-        Optional[Path],
-        typer.Option(
-            file_okay=False,
-            help="Where the cache's images are now (for --sheet, which reads only under it), "
-            "if not where extract read them.",
-        ),
-    ] = None,
+    image_root: IMAGE_ROOT = None,
 ) -> None:
     """Nearest items of a cache to a text or an image (faiss index built once, kept beside the cache)."""
     from expclip.cache.reader import CacheReader
@@ -104,12 +102,7 @@ def audit(
     sheet: Annotated[
         Optional[Path], typer.Option(dir_okay=False, help="Write a contact sheet of the closest pairs (PNG).")
     ] = None,
-    image_root: Annotated[
-        Optional[Path],
-        typer.Option(
-            file_okay=False, help="Where the caches' images are now (for --sheet, which reads only under it), if moved."
-        ),
-    ] = None,
+    image_root: IMAGE_ROOT = None,
 ) -> None:
     """Near-duplicate frames across caches (train/test leaks) and within each, by CLIP cosine."""
     from expclip.reports import files

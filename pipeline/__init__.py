@@ -4,14 +4,8 @@
 imported on first use, so `import expclip` (and the CLI's --help) loads no torch.
 """
 
+from expclip.base.lazy import lazy
 from expclip.base.version import __version__
 
 __all__ = ["ZeroShotFER", "__version__"]
-
-
-def __getattr__(name: str):
-    if name == "ZeroShotFER":
-        from expclip.stages.predict.api import ZeroShotFER
-
-        return ZeroShotFER
-    raise AttributeError(name)
+__getattr__ = lazy({"ZeroShotFER": "expclip.stages.predict.api"})

@@ -5,18 +5,9 @@ they flag as fit-head's exclusion (`leaks`).
 first use, so reading the configuration (the CLI's --help) does not load torch.
 """
 
+from expclip.base.lazy import lazy
 from expclip.stages.audit.config import AuditConfig
 
 __all__ = ["AuditConfig", "THRESHOLD", "audit", "flagged_items", "near_duplicates_of"]
-
-
-def __getattr__(name: str):
-    if name in ("THRESHOLD", "audit", "flagged_items"):
-        from expclip.stages.audit import pairs
-
-        return getattr(pairs, name)
-    if name == "near_duplicates_of":
-        from expclip.stages.audit.leaks import near_duplicates_of
-
-        return near_duplicates_of
-    raise AttributeError(name)
+__getattr__ = lazy({**dict.fromkeys(("THRESHOLD", "audit", "flagged_items"), "expclip.stages.audit.pairs"),
+                    "near_duplicates_of": "expclip.stages.audit.leaks"})

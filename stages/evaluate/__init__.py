@@ -5,18 +5,10 @@ over them (the classes a dataset scores, means over folds, Table 2 beside the pa
 first use, so reading the configuration (the CLI's --help) does not load torch.
 """
 
+from expclip.base.lazy import lazy
 from expclip.stages.evaluate.config import EvaluateConfig
 
 __all__ = ["EvaluateConfig", "evaluate", "fold_means", "unscored_classes", "table2"]
-
-
-def __getattr__(name: str):
-    if name == "evaluate":
-        from expclip.stages.evaluate.zero_shot import evaluate
-
-        return evaluate
-    if name in ("fold_means", "unscored_classes", "table2"):
-        from expclip.stages.evaluate import protocol_rules
-
-        return getattr(protocol_rules, name)
-    raise AttributeError(name)
+RULES = "expclip.stages.evaluate.protocol_rules"
+__getattr__ = lazy({"evaluate": "expclip.stages.evaluate.zero_shot",
+                    **dict.fromkeys(("fold_means", "unscored_classes", "table2"), RULES)})

@@ -4,14 +4,8 @@
 first use, so reading the configuration (the CLI's --help) does not load torch.
 """
 
+from expclip.base.lazy import lazy
 from expclip.stages.extract.config import ExtractConfig
 
 __all__ = ["ExtractConfig", "counts", "extract"]
-
-
-def __getattr__(name: str):
-    if name in ("counts", "extract"):
-        from expclip.stages.extract import extraction
-
-        return getattr(extraction, name)
-    raise AttributeError(name)
+__getattr__ = lazy(dict.fromkeys(("counts", "extract"), "expclip.stages.extract.extraction"))

@@ -4,14 +4,8 @@
 first use, so reading the configuration (the CLI's --help) does not load torch.
 """
 
+from expclip.base.lazy import lazy
 from expclip.stages.fit_head.config import FitConfig
 
 __all__ = ["FitConfig", "fit_head"]
-
-
-def __getattr__(name: str):
-    if name == "fit_head":
-        from expclip.stages.fit_head.train import fit_head
-
-        return fit_head
-    raise AttributeError(name)
+__getattr__ = lazy({"fit_head": "expclip.stages.fit_head.train"})

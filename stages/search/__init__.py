@@ -4,14 +4,8 @@
 first use, so reading the configuration (the CLI's --help) does not load torch.
 """
 
+from expclip.base.lazy import lazy
 from expclip.stages.search.config import SearchConfig
 
 __all__ = ["SearchConfig", "search"]
-
-
-def __getattr__(name: str):
-    if name == "search":
-        from expclip.stages.search.nearest import search
-
-        return search
-    raise AttributeError(name)
+__getattr__ = lazy({"search": "expclip.stages.search.nearest"})

@@ -5,12 +5,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration
 
 from expclip.cache.reader import CacheReader
 from expclip.demo.checkpoints import save_tiny_blip2
 from expclip.stages.encoders.teacher import load_teacher
+from expclip.stages.shared.heads import load_head
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM
 
@@ -132,3 +134,58 @@ def test_predict_rate_smoke(capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert [r.faces for r in rows] == [6, 6, 2] and all(r.rate > 0 for r in rows)
     assert all(r.name in printed for r in rows) and "batch size 4" in printed and "(a)/(b):" in printed
+
+
+def _fp8_caches(tmp_path):
+    """Two training caches of the same faces (the second's features slightly off, as fp8's would be) and a
+    held-out cache with a prompt set, all under one CLIP key."""
+    from expclip.cache import format as fmt
+    from expclip.cache.writer import write_arrays
+
+    rng = np.random.default_rng(3)
+    clip = {"model": "ViT-T", "pretrained": "random", "transform": "model", "logit_scale": 50.0, "embed_dim": 16}
+    image, taught = rng.standard_normal((96, 16)), rng.standard_normal((96, 24))
+    paths = []
+    for name, noise in (("bf16", 0.0), ("fp8", 0.05)):
+        items = fmt.Items(ids=[f"{i}.png" for i in range(96)], labels=np.zeros(96, np.int64), class_names=["Happiness"])
+        aligned = {fmt.image_path("ViT-T@random"): ((image + noise * rng.standard_normal(image.shape)).astype(
+            np.float32), clip), fmt.teacher_path("tiny-t5", "paper"): (taught.astype(np.float32),
+                                                                       {"model": "tiny-t5", "instruction": "x"})}
+        write_arrays(tmp_path / f"{name}.h5", items, file_attrs={"dataset": name, "source": "synthetic"},
+                     aligned=aligned)
+        paths.append(tmp_path / f"{name}.h5")
+    classes = ["Happiness", "Sadness", "Anger"]
+    items = fmt.Items(ids=[f"e{i}.png" for i in range(30)], labels=np.arange(30) % 3, class_names=classes)
+    text = (rng.standard_normal((6, 16)).astype(np.float32),
+            {"prompts": [f"p{i}" for i in range(6)], "class_names": classes, "class_index": [0, 0, 1, 1, 2, 2]})
+    held_out = tmp_path / "held-out.h5"
+    write_arrays(held_out, items, file_attrs={"dataset": "held-out", "source": "synthetic"},
+                 aligned={fmt.image_path("ViT-T@random"): (rng.standard_normal((30, 16)).astype(np.float32), clip)},
+                 small={fmt.text_path("ViT-T@random", "a_photo_of_a_face"): text})
+    return paths[1], paths[0], held_out, text
+
+
+def test_fp8_effect_compares_heads_and_their_zero_shot_classes(tmp_path, capsys, monkeypatch):
+    """Identical features give identical heads and classes; perturbed ones, heads whose agreement equals a
+    numpy computation of both heads' zero-shot classes."""
+    effect = _script("fp8_effect", monkeypatch)
+    fp8, bf16, held_out, (text, attrs) = _fp8_caches(tmp_path)
+    same = effect.main(["--fp8", str(bf16), "--bf16", str(bf16), "--eval", str(held_out), "--epochs", "2",
+                        "--batch-size", "32"])
+    assert same["cos"] == pytest.approx(1.0) and same["agreement"] == 1.0 and same["fp8_uar"] == same["bf16_uar"]
+    found = effect.compare(fp8, bf16, held_out, "a_photo_of_a_face",
+                           effect.FitConfig(epochs=2, batch_size=32, device="cpu"), tmp_path / "heads")
+    assert found["cos"] < 1.0 and found["items"] == 30
+
+    def classes(head_path):
+        w = load_head(head_path).module.weight.detach().double().numpy()
+        with CacheReader(held_out) as r:
+            x = r.image("ViT-T@random").astype(np.float64) @ w.T
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        t = text.astype(np.float64) @ w.T
+        t /= np.linalg.norm(t, axis=1, keepdims=True)
+        return np.stack([(x @ t[np.array(attrs["class_index"]) == c].T).mean(1) for c in range(3)], 1).argmax(1)
+
+    agree = np.mean(classes(tmp_path / "heads" / "fp8") == classes(tmp_path / "heads" / "bf16"))
+    assert found["agreement"] == pytest.approx(agree)
+    assert "heads on fp8 vs bf16 features" in capsys.readouterr().out

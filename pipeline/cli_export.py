@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from expclip.console import out, user_errors
-from expclip.output_paths import writable
+from expclip.output_paths import check_outputs
 
 
 def export(
@@ -22,7 +22,7 @@ def export(
     from expclip.reports.export import export as write_export
 
     with user_errors():
-        writable(out_dir, "--out", folder=True, inputs={"CACHE": [cache]}, writes=WRITES)
+        check_outputs({"CACHE": [cache]}, folders=[("--out", out_dir, WRITES)])
         record = write_export(cache, out_dir, clip_key=clip_key, teacher=teacher, teacher_key=teacher_key,
                               instruction=instruction)
     out.print(f"wrote {out_dir}: {record['rows']} image rows, {record['text_rows']} prompt rows"

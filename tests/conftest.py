@@ -4,17 +4,20 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/open_clip import: never touch the network
 
+import forked
 import pytest
-import torch
-
-from expclip.demo.checkpoints import save_tiny_blip2, save_tiny_clip
 
 # Under pytest-xdist each worker, and every process its tests start, computes with its share of the cores:
 # torch's default (all of them) in every worker would make the workers fight over them. The children get the
 # same count as their worker because float32 sums depend on it, and tests compare their caches byte for byte.
+# Only the workers import torch: the controlling process, which runs no test, starts them without that wait.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    import faiss
+    import torch
+
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    faiss.omp_set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))
 
@@ -40,10 +43,21 @@ def clip_attrs(**changes) -> dict:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     """`local-dir:` name of a tiny random open_clip ViT (32x32 images, logit_scale 50)."""
+    from expclip.demo.checkpoints import save_tiny_clip
+
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_blip2(tmp_path_factory):
     """Folder of a tiny random BLIP-2 Flan-T5-style checkpoint with its processor (32x32 images)."""
+    from expclip.demo.checkpoints import save_tiny_blip2
+
     return save_tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left():
+    """A test that fails while its forked children run leaves none behind for the next one."""
+    yield
+    forked.reap()

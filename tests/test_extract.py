@@ -4,17 +4,17 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import forked
 import numpy as np
 import open_clip
 import pytest
 import torch
 from conftest import ELEVEN, FRAMES_OF_40, PAPER_INSTRUCTION, PROMPT_SETS, SEVEN
+from forked import one_thread
 from typer.testing import CliRunner
 
 from expclip.cache.format import partial_dir
@@ -179,29 +179,29 @@ def _first_shards(out: Path) -> int:
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tiny_clip, tiny_blip2, tmp_path):
-    """A real SIGKILL of `expclip extract` as soon as its first shards exist; the resumed cache equals an
-    uninterrupted one byte for byte (every group's data sha256 and provenance, items, failures)."""
+    """A real SIGKILL of `expclip extract` (a forked child: tests/forked.py) as soon as its first shards exist;
+    the resumed cache equals an uninterrupted one byte for byte (every group's data sha256 and provenance, items,
+    failures). All three compute with one thread, as the child does."""
     few = tmp_path / "few"
     write_faces(few, ["happy", "sad"], 4, size=24)
     (few / "sad" / "zero.png").write_bytes(b"")  # a failure must survive the resume too
     args = ["extract", str(few), "--clip-model", tiny_clip, "--teacher", str(tiny_blip2),
             "--num-workers", "0", "--batch-size", "1", "--shard-size", "1"]
     out, reference = tmp_path / "killed.h5", tmp_path / "reference.h5"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "expclip", *args, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with ThreadPoolExecutor(1) as pool:  # the uninterrupted run, while the other process imports torch
+    proc = forked.cli([*args, "--out", str(out)], stdout=forked.DEVNULL, stderr=forked.DEVNULL)
+    with one_thread(), ThreadPoolExecutor(1) as pool:  # the uninterrupted run, while the child encodes
         uninterrupted = pool.submit(runner.invoke, app, [*args, "--out", str(reference)])
         deadline = time.time() + 120
         while _first_shards(out) < 2 and proc.poll() is None and time.time() < deadline:  # image and teacher
             time.sleep(0.002)
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL
         assert uninterrupted.result().exit_code == 0, uninterrupted.result().output
     assert not out.exists() and len(list(partial_dir(out).glob("*/**/*.h5"))) < 2 * 9  # killed mid-run
 
-    resumed = runner.invoke(app, [*args, "--out", str(out)])
+    with one_thread():
+        resumed = runner.invoke(app, [*args, "--out", str(out)])
     assert resumed.exit_code == 0, resumed.output
     encoded, earlier = map(int, re.search(r"\(9 items: (\d+) encoded, (\d+) encoded earlier, 1 failed\)",
                                           " ".join(resumed.output.split())).groups())  # a long path wraps the line

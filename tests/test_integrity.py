@@ -3,17 +3,16 @@
 The fuzz tests flip bytes of a small cache (seeded; in HDF5's metadata and in
 feature data): `cache verify` runs in-process on every damaged copy and must
 report it clean, damaged or unreadable in one line; `cache info`, `fit-head`
-and `evaluate` each run on one damaged copy in a child process, so that a
+and `evaluate` each run on one damaged copy in a (forked) child process, so that a
 crash inside HDF5 fails the test (naming the byte) instead of killing pytest.
 """
 
 import faulthandler
 import json
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import forked
 import h5py
 import numpy as np
 import pytest
@@ -216,15 +215,11 @@ def test_cache_info_says_which_checksums_a_cache_carries(cache):
     assert "string_bytes" not in result.output and "metadata_sha256" not in result.output
 
 
-FUZZ_WORKER = textwrap.dedent(
-    """
-    import json, sys, warnings
-    from pathlib import Path
-    from typer.testing import CliRunner
-    from expclip.cli import app
+def fuzz_worker(work: Path, cases: dict) -> None:
+    """Run in a forked child: a clean head, then each command on its damaged copy; results to results.json."""
+    import warnings
 
     warnings.simplefilter("ignore")
-    work, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
     clean, cache, runner = (work / "clean.h5").read_bytes(), work / "cache.h5", CliRunner()
     commands = {
         "info": ["cache", "info", str(cache)],
@@ -240,12 +235,10 @@ FUZZ_WORKER = textwrap.dedent(
         data = bytearray(clean)
         data[offset] ^= mask
         cache.write_bytes(bytes(data))
-        print(command, offset, file=open(work / "current", "w"), flush=True)
+        (work / "current").write_text(f"{command} {offset}")
         r = runner.invoke(app, commands[command])
         found[command] = [r.exit_code, r.output]
     (work / "results.json").write_text(json.dumps(found))
-    """
-)
 
 
 def fuzz_positions(path: Path, seed: int = 7, metadata: int = 40, data: int = 16) -> list[tuple[int, int]]:
@@ -310,8 +303,7 @@ def test_fuzz_each_command_gives_one_error_line_in_a_child_process(cache, tmp_pa
     work.mkdir()
     (work / "clean.h5").write_bytes(cache.read_bytes())
     try:
-        proc = subprocess.run([sys.executable, "-c", FUZZ_WORKER, str(work), json.dumps(cases)],
-                              capture_output=True, text=True, timeout=120)
+        proc = forked.run(fuzz_worker, work, cases)
     except subprocess.TimeoutExpired:
         pytest.fail(f"HDF5 hung at {(work / 'current').read_text().strip()}")
     at = (work / "current").read_text().strip() if (work / "current").exists() else "start"

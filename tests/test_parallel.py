@@ -13,11 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
+from forked import one_thread
 from typer.testing import CliRunner
 
 from expclip.cache.format import partial_dir
@@ -29,16 +28,6 @@ from expclip.demo.synthetic import write_faces
 runner = CliRunner()
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 ITEMS = 18  # 3 classes x 6 faces
-
-
-@contextmanager
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,21 @@
-"""Stage one stopped from outside, for real: a SIGKILLed torchrun rank, Ctrl-C, SIGTERM and a second Ctrl-C.
+"""Stage one stopped from outside, for real: a SIGKILLed rank, Ctrl-C, SIGTERM and a second Ctrl-C.
 
-Split from test_parallel.py (same fixtures and helpers) so that the two files'
-real-process launches run on different test workers.
+Each run is a real process that receives a real signal: a child forked from the
+test worker (tests/forked.py), so that it does not import torch again. Split
+from test_parallel.py (same fixtures and helpers), whose torchrun and accelerate
+launches then run on the other test worker.
 """
 
 import re
 import signal
 import socket
-import subprocess
-import sys
+import time
 from pathlib import Path
 
+import forked
 import h5py
-import psutil
-from test_parallel import ENV, ITEMS, assert_same_cache, job, one_thread, runner, shards, torchrun, wait_for
+from forked import one_thread
+from test_parallel import ENV, ITEMS, assert_same_cache, job, runner, shards, wait_for
 
 from expclip.cache.format import partial_dir
 from expclip.cache.lock import lock_path
@@ -22,16 +24,32 @@ from expclip.cli import app
 __all__ = ["job"]  # the fixture, shared with test_parallel.py
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_killed_rank_then_a_run_with_other_process_count_resumes(job, tmp_path):
-    """SIGKILL one of two torchrun ranks once shards exist; torchrun stops the other; one process finishes."""
+    """SIGKILL one of two ranks once shards exist; the other is stopped as torchrun's agent stops it (SIGTERM,
+    then SIGKILL); one process finishes. The ranks get torchrun's environment (test_parallel.py launches the
+    real torchrun)."""
     out = tmp_path / "killed.h5"
     args = [*job["args"], "--out", str(out), "--batch-size", "4", "--shard-size", "4"]
-    proc = torchrun(2, [*args, "--batch-size", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: any(partial_dir(out).glob("teacher/**/0*.h5")), proc)  # a shard done in both groups
-    workers = psutil.Process(proc.pid).children()
-    assert len(workers) == 2
-    workers[1].kill()
-    assert proc.wait(timeout=120) != 0 and not out.exists()
+    launched = {**ENV, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ranks = [forked.cli([*args, "--batch-size", "1", "--device", "cpu"], stdout=forked.DEVNULL,
+                        stderr=forked.DEVNULL, env={**launched, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(2)]
+    wait_for(lambda: any(partial_dir(out).glob("teacher/**/0*.h5")), ranks[0])  # a shard done in both groups
+    ranks[1].kill()
+    ranks[1].wait()
+    ranks[0].send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while ranks[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ranks[0].kill()  # torchrun's agent too, once its grace period is over
+    assert ranks[0].wait() != 0 and not out.exists()
     done = len(shards(out))
     assert 1 <= done < 5
     with one_thread():
@@ -44,12 +62,11 @@ def test_a_killed_rank_then_a_run_with_other_process_count_resumes(job, tmp_path
     assert_same_cache(job["reference"], out)
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "expclip", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(args: list[str]) -> forked.Child:
+    return forked.cli(args, env=ENV)
 
 
-def stopped(proc: subprocess.Popen, out: Path, status: int) -> None:
+def stopped(proc: forked.Child, out: Path, status: int) -> None:
     """The run ended with `status` and one line, keeping only complete shard files, lock released."""
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == status, stderr

@@ -8,6 +8,7 @@ against the row it must come from, independently of how it was read.
 import json
 from pathlib import Path
 
+import forked
 import numpy as np
 import pytest
 import torch
@@ -141,21 +142,20 @@ def test_a_bad_size_is_one_line(numbered, tmp_path, bad):
     assert f"--max-memory {bad!r}: write a size such as 1GB, 512MB or 2GiB" in result.output
 
 
-CHILD = """
-import json, sys, torch
-from expclip.stages.fit_head import FitConfig
-from expclip.stages.fit_head.train import fit_head, linear_grad
+def streamed_growth(cache: Path, out: Path, max_memory: str) -> dict:
+    """Run in a forked child: how far a streamed fit raises the child's own peak RSS (VmHWM, which starts at what
+    the child shares with its parent; ru_maxrss would count the parent's own peak)."""
+    from expclip.stages.fit_head.train import linear_grad
 
-def peak():  # this process's own peak RSS (ru_maxrss would include the forked parent's)
-    return 1024 * next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    def peak() -> int:
+        return 1024 * next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 
-p = torch.nn.Parameter(torch.zeros(4, 4))  # first what every fit imports and allocates once
-p.grad = linear_grad(p, torch.ones(2, 4), torch.ones(2, 4), torch.tensor(1.0))[2]
-torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
-before = peak()
-meta = fit_head([sys.argv[1]], sys.argv[2], FitConfig(epochs=1, batch_size=512, device="cpu", max_memory=sys.argv[3]))
-print(json.dumps({"mode": meta["mode"], "grown": peak() - before}))
-"""
+    p = torch.nn.Parameter(torch.zeros(4, 4))  # first what every fit allocates once
+    p.grad = linear_grad(p, torch.ones(2, 4), torch.ones(2, 4), torch.tensor(1.0))[2]
+    torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
+    before = peak()
+    meta = fit_head([cache], out, FitConfig(epochs=1, batch_size=512, device="cpu", max_memory=max_memory))
+    return {"mode": meta["mode"], "grown": peak() - before}
 
 
 def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
@@ -163,9 +163,6 @@ def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
     Streamed with --max-memory 32MB, a child process's peak RSS grows by less than a quarter of that
     (the budget, the stream's read-ahead and the items' ids). A narrow CLIP side keeps the head's matmuls
     cheap: the memory held depends on the row's width, not on how it splits between the two groups."""
-    import subprocess
-    import sys
-
     n, d, dt = 160_000, 16, 1008
     items = fmt.Items(ids=[f"{i}" for i in range(n)], labels=np.zeros(n, dtype=np.int64), class_names=["Happiness"])
     cache = tmp_path / "many.h5"
@@ -176,8 +173,7 @@ def test_streaming_memory_does_not_grow_with_the_cache(tmp_path):
         fmt.teacher_path("t5", "paper"): (np.repeat(ramp, dt, axis=1) + np.float16(2),
                                           {"model": "t5", "instruction": "Describe."})})
     features = n * (d + dt) * 4
-    done = subprocess.run([sys.executable, "-c", CHILD, str(cache), str(tmp_path / "head"), "32MB"],
-                          capture_output=True, text=True, timeout=300)
+    done = forked.run(streamed_growth, cache, tmp_path / "head", "32MB", timeout=300)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["mode"] == "streaming" and found["grown"] < features / 4, (found, features)

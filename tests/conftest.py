@@ -19,6 +19,18 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     faiss.omp_set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# pytest-xdist hands out whole files in collection order (addopts: --no-loadscope-reorder, not by test count):
+# the files that take longest go first, so that the two workers finish together instead of one waiting on a
+# long file handed out last.
+LONGEST_FIRST = ("test_parallel.py", "test_demo.py", "test_stopping.py", "test_benchmarks.py", "test_extract.py",
+                 "test_run.py", "test_streaming.py", "test_predict.py", "test_integrity.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))
 
 # Expected values written out, not read back from expclip.stages.shared.protocol (test_protocol and

@@ -18,9 +18,12 @@ from expclip.base.errors import ExpclipError
 REQUIRED = dataclasses.MISSING  # a setting without a default: the command's option is required
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, pattern: str | None = None) -> Any:
+def setting(
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None
+) -> Any:
     """A dataclass field with its default (or REQUIRED), its one-line help and (optionally) its allowed values:
-    `choices` as listed, or the forms they name matched by the regular expression `pattern` (e.g. cuda:N)."""
+    `choices` as listed, or the forms they name matched by the compiled `pattern` (e.g. cuda:N), which the code
+    acting on the value matches too, so the forms are written once."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "pattern": pattern})
 
 
@@ -50,7 +53,7 @@ def value_problem(field: dataclasses.Field, value: Any) -> str | None:
     which the CLI applies as it parses and `check_choices` for API callers."""
     allowed, pattern = field.metadata.get("choices"), field.metadata.get("pattern")
     if pattern is not None:
-        known = isinstance(value, str) and re.fullmatch(pattern, value) is not None
+        known = isinstance(value, str) and pattern.fullmatch(value) is not None
     else:
         known = not allowed or value in allowed
     return None if known else f"{value!r} is not one of {', '.join(allowed)}"

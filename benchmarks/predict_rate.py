@@ -34,6 +34,7 @@ from PIL import Image
 from expclip.demo.checkpoints import save_tiny_clip
 from expclip.stages.encoders.clip import ClipEncoder
 from expclip.stages.predict import api
+from expclip.stages.predict.media import listing
 from expclip.stages.predict.records import predict_inputs
 from expclip.stages.shared.vocabulary import BATCH_SIZES
 
@@ -98,13 +99,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
         folder = write_faces(workdir / "faces", args.faces)
         fer = model_for(args, workdir, args.batch_size)
         warm = sorted(folder.iterdir())[: args.batch_size]
-        predict_inputs(fer, warm)  # start-up: first passes, allocator
-        rows = [Row("(a) predict --detector none", args.faces, timed(lambda: predict_inputs(fer, [folder])))]
+        predict_inputs(fer, listing(warm))  # start-up: first passes, allocator
+        rows = [Row("(a) predict --detector none", args.faces, timed(lambda: predict_inputs(fer, listing([folder]))))]
         pixels = fer.pixels([Image.open(p).convert("RGB") for p in sorted(folder.iterdir())])
         rows.append(Row("(b) CLIP encoder alone", args.faces, timed(lambda: fer.encode_pixels(pixels))))
         few = sorted(folder.iterdir())[: args.per_picture]
         fer.batch_size = 1
-        rows.append(Row("(c) predict, batch size 1", len(few), timed(lambda: predict_inputs(fer, few))))
+        rows.append(Row("(c) predict, batch size 1", len(few), timed(lambda: predict_inputs(fer, listing(few)))))
     name = "tiny CLIP (demo)" if args.tiny else f"{args.model}, random weights"
     print(f"predict on pre-cropped faces | {name} | CPU fp32 | batch size {args.batch_size} | {describe()}")
     print(f"{'row':32} {'faces':>6} {'faces/s':>9}")

@@ -15,15 +15,17 @@ from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
-from expclip.stages.fit_head.config import LEARNABLE, FitConfig
-from expclip.stages.shared import protocol
+from expclip.stages.extract.source_config import SourceConfig
+from expclip.stages.fit_head.config import LEARNABLE, FitConfig, Selection
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 EXTRACT_OPTIONS = options(
     ExtractConfig, teacher={"show_default": True}, instruction={"show_default": False},
     prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
 )
+SOURCE_OPTIONS = options(SourceConfig)
 FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
+SELECTION_OPTIONS = options(Selection)
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
 app = typer.Typer(
@@ -46,20 +48,12 @@ def extract(
     instruction: EXTRACT_OPTIONS.instruction = ExtractConfig.instruction,
     transform: EXTRACT_OPTIONS.transform = ExtractConfig.transform,
     prompts: EXTRACT_OPTIONS.prompts = ExtractConfig.prompts,
-    source_type: Annotated[
-        choice(sources.SOURCE_TYPES), typer.Option(help="What SOURCE is; auto decides from the path.")] = "auto",
-    root: Annotated[
-        Optional[Path], typer.Option(help="Folder that list paths are relative to (or replaces "
-        "--strip-prefix).")] = None,
-    strip_prefix: Annotated[
-        Optional[str], typer.Option(help="Prefix of a clip list's absolute paths to replace by --root.")] = None,
-    frames: Annotated[
-        int, typer.Option(help=f"Frames sampled per clip, 1 to {protocol.MAX_FRAMES}.")] = protocol.DEFAULT_FRAMES,
-    dataset: Annotated[
-        Optional[str], typer.Option(help="Dataset name (protocol names set the class count of clip lists).")] = None,
-    label_field: Annotated[
-        Optional[str], typer.Option(help="Tar shards: the .json members' field holding the label (default: "
-        ".cls members).")] = None,
+    source_type: SOURCE_OPTIONS.source_type = SourceConfig.source_type,
+    root: SOURCE_OPTIONS.root = SourceConfig.root,
+    strip_prefix: SOURCE_OPTIONS.strip_prefix = SourceConfig.strip_prefix,
+    frames: SOURCE_OPTIONS.frames = SourceConfig.frames,
+    dataset: SOURCE_OPTIONS.dataset = SourceConfig.dataset,
+    label_field: SOURCE_OPTIONS.label_field = SourceConfig.label_field,
     batch_size: EXTRACT_OPTIONS.batch_size = ExtractConfig.batch_size,
     num_workers: EXTRACT_OPTIONS.num_workers = ExtractConfig.num_workers,
     device: EXTRACT_OPTIONS.device = ExtractConfig.device,
@@ -79,13 +73,12 @@ def extract(
     from expclip.stages.extract import extract as run_extract
 
     with user_errors():
-        check_outputs({"SOURCE": sources.named_files(source, source_type), "--prompts": [prompts]},
+        reading = SourceConfig(source_type=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
+                               dataset=dataset, label_field=label_field)
+        reading.check()
+        check_outputs({"SOURCE": sources.named_files(source, reading.source_type), "--prompts": [prompts]},
                       files=[("--out", cache)], create=True)
-        src = sources.resolve(source, kind=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
-                              dataset=dataset, label_field=label_field)
-        if dataset and src.items.kind == "clips" and src.dataset not in protocol.dataset_classes():
-            raise ExpclipError(f"--dataset {dataset!r}: a clip list takes its class count from its benchmark; "
-                               f"known: {', '.join(protocol.dataset_classes())}")
+        src = sources.from_config(source, reading)
         cfg = ExtractConfig(
             clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
             instruction=instruction, transform=transform, batch_size=batch_size,
@@ -202,10 +195,9 @@ def fit_head(
     head_out: Annotated[
         Path, typer.Option("--out", dir_okay=False, help="File stem HEAD: writes the head as HEAD.safetensors and "
         "HEAD.json.")],
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key when a cache holds several CLIP encoders.")] = None,
-    teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when a cache holds several teachers.")] = None,
-    instruction: Annotated[
-        Optional[str], typer.Option(help="Instruction key (e.g. paper) or full text, when several exist.")] = None,
+    clip_key: SELECTION_OPTIONS.clip_key = Selection.clip_key,
+    teacher_key: SELECTION_OPTIONS.teacher_key = Selection.teacher_key,
+    instruction: SELECTION_OPTIONS.instruction = Selection.instruction,
     lr: FIT_OPTIONS.lr = FitConfig.lr,
     momentum: FIT_OPTIONS.momentum = FitConfig.momentum,
     weight_decay: FIT_OPTIONS.weight_decay = FitConfig.weight_decay,
@@ -251,6 +243,7 @@ def fit_head(
             init_from=init_from, device=device, precision=precision, max_memory=max_memory,
         )
         config.check()  # before any file or cache is touched
+        select = Selection(clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
         read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
                 "--init-from": head_paths(init_from)}
         check_outputs(read, files=[("--out", written) for written in files], create=True)  # before training
@@ -258,11 +251,10 @@ def fit_head(
         if exclude_near_duplicates_of:
             from expclip.stages.audit.leaks import near_duplicates_of
 
-            exclude = near_duplicates_of(caches, exclude_near_duplicates_of, threshold, clip_key)
+            exclude = near_duplicates_of(caches, exclude_near_duplicates_of, threshold, select.clip_key)
             err.print(f"leaving out {exclude.count()} training row(s) within cosine {threshold} of "
                       f"{', '.join(map(str, exclude_near_duplicates_of))}", highlight=False, markup=False)
-        meta = run_fit_head(caches, head_out, config, clip_key=clip_key, teacher_key=teacher_key,
-                            instruction=instruction, exclude=exclude)
+        meta = run_fit_head(caches, head_out, config, **vars(select), exclude=exclude)
     last = meta["history"][-1]
     out.print(f"wrote {files[0]} and {files[1]} "
               f"({meta['n_train']} pairs, {meta['mode']}, {meta['wall_seconds']:.1f} s)", markup=False)

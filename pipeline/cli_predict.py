@@ -35,13 +35,14 @@ def predict(
     from expclip.reports import files
     from expclip.reports import predictions as outputs
     from expclip.stages.predict.api import ZeroShotFER
+    from expclip.stages.predict.media import listing
     from expclip.stages.predict.records import check_clip_options, predict_inputs
     from expclip.stages.shared.heads import load_head
 
     with user_errors():
-        read = {"INPUT": _files(paths, config.frame_folders), "--head": head_paths(head),
-                "--detector-model": [config.detector_model]}
-        names = outputs.annotation_names(paths, frame_folders=config.frame_folders) if annotate_dir else {}
+        listed = listing(paths, frame_folders=config.frame_folders)  # read by all three below: folders walked once
+        read = {"INPUT": listed.files(), "--head": head_paths(head), "--detector-model": [config.detector_model]}
+        names = outputs.annotation_names(listed) if annotate_dir else {}
         check_outputs(read, files=[("--json", json_out), ("--csv", csv_out)],
                       folders=[("--annotate", annotate_dir, [glob.escape(str(name)) for name in names.values()])])
         check_clip_options(config.every, config.fps)  # refused before any model is loaded
@@ -54,8 +55,7 @@ def predict(
             detector=config.detector, detector_model=config.detector_model, device=config.device,
             transform=recorded.get("transform") or "model", precision=config.precision, batch_size=config.batch_size,
         )
-        records, inputs = predict_inputs(model, paths, every=config.every, frame_folders=config.frame_folders,
-                                         fps=config.fps)
+        records, inputs = predict_inputs(model, listed, every=config.every, fps=config.fps)
         failed = [r for r in records if r["kind"] == "failed"]
         if len(failed) == len(records) and config.detector != "none":  # with none, every picture read is a face
             err.print("[yellow]no faces found[/] (pre-cropped faces: --detector none)", highlight=False)
@@ -73,14 +73,4 @@ def predict(
         if annotate_dir:
             for written in outputs.annotate(records, model.classes, annotate_dir, names):
                 err.print(f"wrote {written}", highlight=False, markup=False)
-
-
-def _files(paths: list[Path], frame_folders: bool) -> list[Path]:
-    """Every file predict reads from its INPUT arguments (an output must not replace one)."""
-    from expclip.stages.predict.media import Clip, inputs
-
-    found: list[Path] = []
-    for item in inputs(paths, frame_folders=frame_folders):
-        found += [item.path, *(item.frames or [])] if isinstance(item, Clip) else [item]
-    return found
 

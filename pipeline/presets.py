@@ -23,7 +23,7 @@ from typing import Any
 
 from expclip.base.errors import ExpclipError
 from expclip.stages.extract.config import ExtractConfig
-from expclip.stages.extract.sources import SOURCE_TYPES
+from expclip.stages.extract.source_config import SOURCE_TYPES
 from expclip.stages.fit_head.config import FitConfig
 from expclip.stages.shared import protocol
 from expclip.stages.shared.labels import builtin_label_maps

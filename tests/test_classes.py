@@ -115,6 +115,7 @@ def test_predict_raises_on_an_unreadable_file_or_records_it_and_keeps_the_others
 
 
 def test_a_frame_folder_with_a_broken_frame_is_one_failed_clip_and_the_others_are_kept(fer, tmp_path):
+    from expclip.stages.predict.media import listing
     from expclip.stages.predict.records import predict_inputs
 
     for name in ("good", "broken"):
@@ -122,9 +123,9 @@ def test_a_frame_folder_with_a_broken_frame_is_one_failed_clip_and_the_others_ar
         for i in range(3):
             shutil.copy(PHOTO, tmp_path / name / f"{i}.jpg")
     (tmp_path / "broken" / "1.jpg").write_bytes(PHOTO.read_bytes()[:2000])
-    records, inputs = predict_inputs(fer, [tmp_path / "broken", tmp_path / "good"], frame_folders=True)
+    records, inputs = predict_inputs(fer, listing([tmp_path / "broken", tmp_path / "good"], frame_folders=True))
     [failed] = [r for r in records if r["kind"] == "failed"]
     assert inputs == 2 and failed["file"] == str(tmp_path / "broken")
     assert failed["reason"].startswith("frame 1.jpg cannot be read as an image (truncated or corrupt image")
-    assert records[1:] == predict_inputs(fer, [tmp_path / "good"], frame_folders=True)[0]
+    assert records[1:] == predict_inputs(fer, listing([tmp_path / "good"], frame_folders=True))[0]
     assert [r["frame"] for r in records if r["kind"] == "face"] == [0, 1, 2]

@@ -14,6 +14,8 @@ from expclip.cli import app
 from expclip.run_config import RunConfig
 from expclip.stages.audit import AuditConfig
 from expclip.stages.evaluate import EvaluateConfig
+from expclip.stages.extract.source_config import SourceConfig
+from expclip.stages.fit_head.config import Selection
 from expclip.stages.predict.config import PredictConfig
 from expclip.stages.search import SearchConfig
 
@@ -37,6 +39,8 @@ def _params(command: str) -> dict:
                                 "--precision"]),
     ("run", RunConfig, ["--data-root", "--out", "--check", "--clip-model", "--clip-pretrained", "--teacher", "--fit",
                         "--device", "--batch-size", "--num-workers"]),
+    ("extract", SourceConfig, ["--source-type", "--root", "--strip-prefix", "--frames", "--dataset", "--label-field"]),
+    ("fit-head", Selection, ["--clip-key", "--teacher-key", "--instruction"]),
 ])
 def test_each_config_field_is_one_option_with_the_fields_default_and_help(command, config, options):
     params = _params(command)
@@ -52,7 +56,7 @@ def test_each_config_field_is_one_option_with_the_fields_default_and_help(comman
 def test_shared_options_read_the_same_in_every_command():
     for command in ("evaluate", "ablate", "search", "audit", "predict", "run", "extract", "fit-head"):
         assert _params(command)["--device"].help.endswith(DEVICE_HELP), command
-    for command in ("evaluate", "ablate", "search", "audit"):
+    for command in ("evaluate", "ablate", "search", "audit", "fit-head"):
         assert _params(command)["--clip-key"].help == "Image key when a cache holds several CLIP encoders.", command
     assert _params("evaluate")["--label-map"].help == _params("ablate")["--label-map"].help
     for command, what in [("evaluate", "the records"), ("search", "the hits"), ("audit", "counts and pairs"),
@@ -66,6 +70,7 @@ def test_shared_options_read_the_same_in_every_command():
     ("predict", "--device", "auto|cpu|cuda|cuda:N|mps"),
     ("predict", "--detector", "haar|yunet|none"),
     ("run", "--device", "auto|cpu|cuda|cuda:N|mps"),
+    ("extract", "--source-type", "auto|folder|list|clips|shards"),
 ])
 def test_new_config_choices_are_listed_and_refused_as_they_are_parsed(command, option, values):
     help_text = " ".join(re.sub("[│╭╮╰╯─]", " ", runner.invoke(app, [command, "--help"],
@@ -124,6 +129,44 @@ def test_audit_passes_the_config_it_parsed(monkeypatch, tmp_path):
     result = runner.invoke(app, ["audit", str(tmp_path / "c.h5"), "--threshold", "0.5", "--no-within"])
     assert result.exit_code == 0, result.output
     assert seen["config"] == AuditConfig(threshold=0.5, within=False)
+
+
+def test_extract_reads_the_source_as_the_source_config_it_parsed(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(source, config):
+        seen["source"], seen["config"] = source, config
+        raise ExpclipError("stop here")
+
+    monkeypatch.setattr("expclip.stages.extract.sources.from_config", fake)
+    out = ["--out", str(tmp_path / "c.h5")]
+    assert runner.invoke(app, ["extract", str(tmp_path), *out]).output == "error: stop here\n"
+    assert seen == {"source": tmp_path, "config": SourceConfig()}
+    given = ["--source-type", "clips", "--root", "r", "--strip-prefix", "/p", "--frames", "8", "--dataset", "DFEW",
+             "--label-field", "y"]
+    assert runner.invoke(app, ["extract", str(tmp_path), *out, *given]).exit_code == 2
+    assert seen["config"] == SourceConfig("clips", Path("r"), "/p", 8, "DFEW", "y")
+    with pytest.raises(ExpclipError, match=r"^--source-type: 'tar' is not one of auto, folder, list, clips, shards$"):
+        SourceConfig(source_type="tar").check()
+    with pytest.raises(ExpclipError, match=r"^--frames 0: sample 1 to 256 frames per clip"):
+        SourceConfig(frames=0).check()
+
+
+def test_fit_head_reads_the_cache_groups_it_was_told(monkeypatch, tmp_path):
+    seen = []
+
+    def fake(caches, out, config, **select):
+        seen.append(select)
+        raise ExpclipError("stop here")
+
+    monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake)
+    (tmp_path / "c.h5").write_bytes(b"")
+    args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
+    assert runner.invoke(app, args).output == "error: stop here\n"
+    assert runner.invoke(app, [*args, "--clip-key", "C", "--teacher-key", "T", "--instruction", "paper"]).exit_code == 2
+    assert seen == [{**vars(Selection()), "exclude": None},
+                    {"clip_key": "C", "teacher_key": "T", "instruction": "paper", "exclude": None}]
+    assert vars(Selection()) == {"clip_key": None, "teacher_key": None, "instruction": None}
 
 
 def test_run_overrides_are_the_extract_fields_given():

@@ -8,9 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 from expclip.base.errors import ExpclipError
+from expclip.base.settings import value_problem
 from expclip.cli import app
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.shared.devices import resolve_device
+from expclip.stages.shared.vocabulary import DEVICE
 
 runner = CliRunner()
 FORMS = "auto, cpu, cuda, cuda:N, mps"
@@ -42,12 +44,30 @@ def test_cuda_n_names_a_device_that_exists(gpus):
     (1, "gpu", f"--device 'gpu': choose one of {FORMS} (N: a CUDA device index)"),
     (1, "cuda:-1", f"--device 'cuda:-1': choose one of {FORMS} (N: a CUDA device index)"),
     (1, "CUDA:0", f"--device 'CUDA:0': choose one of {FORMS} (N: a CUDA device index)"),
+    (1, "cuda:01", f"--device 'cuda:01': choose one of {FORMS} (N: a CUDA device index)"),  # torch refuses it
+    (1, "cuda:\u0661", f"--device 'cuda:\u0661': choose one of {FORMS} (N: a CUDA device index)"),  # Arabic one
 ])
 def test_absent_or_misspelt_devices_are_refused_in_one_line(gpus, n, name, message):
     gpus(n)
     with pytest.raises(ExpclipError) as e:
         resolve_device(name)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "mps", "cuda", "cuda:0", "cuda:7", "cuda:10", "cuda:01", "cuda:",
+                                  "cuda:1 ", " cpu", "cuda:\u0663", "cuda:-1", "cuda0", "CPU", "gpu", ""])
+def test_the_option_check_and_the_resolver_accept_the_same_forms(gpus, monkeypatch, name):
+    """One pattern for cuda:N: a form the option's check passes is one the resolver (and torch) takes, and a form it
+    refuses the resolver refuses too, on a machine where every form's device would exist."""
+    gpus(11)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    field = ExtractConfig.__dataclass_fields__["device"]
+    assert field.metadata["pattern"] is DEVICE
+    if value_problem(field, name) is None:
+        assert resolve_device(name) == torch.device("cuda" if name == "auto" else name)
+    else:
+        with pytest.raises(ExpclipError, match=r"choose one of"):
+            resolve_device(name)
 
 
 def test_auto_without_cuda_is_the_cpu(gpus):

@@ -27,6 +27,7 @@ from expclip.output_paths import distinct
 from expclip.reports.predictions import annotation_names
 from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head import train as fit_train
+from expclip.stages.predict.media import listing
 from expclip.stages.shared import protocol
 
 runner = CliRunner()
@@ -227,14 +228,14 @@ def _touch(*paths: Path) -> None:
 def test_annotation_names_keep_relative_paths_and_extensions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _touch(*(Path(p) for p in ("in/a/001.jpg", "in/b/001.jpg", "in/x.jpg", "in/x.png", "in/v.mp4", "in/v.avi")))
-    assert annotation_names([Path("in")]) == {
+    assert annotation_names(listing([Path("in")])) == {
         "in/a/001.jpg": Path("a/001.jpg.png"), "in/b/001.jpg": Path("b/001.jpg.png"),
         "in/v.avi": Path("v.avi.timeline.png"), "in/v.mp4": Path("v.mp4.timeline.png"),
         "in/x.jpg": Path("x.jpg.png"), "in/x.png": Path("x.png.png")}
-    assert annotation_names([Path("in/x.jpg")]) == {"in/x.jpg": Path("x.jpg.png")}
-    assert annotation_names([Path("in/a"), Path("in/b")]) == {  # two arguments: behind their own names
+    assert annotation_names(listing([Path("in/x.jpg")])) == {"in/x.jpg": Path("x.jpg.png")}
+    assert annotation_names(listing([Path("in/a"), Path("in/b")])) == {  # two arguments: behind their own names
         "in/a/001.jpg": Path("a/001.jpg.png"), "in/b/001.jpg": Path("b/001.jpg.png")}
-    assert annotation_names([Path("in/a/001.jpg"), Path("in/b/001.jpg"), Path("in/v.mp4")]) == {
+    assert annotation_names(listing([Path("in/a/001.jpg"), Path("in/b/001.jpg"), Path("in/v.mp4")])) == {
         "in/a/001.jpg": Path("a/001.jpg.png"), "in/b/001.jpg": Path("b/001.jpg.png"),
         "in/v.mp4": Path("in/v.mp4.timeline.png")}  # as many components as tell the arguments apart
 
@@ -242,19 +243,20 @@ def test_annotation_names_keep_relative_paths_and_extensions(tmp_path, monkeypat
 def test_two_arguments_with_one_name_are_kept_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _touch(Path("x/photos/1.jpg"), Path("y/photos/1.jpg"), Path("x/clip/000.jpg"), Path("y/clip/000.jpg"))
-    assert annotation_names([Path("x/photos"), Path("y/photos")]) == {
+    assert annotation_names(listing([Path("x/photos"), Path("y/photos")])) == {
         "x/photos/1.jpg": Path("x/photos/1.jpg.png"), "y/photos/1.jpg": Path("y/photos/1.jpg.png")}
-    assert annotation_names([Path("x/clip"), Path("y/clip")], frame_folders=True) == {
+    assert annotation_names(listing([Path("x/clip"), Path("y/clip")], frame_folders=True)) == {
         "x/clip": Path("x/clip.timeline.png"), "y/clip": Path("y/clip.timeline.png")}
-    assert annotation_names([Path("x/clip")], frame_folders=True) == {"x/clip": Path("clip.timeline.png")}
+    assert annotation_names(listing([Path("x/clip")], frame_folders=True)) == {"x/clip": Path("clip.timeline.png")}
 
 
 def test_two_outputs_of_one_run_never_share_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _touch(Path("in/x.jpg"))
-    assert annotation_names([Path("in"), Path("in/x.jpg")]) == {"in/x.jpg": Path("in/x.jpg.png")}  # one file, once
+    one_file_once = {"in/x.jpg": Path("in/x.jpg.png")}
+    assert annotation_names(listing([Path("in"), Path("in/x.jpg")])) == one_file_once
     with pytest.raises(ExpclipError) as raised:
-        annotation_names([Path("in/x.jpg"), Path("in/../in/x.jpg")])
+        annotation_names(listing([Path("in/x.jpg"), Path("in/../in/x.jpg")]))
     name = Path(*tmp_path.parts[1:], "in", "x.jpg.png")
     assert (
         str(raised.value)

@@ -353,3 +353,48 @@ def test_unreadable_files_in_a_folder_are_skipped_and_recorded_and_the_rest_kept
     line = " ".join(result.output.split())
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
     assert f"error: none of the 2 inputs could be read ({bad / 'x.jpg'}: cannot be read as an image (" in line
+
+
+def test_a_run_lists_each_input_folder_once_and_scores_what_naming_each_file_scores(tmp_path, tiny_clip, monkeypatch):
+    """The output check, the annotation names and the run read one listing: every folder under INPUT is listed
+    (os.scandir or os.listdir, whichever walks it) once, and the records equal a run given the same files by name."""
+    import os
+
+    folder, frames = tmp_path / "in", [tmp_path / "clip-a", tmp_path / "clip-b"]
+    pictures = [folder / "a.png", folder / "sub" / "b.png", folder / "sub" / "deeper" / "c.jpg",
+                folder / "album.png" / "d.png"]  # a folder named like a picture is a folder
+    for k, path in enumerate([*pictures, *(f / f"{i}.png" for f in frames for i in range(2))]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), 20 * k, np.uint8)).save(path)
+    (folder / "notes.txt").write_text("not an input")
+    listed: list[str] = []
+    for name in ("scandir", "listdir"):
+        real = getattr(os, name)
+
+        def counted(path=".", real=real):
+            listed.append(os.fspath(path))
+            return real(path)
+
+        monkeypatch.setattr(os, name, counted)
+    fer = ZeroShotFER(tiny_clip, classes=["happy", "sad"], detector="none", device="cpu")
+    monkeypatch.setattr("expclip.stages.predict.api.ZeroShotFER", lambda *a, **k: fer)  # loaded once for 3 runs
+    args = ["--clip-model", tiny_clip, "--detector", "none", "--device", "cpu", "--classes", "happy,sad"]
+
+    def records(*given: str, more: tuple[str, ...] = ()) -> list[dict]:
+        result = runner.invoke(app, ["predict", *given, *args, "--json", str(tmp_path / "p.json"), *more])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / "p.json").read_text())["records"]
+
+    walked = records(str(folder), more=("--annotate", str(tmp_path / "ann")))
+    inputs = [str(tmp_path / p) for p in ("in", "in/album.png", "in/sub", "in/sub/deeper", "clip-a", "clip-b")]
+    assert sorted(p for p in listed if p in inputs) == inputs[:4]
+    assert [r["file"] for r in walked] == [str(p) for p in sorted(pictures)]
+    written = [p for p in (tmp_path / "ann").rglob("*") if p.is_file()]
+    assert sorted(p.relative_to(tmp_path / "ann").as_posix() for p in written) == \
+        ["a.png.png", "album.png/d.png.png", "sub/b.png.png", "sub/deeper/c.jpg.png"]
+    assert walked == records(*map(str, sorted(pictures)))
+    listed.clear()
+    monkeypatch.setattr("expclip.reports.predictions.annotate", lambda *a: [])  # timelines: slow, and not the point
+    clips = records(*map(str, frames), more=("--frame-folders", "--annotate", str(tmp_path / "ann-clips")))
+    assert sorted(p for p in listed if p in inputs) == inputs[4:]
+    assert [r["file"] for r in clips if r["kind"] == "clip"] == [str(f) for f in frames]

@@ -23,6 +23,7 @@ from expclip import ZeroShotFER
 from expclip.base.errors import ExpclipError
 from expclip.cli import app
 from expclip.stages.encoders.clip import ClipEncoder
+from expclip.stages.predict.media import listing
 from expclip.stages.predict.records import predict_inputs
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, save_head
@@ -146,7 +147,7 @@ def write_video(path: Path, n: int, fps: float) -> Path:
 
 def test_video_records_carry_frames_and_seconds_and_every_defaults_to_half_a_second(fer, tmp_path):
     video = write_video(tmp_path / "v.avi", 40, 10.0)
-    records, _ = predict_inputs(fer, [video])  # the default --every: 0.5 s = 5 frames at 10 fps
+    records, _ = predict_inputs(fer, listing([video]))  # the default --every: 0.5 s = 5 frames at 10 fps
     faces = [r for r in records if r["kind"] == "face"]
     assert [r["frame"] for r in faces] == list(range(0, 40, 5))
     assert [r["seconds"] for r in faces] == [i / 10 for i in range(0, 40, 5)]
@@ -154,17 +155,18 @@ def test_video_records_carry_frames_and_seconds_and_every_defaults_to_half_a_sec
     assert clip["seconds"] == [i / 10 for i in protocol.frame_indices(40)]
     [track] = [r for r in records if r["kind"] == "track"]
     assert track["seconds"] == [i / 10 for i in track["frames"]]
-    assert [r["frame"] for r in predict_inputs(fer, [video], every="1.2s")[0] if r["kind"] == "face"] == [0, 12, 24, 36]
-    assert [r["frame"] for r in predict_inputs(fer, [video], every=15)[0] if r["kind"] == "face"] == [0, 15, 30]
+    listed = listing([video])
+    assert [r["frame"] for r in predict_inputs(fer, listed, every="1.2s")[0] if r["kind"] == "face"] == [0, 12, 24, 36]
+    assert [r["frame"] for r in predict_inputs(fer, listed, every=15)[0] if r["kind"] == "face"] == [0, 15, 30]
 
     frames = tmp_path / "frames"
     frames.mkdir()
     for k in range(5):
         Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(frames / f"{k:02d}.png")
-    records, _ = predict_inputs(fer, [frames], frame_folders=True)  # no frame rate: every frame, no seconds
+    records, _ = predict_inputs(fer, listing([frames], frame_folders=True))  # no frame rate: every frame, no seconds
     assert [(r["frame"], r["seconds"]) for r in records if r["kind"] == "face"] == [(k, None) for k in range(5)]
     assert [r["seconds"] for r in records if r["kind"] != "face"] == [None, None]
-    records, _ = predict_inputs(fer, [frames], frame_folders=True, fps=4.0)  # 0.5 s = 2 frames at 4 fps
+    records, _ = predict_inputs(fer, listing([frames], frame_folders=True), fps=4.0)  # 0.5 s = 2 frames at 4 fps
     assert [(r["frame"], r["seconds"]) for r in records if r["kind"] == "face"] == [(0, 0.0), (2, 0.5), (4, 1.0)]
 
 

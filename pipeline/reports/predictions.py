@@ -32,7 +32,7 @@ from expclip.cache.atomic import ensure_folder
 from expclip.console import escape
 from expclip.reports.files import CsvTable, write_png
 from expclip.reports.timeline import timeline_figure
-from expclip.stages.predict.media import Clip, inputs, picture
+from expclip.stages.predict.media import Clip, Listing, picture
 
 FIELDS = ["kind", "file", "frame", "face", "track", "x", "y", "w", "h", "top"]
 LABEL_SHARE, LABEL_MIN = 40, 12  # label height: 1/40 of the longer side, at least 12 px
@@ -76,23 +76,24 @@ def csv_table(records: list[dict], classes: list[str], provenance: dict | None =
     return FIELDS + [f"p_{c}" for c in classes] + ["reason", "seconds", "score", *provenance], rows
 
 
-def annotation_names(paths: list[Path], *, frame_folders: bool = False) -> dict[str, Path]:
+def annotation_names(listed: Listing) -> dict[str, Path]:
     """Each input file (as records name it) -> its annotation's path relative to DIR (see the module's rule).
 
     Known before any picture is read, so `--annotate` is checked against the
     inputs first; two inputs that would share an annotation (one file named
     by two spellings) are one ExpclipError.
     """
+    paths = [given.path for given in listed.given]
     prefixes = _prefixes(paths) if len(paths) > 1 else [None]
     names: dict[str, Path] = {}
     taken: dict[Path, str] = {}
-    for path, prefix in zip(map(Path, paths), prefixes, strict=True):
-        walked = path.is_dir() and not frame_folders
-        for item in inputs([path], frame_folders=frame_folders):
+    for given, prefix in zip(listed.given, prefixes, strict=True):
+        path = given.path
+        for item in given.found:
             file = item.path if isinstance(item, Clip) else item
             if str(file) in names:
                 continue  # named again by another argument: one file, one annotation
-            if walked:
+            if given.walked:
                 name = file.relative_to(path) if prefix is None else prefix / file.relative_to(path)
             else:
                 name = prefix or Path(os.path.basename(os.path.abspath(file)))

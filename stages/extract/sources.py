@@ -25,9 +25,8 @@ from expclip.base.errors import ExpclipError
 from expclip.cache.format import Items
 from expclip.stages.encoders.images import IMAGE_SUFFIXES
 from expclip.stages.extract import shards
+from expclip.stages.extract.source_config import SOURCE_TYPES, SourceConfig
 from expclip.stages.shared import protocol
-
-SOURCE_TYPES = ("auto", "folder", "list", "clips", "shards")
 
 
 @dataclass
@@ -75,6 +74,17 @@ def resolve(
     if kind == "list":
         return _list_file(source, root or source.parent, name)
     return _clip_list(source, root, strip_prefix, frames, name, dataset)
+
+
+def from_config(source: Path, config: SourceConfig) -> Source:
+    """SOURCE as `expclip extract` is told to read it. A dataset named for a clip list must be a benchmark: a clip
+    list's labels are protocol classes, and the benchmark says how many."""
+    found = resolve(source, kind=config.source_type, root=config.root, strip_prefix=config.strip_prefix,
+                    frames=config.frames, dataset=config.dataset, label_field=config.label_field)
+    if config.dataset and found.items.kind == "clips" and found.dataset not in protocol.dataset_classes():
+        raise ExpclipError(f"--dataset {config.dataset!r}: a clip list takes its class count from its benchmark; "
+                           f"known: {', '.join(protocol.dataset_classes())}")
+    return found
 
 
 def named_files(source: Path, kind: str = "auto") -> list[Path]:

@@ -3,13 +3,14 @@
 A video is decoded with OpenCV (`cv2.VideoCapture`); a frame folder is a clip
 whose frames are its image files in sorted order (the layout clip lists use).
 Folders given as INPUT are walked for images and videos unless they are frame
-folders (`frame_folders=True`). Clips are scored per frame (every `every`-th
+folders (`frame_folders=True`), once per run (`listing`). Clips are scored per frame (every `every`-th
 frame) and as a whole by the paper's protocol: the middle frames of 16 equal
 segments (`protocol.frame_indices`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -87,25 +88,69 @@ def picture(path: Path) -> Image.Image:
         raise Unreadable(path, f"cannot be read as an image ({e})") from None
 
 
-def inputs(paths: list[Path], *, frame_folders: bool = False) -> Iterator[Path | Clip]:
-    """Each picture file, video and frame folder named or found in the named folders, in sorted order."""
+@dataclass
+class Given:
+    """One INPUT argument and the pictures and clips it names or holds, in sorted order."""
+
+    path: Path
+    walked: bool  # a folder walked for pictures and videos (not a file, not a frame folder)
+    found: list[Path | Clip]
+
+
+@dataclass
+class Listing:
+    """INPUT listed once: the output check, the annotation names and the run all read this, so no folder is walked
+    again (a large folder costs one walk, and all three see the same files)."""
+
+    given: list[Given]
+
+    def items(self) -> list[Path | Clip]:
+        """Every picture file and clip, argument by argument."""
+        return [item for g in self.given for item in g.found]
+
+    def files(self) -> list[Path]:
+        """Every file predict reads (a frame folder and its frames): what an output must not replace."""
+        return [path for item in self.items()
+                for path in ([item.path, *(item.frames or [])] if isinstance(item, Clip) else [item])]
+
+
+def listing(paths: list[Path], *, frame_folders: bool = False) -> Listing:
+    """Each picture file, video and frame folder named or found in the named folders, each folder listed once."""
+    given = []
     for path in map(Path, paths):
         if not path.exists():
             raise ExpclipError(f"{path}: no such file or folder")
         if path.is_dir() and frame_folders:
-            frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            frames = _files(path, IMAGE_SUFFIXES, below=False)
             if not frames:
                 raise ExpclipError(f"{path}: a frame folder with no image files")
-            yield Clip(path, frames)
+            given.append(Given(path, False, [Clip(path, frames)]))
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            found = _files(path, IMAGE_SUFFIXES | VIDEO_SUFFIXES, below=True)
             if not found:
                 raise ExpclipError(f"{path}: no image or video files")
-            yield from inputs(found)
-        elif path.suffix.lower() in VIDEO_SUFFIXES:
-            yield Clip(path)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            yield path
+            given.append(Given(path, True, [_item(p) for p in found]))
         else:
-            raise ExpclipError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a video "
-                               f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+            given.append(Given(path, False, [_item(path)]))
+    return Listing(given)
+
+
+def _files(folder: Path, suffixes: set[str], *, below: bool) -> list[Path]:
+    """The files in `folder` (and `below` it: its subfolders, not followed through links) with one of `suffixes`,
+    sorted; os.walk lists each folder once (pathlib's rglob lists each twice)."""
+    found: list[Path] = []
+    for top, folders, names in os.walk(folder):
+        found += [Path(top) / name for name in names if Path(name).suffix.lower() in suffixes]
+        if not below:
+            folders.clear()
+    return sorted(found)
+
+
+def _item(path: Path) -> Path | Clip:
+    """A named or found file: a video is a clip, a picture itself."""
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return Clip(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return path
+    raise ExpclipError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a video "
+                       f"({', '.join(sorted(VIDEO_SUFFIXES))})")

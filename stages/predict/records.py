@@ -39,7 +39,7 @@ from pathlib import Path
 from expclip.base.errors import ExpclipError
 from expclip.stages.predict.api import ZeroShotFER
 from expclip.stages.predict.batches import Batches
-from expclip.stages.predict.media import Clip, Unreadable, inputs, picture
+from expclip.stages.predict.media import Clip, Listing, Unreadable, picture
 from expclip.stages.shared import protocol
 from expclip.stages.shared.progress import progress
 from expclip.stages.shared.vocabulary import PREDICT_EVERY
@@ -47,14 +47,14 @@ from expclip.stages.shared.vocabulary import PREDICT_EVERY
 Plan = tuple[list[int], list[int], int, float | None]  # sampled frames, frames to read, step, fps
 
 
-def predict_inputs(model: ZeroShotFER, paths: list[Path], *, every: str | int = PREDICT_EVERY,
-                   frame_folders: bool = False, fps: float | None = None) -> tuple[list[dict], int]:
-    """Every record of every input, and how many inputs there were; the progress bar counts pictures and video
-    frames, so a long video moves it. Every input unreadable: one ExpclipError (the reason, or the first of them).
-    `fps`: the frame folders' frame rate (seconds and `every` in seconds need one)."""
+def predict_inputs(model: ZeroShotFER, listed: Listing, *, every: str | int = PREDICT_EVERY,
+                   fps: float | None = None) -> tuple[list[dict], int]:
+    """Every record of every input `media.listing` found, and how many inputs there were; the progress bar counts
+    pictures and video frames, so a long video moves it. Every input unreadable: one ExpclipError (the reason, or
+    the first of them). `fps`: the frame folders' frame rate (seconds and `every` in seconds need one)."""
     check_clip_options(every, fps)
     found: list[tuple[Path | Clip, Plan | None, Unreadable | None]] = []
-    for item in inputs(paths, frame_folders=frame_folders):
+    for item in listed.items():
         try:
             if isinstance(item, Clip) and item.frames is not None:
                 item.fps = fps

@@ -7,14 +7,14 @@ from typing import Any
 
 from expclip.base.settings import setting
 from expclip.stages.shared.labels import builtin_label_maps
-from expclip.stages.shared.vocabulary import AUTO, DEVICE_HELP, DEVICE_PATTERN, DEVICES
+from expclip.stages.shared.vocabulary import AUTO, DEVICE, DEVICE_HELP, DEVICES
 
 
 def device(runs: str = "") -> Any:
     """`--device`; `runs` says what runs there when that is not obvious (e.g. a query encoder). Its forms
     (cuda:N among them) are checked as any choice is, before any work; whether the device exists here is
     `devices.resolve_device`'s question."""
-    return setting(AUTO, f"{runs}{': ' if runs else ''}{DEVICE_HELP}", choices=DEVICES, pattern=DEVICE_PATTERN)
+    return setting(AUTO, f"{runs}{': ' if runs else ''}{DEVICE_HELP}", choices=DEVICES, pattern=DEVICE)
 
 
 def clip_key(scope: str = "") -> Any:

@@ -7,20 +7,19 @@ work, rather than failing later inside torch with a page of traceback.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from expclip.base.errors import ExpclipError
 from expclip.stages.shared.memory import available_bytes
-from expclip.stages.shared.vocabulary import AUTO, DEVICES
-
-_CUDA = re.compile(r"cuda(?::(\d+))?")
+from expclip.stages.shared.vocabulary import AUTO, DEVICE, DEVICES
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when there is one, else the CPU; `cuda`, `cuda:N` and `mps` must exist here."""
-    cuda = _CUDA.fullmatch(name)
+    """`auto` is CUDA when there is one, else the CPU; `cuda`, `cuda:N` and `mps` must exist here. The forms are
+    vocabulary.DEVICE's, the pattern the option's check matches."""
+    form = DEVICE.fullmatch(name)
+    if form is None:
+        raise ExpclipError(f"--device {name!r}: choose one of {', '.join(DEVICES)} (N: a CUDA device index)")
     if name == AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -29,12 +28,10 @@ def resolve_device(name: str) -> torch.device:
         if not _has_mps():
             raise ExpclipError("--device mps: this torch sees no MPS (Apple GPU) device here")
         return torch.device("mps")
-    if cuda is None:
-        raise ExpclipError(f"--device {name!r}: choose one of {', '.join(DEVICES)} (N: a CUDA device index)")
     if not torch.cuda.is_available():
         raise ExpclipError(f"--device {name}: no CUDA device is available here")
     count = torch.cuda.device_count()
-    if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+    if form["index"] is not None and int(form["index"]) >= count:
         raise ExpclipError(f"--device {name}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
                            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
     return torch.device(name)

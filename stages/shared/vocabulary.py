@@ -4,8 +4,12 @@ The code that acts on a value imports its set from here; configs and the CLI
 offer exactly these choices.
 """
 
+import re
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the forms --device takes (stages.shared.devices reads them)
-DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"  # DEVICES as a regular expression (N: a CUDA device index)
+# DEVICES as one compiled pattern, which both the option check and devices.resolve_device match: N is written as
+# torch reads an index (ASCII digits, no leading zero: torch refuses cuda:01).
+DEVICE = re.compile(r"auto|cpu|cuda(?::(?P<index>0|[1-9][0-9]*))?|mps")
 DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16")  # configs and options; caches record the torch dtype name

@@ -14,7 +14,9 @@ transform is its image processor alone, and stage_one's random Flan-T5-XXL folde
 Rows: 0 workers = the DataLoader in this process with torch at one thread, as in a worker: one core's rate,
 on one worker's share of the faces; then each N of --workers (default: extract's, `default_workers()`) on all
 the faces. Each is timed after a warm-up of one batch per process (the workers started, their first faces
-decoded). When a configuration's encoders take faces faster than its best row, decoding limits stage one.
+decoded). When a configuration's encoders take faces faster than its best row with workers, decoding limits
+stage one (decoding in the process that runs the encoders would take turns with them, so that row only says what
+one core does).
 
 Run: python benchmarks/decode_rate.py [--faces 8192] [--workers N [N ...]] [--batch-size 256] [--tiny]
 """
@@ -136,9 +138,9 @@ def table(rows: list[Rate]) -> Table:
 
 
 def verdict(rows: list[Rate], config: str, real: bool) -> str:
-    """The configuration's fastest row as the rate above which decoding limits; against issue 20's target when
-    the real architectures' transforms ran."""
-    best = max((r for r in rows if r.config == config), key=lambda r: r.rate)
+    """The configuration's fastest row with workers as the rate above which decoding limits; against issue 20's
+    target when the real architectures' transforms ran."""
+    best = max((r for r in rows if r.config == config and r.workers), key=lambda r: r.rate)
     line = (f"{config}: decoding limits stage one above {best.rate:,.0f} faces/s on this machine "
             f"({best.workers} workers)")
     if real:

@@ -123,7 +123,7 @@ def measure(args: argparse.Namespace, root: Path, device: torch.device, log: Con
             row = (one_core(source, encoders, cfg, share) if workers == 0
                    else timed(source, encoders, cfg, args.faces))
             row.config = config
-            log.print(f"{config}, {workers} workers: {row.rate:,.0f} faces/s")
+            log.print(f"{config}, workers {workers}: {row.rate:,.0f} faces/s")
             rows.append(row)
     return rows
 
@@ -142,7 +142,7 @@ def verdict(rows: list[Rate], config: str, real: bool) -> str:
     target when the real architectures' transforms ran."""
     best = max((r for r in rows if r.config == config and r.workers), key=lambda r: r.rate)
     line = (f"{config}: decoding limits stage one above {best.rate:,.0f} faces/s on this machine "
-            f"({best.workers} workers)")
+            f"({best.workers} worker{'s' if best.workers > 1 else ''})")
     if real:
         target = TARGETS[config]
         line += (f"; issue 20's target {target:,} faces/s is "

@@ -79,7 +79,8 @@ class Rate:
         return self.rate / max(self.workers, 1)
 
 
-def timed(source: sources.Source, encoders: dict[str, ImageEncoder], cfg: ExtractConfig, faces: int) -> Rate:
+def timed(source: sources.Source, encoders: dict[str, ImageEncoder], cfg: ExtractConfig,
+          faces: int) -> tuple[int, float]:
     """The first `faces` items through extract's loader: faces and seconds from the arrival of the warm-up's last
     batch (one per process) to that of the last batch."""
     loader, _, _ = face_loader(source, encoders, [(0, faces)], cfg, StopRequest())
@@ -93,10 +94,11 @@ def timed(source: sources.Source, encoders: dict[str, ImageEncoder], cfg: Extrac
             started = ended
         elif k >= warm:
             counted += len(index)
-    return Rate("", cfg.num_workers, counted, ended - started)
+    return counted, ended - started
 
 
-def one_core(source: sources.Source, encoders: dict[str, ImageEncoder], cfg: ExtractConfig, faces: int) -> Rate:
+def one_core(source: sources.Source, encoders: dict[str, ImageEncoder], cfg: ExtractConfig,
+             faces: int) -> tuple[int, float]:
     """`timed` without workers, torch at one thread as DataLoader workers run it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -120,9 +122,8 @@ def measure(args: argparse.Namespace, root: Path, device: torch.device, log: Con
     for config, encoders in ((CLIP_ALONE, {"clip": clip}), (BOTH, {"clip": clip, "teacher": teacher})):
         for workers in (0, *args.workers):
             cfg = ExtractConfig(batch_size=args.batch_size, num_workers=workers, device=device.type)
-            row = (one_core(source, encoders, cfg, share) if workers == 0
-                   else timed(source, encoders, cfg, args.faces))
-            row.config = config
+            row = Rate(config, workers, *(one_core(source, encoders, cfg, share) if workers == 0
+                                          else timed(source, encoders, cfg, args.faces)))
             log.print(f"{config}, workers {workers}: {row.rate:,.0f} faces/s")
             rows.append(row)
     return rows

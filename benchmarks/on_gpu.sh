@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # A lent GPU machine's one run: the CUDA tests, then stage one (issue 20): the plain anchor and bf16 end to end,
+# the CPU's decode rate per core and with extract's workers (decode_rate.py: when GPU JPEG decoding would pay),
 # then each speed lever alone (bf16 weights, compile with its compile time, fp8 with its error table).
 #
 # Writes each step's output under $OUT (the device tool's folder; ./gpu-out elsewhere) as it goes, so a
@@ -54,6 +55,8 @@ step() {  # step NAME SECONDS COMMAND...: run with the smaller of SECONDS and wh
 }
 faces=${FACES:-10240}
 step stage_one 170 python3 benchmarks/stage_one.py --faces "$faces"
+# 8,192 faces: three timed batches of 256 per worker after each one's warm-up batch (8 workers on 16 cores).
+step decode_rate 40 python3 benchmarks/decode_rate.py --faces 8192
 step lever-bf16-weights 70 python3 benchmarks/levers.py --lever bf16-weights --faces $((faces / 2))
 step lever-compile 150 python3 benchmarks/levers.py --lever compile --faces $((faces / 2))
 step lever-fp8 130 python3 benchmarks/levers.py --lever fp8 --faces $((faces / 2)) --error-faces 10240 \

@@ -47,15 +47,8 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
     todo = sorted(set().union(*(shards[path] for path in encoders)))
     if not todo:
         return 0, clock
-    transforms, feed = _inputs(encoders, shared=cfg.transform == OFFICIAL_TRANSFORM)
+    loader, feed, per_batch = face_loader(source, encoders, todo, cfg, halt)
     clips = source.items.frame_index is not None
-    dataset = FaceDataset(source.paths, source.items, transforms, halt, source.members)
-    per_batch = items_per_batch(cfg.batch_size, dataset.item_bytes)
-    loader = DataLoader(
-        dataset, batch_sampler=batches_of(todo, per_batch),
-        num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=ignore_in_worker,
-        pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
-    )
     batches = iter(loader)
     encoded = 0
     with progress("clips" if clips else "faces", shown) as bar, ShardWriter(job) as writer:
@@ -82,6 +75,21 @@ def encode_shards(source: Source, job: Extraction, encoders: dict[str, ImageEnco
             encoded += stop - start - len(failed)
             lap(WRITING)
     return encoded, clock
+
+
+def face_loader(source: Source, encoders: dict[str, ImageEncoder], todo: list[Range], cfg: ExtractConfig,
+                halt: StopRequest) -> tuple[DataLoader, dict[str, int], int]:
+    """The data path alone: (a DataLoader of (index, tensors, reasons) batches over the `todo` ranges, group path
+    -> its tensor's index, items per batch). One function, so benchmarks/decode_rate.py times what extract runs."""
+    transforms, feed = _inputs(encoders, shared=cfg.transform == OFFICIAL_TRANSFORM)
+    dataset = FaceDataset(source.paths, source.items, transforms, halt, source.members)
+    per_batch = items_per_batch(cfg.batch_size, dataset.item_bytes)
+    loader = DataLoader(
+        dataset, batch_sampler=batches_of(todo, per_batch),
+        num_workers=cfg.num_workers, collate_fn=collate, worker_init_fn=ignore_in_worker,
+        pin_memory=any(e.device.type == "cuda" for e in encoders.values()),
+    )
+    return loader, feed, per_batch
 
 
 def _inputs(encoders: dict[str, ImageEncoder], shared: bool) -> tuple[list[Callable], dict[str, int]]:

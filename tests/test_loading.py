@@ -293,3 +293,22 @@ def test_16_bit_copies_of_faces_give_the_same_clip_features(tmp_path, tiny_clip)
         np.testing.assert_allclose(rows[f"{stem}-rgb16.png"], rows[f"{stem}.png"], rtol=0, atol=1e-6)
         np.testing.assert_allclose(rows[f"{stem}-gray16.png"], rows[f"{stem}-gray8.png"], rtol=0, atol=1e-6)
         assert not np.allclose(rows[f"{stem}-gray8.png"], rows[f"{stem}.png"], atol=1e-3)  # gray is really gray
+
+
+def test_collate_stacks_each_transform_and_in_a_worker_into_shared_memory():
+    """What the main process gets is torch.stack of each transform's tensors; a DataLoader worker stacks them in
+    shared memory already, so the batch is not copied there again on its way out."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from expclip.stages.extract.loading import collate
+
+    batch = [(i, [torch.full((3, 4, 4), float(i)), torch.full((2,), i, dtype=torch.uint8)], "") for i in range(3)]
+    index, tensors, errors = collate(batch)
+    assert index == [0, 1, 2] and errors == ["", "", ""]
+    assert torch.equal(tensors[0], torch.stack([b[1][0] for b in batch]))
+    assert torch.equal(tensors[1], torch.stack([b[1][1] for b in batch])) and tensors[1].dtype == torch.uint8
+    assert not tensors[0].is_shared()  # in the main process nothing is shared for nothing
+    in_worker = DataLoader(batch, batch_size=3, num_workers=1,
+                           collate_fn=lambda b: [t.is_shared() for t in collate(b)[1]])
+    assert next(iter(in_worker)) == [True, True]

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from expclip.cache.format import Items
 from expclip.stages.encoders.images import DecodeError, clip_frames, load_image
@@ -75,6 +75,9 @@ class FaceDataset(Dataset):
 
 
 def collate(batch: list[tuple[int, list[torch.Tensor], str]]) -> tuple[list[int], list[torch.Tensor], list[str]]:
+    """Indices, one stacked tensor per transform, and the decode errors. torch's `default_collate` stacks: in a
+    DataLoader worker it stacks straight into shared memory, so a batch reaches the main process without the
+    second copy a plain `torch.stack` would need on the way."""
     index = [b[0] for b in batch]
-    tensors = [torch.stack([b[1][k] for b in batch]) for k in range(len(batch[0][1]))]
+    tensors = [default_collate([b[1][k] for b in batch]) for k in range(len(batch[0][1]))]
     return index, tensors, [b[2] for b in batch]

@@ -16,7 +16,8 @@ from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.source_config import SourceConfig
-from expclip.stages.fit_head.config import LEARNABLE, FitConfig, Selection
+from expclip.stages.fit_head.config import LEARNABLE, FitConfig
+from expclip.stages.shared.common_settings import CacheGroups
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 EXTRACT_OPTIONS = options(
@@ -25,7 +26,7 @@ EXTRACT_OPTIONS = options(
 )
 SOURCE_OPTIONS = options(SourceConfig)
 FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
-SELECTION_OPTIONS = options(Selection)
+GROUP_OPTIONS = options(CacheGroups)
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
 app = typer.Typer(
@@ -195,9 +196,9 @@ def fit_head(
     head_out: Annotated[
         Path, typer.Option("--out", dir_okay=False, help="File stem HEAD: writes the head as HEAD.safetensors and "
         "HEAD.json.")],
-    clip_key: SELECTION_OPTIONS.clip_key = Selection.clip_key,
-    teacher_key: SELECTION_OPTIONS.teacher_key = Selection.teacher_key,
-    instruction: SELECTION_OPTIONS.instruction = Selection.instruction,
+    clip_key: GROUP_OPTIONS.clip_key = CacheGroups.clip_key,
+    teacher_key: GROUP_OPTIONS.teacher_key = CacheGroups.teacher_key,
+    instruction: GROUP_OPTIONS.instruction = CacheGroups.instruction,
     lr: FIT_OPTIONS.lr = FitConfig.lr,
     momentum: FIT_OPTIONS.momentum = FitConfig.momentum,
     weight_decay: FIT_OPTIONS.weight_decay = FitConfig.weight_decay,
@@ -243,7 +244,7 @@ def fit_head(
             init_from=init_from, device=device, precision=precision, max_memory=max_memory,
         )
         config.check()  # before any file or cache is touched
-        select = Selection(clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
+        select = CacheGroups(clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
         read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
                 "--init-from": head_paths(init_from)}
         check_outputs(read, files=[("--out", written) for written in files], create=True)  # before training
@@ -290,15 +291,13 @@ def ablate(
     out_dir: Annotated[
         Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here "
         "are reused.")] = Path("ablation"),
-    teacher_key: Annotated[
-        Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
-    instruction: Annotated[
-        Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
+    teacher_key: GROUP_OPTIONS.teacher_key = CacheGroups.teacher_key,
+    instruction: GROUP_OPTIONS.instruction = CacheGroups.instruction,
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused.
 
-    --clip-key selects the image key for every run (unless the grid varies it); each head is evaluated on the
-    key it was trained on.
+    --clip-key, --teacher-key and --instruction choose the groups of every run (unless the grid varies them);
+    each head is evaluated on the image key it was trained on.
     """
     from expclip import ablate as grid_runs
     from expclip.reports import evaluation as report
@@ -314,7 +313,7 @@ def ablate(
                       folders=[("--out-dir", out_dir, grid_runs.WRITES), *reused])  # reused: must take new runs
         runs = grid_runs.run_grid(
             train, eval_caches, parsed, out_dir, base=FitConfig(device=config.device), evaluation=config,
-            select={"clip_key": config.clip_key, "teacher_key": teacher_key, "instruction": instruction},
+            select=vars(CacheGroups(clip_key=config.clip_key, teacher_key=teacher_key, instruction=instruction)),
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))

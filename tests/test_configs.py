@@ -15,18 +15,20 @@ from expclip.run_config import RunConfig
 from expclip.stages.audit import AuditConfig
 from expclip.stages.evaluate import EvaluateConfig
 from expclip.stages.extract.source_config import SourceConfig
-from expclip.stages.fit_head.config import Selection
 from expclip.stages.predict.config import PredictConfig
 from expclip.stages.search import SearchConfig
+from expclip.stages.shared.common_settings import CacheGroups
 
 runner = CliRunner()
 DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 
 
 def _params(command: str) -> dict:
-    """Option name -> click parameter of a command."""
-    group = typer.main.get_command(app)
-    return {decl: p for p in group.commands[command].params for decl in p.opts if decl.startswith("-")}
+    """Option name -> click parameter of a command ("cache export": a subcommand)."""
+    found = typer.main.get_command(app)
+    for word in command.split():
+        found = found.commands[word]
+    return {decl: p for p in found.params for decl in p.opts if decl.startswith("-")}
 
 
 @pytest.mark.parametrize("command, config, options", [
@@ -40,7 +42,8 @@ def _params(command: str) -> dict:
     ("run", RunConfig, ["--data-root", "--out", "--check", "--clip-model", "--clip-pretrained", "--teacher", "--fit",
                         "--device", "--batch-size", "--num-workers"]),
     ("extract", SourceConfig, ["--source-type", "--root", "--strip-prefix", "--frames", "--dataset", "--label-field"]),
-    ("fit-head", Selection, ["--clip-key", "--teacher-key", "--instruction"]),
+    ("fit-head", CacheGroups, ["--clip-key", "--teacher-key", "--instruction"]),
+    ("cache export", CacheGroups, ["--clip-key", "--teacher-key", "--instruction"]),
 ])
 def test_each_config_field_is_one_option_with_the_fields_default_and_help(command, config, options):
     params = _params(command)
@@ -56,8 +59,13 @@ def test_each_config_field_is_one_option_with_the_fields_default_and_help(comman
 def test_shared_options_read_the_same_in_every_command():
     for command in ("evaluate", "ablate", "search", "audit", "predict", "run", "extract", "fit-head"):
         assert _params(command)["--device"].help.endswith(DEVICE_HELP), command
-    for command in ("evaluate", "ablate", "search", "audit", "fit-head"):
+    for command in ("evaluate", "ablate", "search", "audit", "fit-head", "cache export"):
         assert _params(command)["--clip-key"].help == "Image key when a cache holds several CLIP encoders.", command
+    for command in ("fit-head", "ablate", "cache export"):
+        params = _params(command)
+        assert params["--teacher-key"].help == "Teacher key when a cache holds several teachers.", command
+        assert params["--instruction"].help == "Instruction key (e.g. paper) or full text, when several exist."
+        assert params["--teacher-key"].default is params["--instruction"].default is None, command
     assert _params("evaluate")["--label-map"].help == _params("ablate")["--label-map"].help
     for command, what in [("evaluate", "the records"), ("search", "the hits"), ("audit", "counts and pairs"),
                           ("predict", "the records")]:
@@ -164,9 +172,25 @@ def test_fit_head_reads_the_cache_groups_it_was_told(monkeypatch, tmp_path):
     args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
     assert runner.invoke(app, args).output == "error: stop here\n"
     assert runner.invoke(app, [*args, "--clip-key", "C", "--teacher-key", "T", "--instruction", "paper"]).exit_code == 2
-    assert seen == [{**vars(Selection()), "exclude": None},
+    assert seen == [{**vars(CacheGroups()), "exclude": None},
                     {"clip_key": "C", "teacher_key": "T", "instruction": "paper", "exclude": None}]
-    assert vars(Selection()) == {"clip_key": None, "teacher_key": None, "instruction": None}
+    assert vars(CacheGroups()) == {"clip_key": None, "teacher_key": None, "instruction": None}
+
+
+def test_ablate_gives_every_run_the_cache_groups_it_was_told(monkeypatch, tmp_path):
+    seen = []
+
+    def fake(train, evals, grid, out_dir, *, base, evaluation, select):
+        seen.append(select)
+        raise ExpclipError("stop here")
+
+    monkeypatch.setattr("expclip.ablate.run_grid", fake)
+    (tmp_path / "c.h5").write_bytes(b"")
+    args = ["ablate", str(tmp_path / "c.h5"), "--eval", str(tmp_path / "c.h5"), "--grid", "lr=0.1",
+            "--out-dir", str(tmp_path / "abl")]
+    assert runner.invoke(app, args).output == "error: stop here\n"
+    assert runner.invoke(app, [*args, "--clip-key", "C", "--teacher-key", "T", "--instruction", "paper"]).exit_code == 2
+    assert seen == [vars(CacheGroups()), {"clip_key": "C", "teacher_key": "T", "instruction": "paper"}]
 
 
 def test_run_overrides_are_the_extract_fields_given():

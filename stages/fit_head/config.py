@@ -81,16 +81,6 @@ class FitConfig:
         return (available_bytes() if free is None else free) // 2
 
 
-@dataclass
-class Selection:
-    """Which feature groups of the training caches a fit reads, when a cache holds several: not FitConfig's fields,
-    since they choose the data rather than the training (HEAD.json records the groups read)."""
-
-    clip_key: str | None = common_settings.clip_key()
-    teacher_key: str | None = setting(None, "Teacher key when a cache holds several teachers.")
-    instruction: str | None = setting(None, "Instruction key (e.g. paper) or full text, when several exist.")
-
-
 def value_problem(name: str, value: Any) -> str | None:
     """What is wrong with `value` for FitConfig's field `name` (outside its choices or its range), else None."""
     outside = choice_problem({f.name: f for f in fields(FitConfig)}[name], value)

@@ -10,13 +10,13 @@ from expclip import cli_export, cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.cli_app import InUseOrder, shared_options
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice, configured, csv_option, help_of, json_option, options
+from expclip.options import choice, configured, csv_option, json_option, options
 from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.source_config import SourceConfig
-from expclip.stages.fit_head.config import LEARNABLE, FitConfig
+from expclip.stages.fit_head.config import FitConfig
 from expclip.stages.shared.common_settings import CacheGroups
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
@@ -25,7 +25,6 @@ EXTRACT_OPTIONS = options(
     prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
 )
 SOURCE_OPTIONS = options(SourceConfig)
-FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
 GROUP_OPTIONS = options(CacheGroups)
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
@@ -189,7 +188,9 @@ def evaluate(
             out.print(f"wrote {len(written)} confusion matrices to {out_dir}", markup=False)
 
 
+@configured(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
 def fit_head(
+    config: FitConfig,
     caches: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher "
         "features (rows are concatenated).")],
@@ -199,23 +200,6 @@ def fit_head(
     clip_key: GROUP_OPTIONS.clip_key = CacheGroups.clip_key,
     teacher_key: GROUP_OPTIONS.teacher_key = CacheGroups.teacher_key,
     instruction: GROUP_OPTIONS.instruction = CacheGroups.instruction,
-    lr: FIT_OPTIONS.lr = FitConfig.lr,
-    momentum: FIT_OPTIONS.momentum = FitConfig.momentum,
-    weight_decay: FIT_OPTIONS.weight_decay = FitConfig.weight_decay,
-    batch_size: FIT_OPTIONS.batch_size = FitConfig.batch_size,
-    epochs: FIT_OPTIONS.epochs = FitConfig.epochs,
-    milestones: Annotated[
-        str, typer.Option(help=help_of(FitConfig, "milestones") + " Comma list.")
-    ] = ",".join(map(str, FitConfig.milestones)),
-    gamma: FIT_OPTIONS.gamma = FitConfig.gamma,
-    seed: FIT_OPTIONS.seed = FitConfig.seed,
-    optimizer: FIT_OPTIONS.optimizer = FitConfig.optimizer,
-    head: FIT_OPTIONS.head = FitConfig.head,
-    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(FitConfig, "logit_scale"))] = FitConfig.logit_scale,
-    init_from: FIT_OPTIONS.init_from = FitConfig.init_from,
-    device: FIT_OPTIONS.device = FitConfig.device,
-    precision: FIT_OPTIONS.precision = FitConfig.precision,
-    max_memory: FIT_OPTIONS.max_memory = FitConfig.max_memory,
     exclude_near_duplicates_of: Annotated[
         Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False,
         help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
@@ -228,25 +212,9 @@ def fit_head(
 
     files = head_files(head_out)
     with user_errors():
-        try:
-            steps = tuple(int(m) for m in milestones.split(",") if m.strip())
-        except ValueError:
-            raise ExpclipError(f"--milestones: {milestones!r} is not a comma list of epochs") from None
-        scale: float | str | None = logit_scale
-        if logit_scale is not None and logit_scale != LEARNABLE:
-            try:
-                scale = float(logit_scale)
-            except ValueError:
-                raise ExpclipError(f"--logit-scale: {logit_scale!r} is neither a number nor '{LEARNABLE}'") from None
-        config = FitConfig(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
-            milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
-            init_from=init_from, device=device, precision=precision, max_memory=max_memory,
-        )
-        config.check()  # before any file or cache is touched
         select = CacheGroups(clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
         read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
-                "--init-from": head_paths(init_from)}
+                "--init-from": head_paths(config.init_from)}
         check_outputs(read, files=[("--out", written) for written in files], create=True)  # before training
         exclude = None
         if exclude_near_duplicates_of:

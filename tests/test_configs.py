@@ -15,6 +15,7 @@ from expclip.run_config import RunConfig
 from expclip.stages.audit import AuditConfig
 from expclip.stages.evaluate import EvaluateConfig
 from expclip.stages.extract.source_config import SourceConfig
+from expclip.stages.fit_head.config import FitConfig
 from expclip.stages.predict.config import PredictConfig
 from expclip.stages.search import SearchConfig
 from expclip.stages.shared.common_settings import CacheGroups
@@ -42,6 +43,9 @@ def _params(command: str) -> dict:
     ("run", RunConfig, ["--data-root", "--out", "--check", "--clip-model", "--clip-pretrained", "--teacher", "--fit",
                         "--device", "--batch-size", "--num-workers"]),
     ("extract", SourceConfig, ["--source-type", "--root", "--strip-prefix", "--frames", "--dataset", "--label-field"]),
+    ("fit-head", FitConfig, ["--lr", "--momentum", "--weight-decay", "--batch-size", "--epochs", "--milestones",
+                             "--gamma", "--seed", "--optimizer", "--head", "--logit-scale", "--init-from", "--device",
+                             "--precision", "--max-memory"]),
     ("fit-head", CacheGroups, ["--clip-key", "--teacher-key", "--instruction"]),
     ("cache export", CacheGroups, ["--clip-key", "--teacher-key", "--instruction"]),
 ])
@@ -52,7 +56,10 @@ def test_each_config_field_is_one_option_with_the_fields_default_and_help(comman
     for (name, field), option in zip(fields.items(), options, strict=True):
         param = params[option]
         assert param.name == name and param.help == field.metadata["help"]
-        if name != "data_root":  # the one required setting
+        parse = field.metadata.get("parse")  # a comma list or number-or-word: typed, and defaulting, as text
+        if parse and param.default is not None:
+            assert isinstance(param.default, str) and parse(param.default) == field.default
+        elif name != "data_root":  # the one required setting
             assert param.default == field.default
 
 
@@ -175,6 +182,26 @@ def test_fit_head_reads_the_cache_groups_it_was_told(monkeypatch, tmp_path):
     assert seen == [{**vars(CacheGroups()), "exclude": None},
                     {"clip_key": "C", "teacher_key": "T", "instruction": "paper", "exclude": None}]
     assert vars(CacheGroups()) == {"clip_key": None, "teacher_key": None, "instruction": None}
+
+
+def test_fit_head_reads_text_options_by_the_fields_own_rule(monkeypatch, tmp_path):
+    seen = []
+
+    def fake(caches, out, config, **select):
+        seen.append(config)
+        raise ExpclipError("stop here")
+
+    monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake)
+    (tmp_path / "c.h5").write_bytes(b"")
+    args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
+    for given in (["--milestones", "2, 4", "--logit-scale", "learnable"], ["--milestones", "", "--logit-scale", "7.5"],
+                  ["--lr", "0.5", "--batch-size", "8"]):
+        assert runner.invoke(app, [*args, *given]).output == "error: stop here\n"
+    assert seen == [FitConfig(milestones=(2, 4), logit_scale="learnable"), FitConfig(milestones=(), logit_scale=7.5),
+                    FitConfig(lr=0.5, batch_size=8)]
+    assert _params("fit-head")["--milestones"].default == "30" and FitConfig.milestones == (30,)
+    bad = runner.invoke(app, [*args, "--milestones", "3,x", "--logit-scale", "big"])
+    assert bad.exit_code == 2 and bad.output == "error: --milestones: '3,x' is not a comma list of epochs\n"
 
 
 def test_ablate_gives_every_run_the_cache_groups_it_was_told(monkeypatch, tmp_path):

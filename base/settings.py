@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
 
@@ -19,12 +19,16 @@ REQUIRED = dataclasses.MISSING  # a setting without a default: the command's opt
 
 
 def setting(
-    default: Any, help: str, *, choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A dataclass field with its default (or REQUIRED), its one-line help and (optionally) its allowed values:
     `choices` as listed, or the forms they name matched by the compiled `pattern` (e.g. cuda:N), which the code
-    acting on the value matches too, so the forms are written once."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "pattern": pattern})
+    acting on the value matches too, so the forms are written once. `parse` reads a value typed as text on the
+    command line (a comma list, a number or a word), refusing text it cannot read with an ExpclipError naming
+    the option; its range stays the config's check()."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "pattern": pattern,
+                                                        "parse": parse})
 
 
 def finite_number(v: Any) -> bool:

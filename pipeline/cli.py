@@ -10,13 +10,14 @@ from expclip import cli_export, cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.cli_app import InUseOrder, shared_options
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice, configured, csv_option, help_of, json_option, options
+from expclip.options import choice, configured, csv_option, json_option, options
 from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.source_config import SourceConfig
-from expclip.stages.fit_head.config import LEARNABLE, FitConfig, Selection
+from expclip.stages.fit_head.config import FitConfig
+from expclip.stages.shared.common_settings import CacheGroups
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
 EXTRACT_OPTIONS = options(
@@ -24,8 +25,7 @@ EXTRACT_OPTIONS = options(
     prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
 )
 SOURCE_OPTIONS = options(SourceConfig)
-FIT_OPTIONS = options(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
-SELECTION_OPTIONS = options(Selection)
+GROUP_OPTIONS = options(CacheGroups)
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
 app = typer.Typer(
@@ -188,33 +188,18 @@ def evaluate(
             out.print(f"wrote {len(written)} confusion matrices to {out_dir}", markup=False)
 
 
+@configured(FitConfig, batch_size={"min": 2}, epochs={"min": 1})
 def fit_head(
+    config: FitConfig,
     caches: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="Training cache(s) with image and teacher "
         "features (rows are concatenated).")],
     head_out: Annotated[
         Path, typer.Option("--out", dir_okay=False, help="File stem HEAD: writes the head as HEAD.safetensors and "
         "HEAD.json.")],
-    clip_key: SELECTION_OPTIONS.clip_key = Selection.clip_key,
-    teacher_key: SELECTION_OPTIONS.teacher_key = Selection.teacher_key,
-    instruction: SELECTION_OPTIONS.instruction = Selection.instruction,
-    lr: FIT_OPTIONS.lr = FitConfig.lr,
-    momentum: FIT_OPTIONS.momentum = FitConfig.momentum,
-    weight_decay: FIT_OPTIONS.weight_decay = FitConfig.weight_decay,
-    batch_size: FIT_OPTIONS.batch_size = FitConfig.batch_size,
-    epochs: FIT_OPTIONS.epochs = FitConfig.epochs,
-    milestones: Annotated[
-        str, typer.Option(help=help_of(FitConfig, "milestones") + " Comma list.")
-    ] = ",".join(map(str, FitConfig.milestones)),
-    gamma: FIT_OPTIONS.gamma = FitConfig.gamma,
-    seed: FIT_OPTIONS.seed = FitConfig.seed,
-    optimizer: FIT_OPTIONS.optimizer = FitConfig.optimizer,
-    head: FIT_OPTIONS.head = FitConfig.head,
-    logit_scale: Annotated[Optional[str], typer.Option(help=help_of(FitConfig, "logit_scale"))] = FitConfig.logit_scale,
-    init_from: FIT_OPTIONS.init_from = FitConfig.init_from,
-    device: FIT_OPTIONS.device = FitConfig.device,
-    precision: FIT_OPTIONS.precision = FitConfig.precision,
-    max_memory: FIT_OPTIONS.max_memory = FitConfig.max_memory,
+    clip_key: GROUP_OPTIONS.clip_key = CacheGroups.clip_key,
+    teacher_key: GROUP_OPTIONS.teacher_key = CacheGroups.teacher_key,
+    instruction: GROUP_OPTIONS.instruction = CacheGroups.instruction,
     exclude_near_duplicates_of: Annotated[
         Optional[list[Path]], typer.Option("--exclude-near-duplicates-of", exists=True, dir_okay=False,
         help="Evaluation cache (repeatable): leave out training rows that `expclip audit` pairs with it.")] = None,
@@ -227,25 +212,9 @@ def fit_head(
 
     files = head_files(head_out)
     with user_errors():
-        try:
-            steps = tuple(int(m) for m in milestones.split(",") if m.strip())
-        except ValueError:
-            raise ExpclipError(f"--milestones: {milestones!r} is not a comma list of epochs") from None
-        scale: float | str | None = logit_scale
-        if logit_scale is not None and logit_scale != LEARNABLE:
-            try:
-                scale = float(logit_scale)
-            except ValueError:
-                raise ExpclipError(f"--logit-scale: {logit_scale!r} is neither a number nor '{LEARNABLE}'") from None
-        config = FitConfig(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
-            milestones=steps, gamma=gamma, seed=seed, optimizer=optimizer, head=head, logit_scale=scale,
-            init_from=init_from, device=device, precision=precision, max_memory=max_memory,
-        )
-        config.check()  # before any file or cache is touched
-        select = Selection(clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
+        select = CacheGroups(clip_key=clip_key, teacher_key=teacher_key, instruction=instruction)
         read = {"CACHES": caches, "--exclude-near-duplicates-of": exclude_near_duplicates_of or [],
-                "--init-from": head_paths(init_from)}
+                "--init-from": head_paths(config.init_from)}
         check_outputs(read, files=[("--out", written) for written in files], create=True)  # before training
         exclude = None
         if exclude_near_duplicates_of:
@@ -290,15 +259,13 @@ def ablate(
     out_dir: Annotated[
         Path, typer.Option(file_okay=False, help="Where heads, per-run results and the table go; finished runs here "
         "are reused.")] = Path("ablation"),
-    teacher_key: Annotated[
-        Optional[str], typer.Option(help="Teacher key for every run (unless the grid varies it).")] = None,
-    instruction: Annotated[
-        Optional[str], typer.Option(help="Instruction key for every run (unless the grid varies it).")] = None,
+    teacher_key: GROUP_OPTIONS.teacher_key = CacheGroups.teacher_key,
+    instruction: GROUP_OPTIONS.instruction = CacheGroups.instruction,
 ) -> None:
     """Fit-head + evaluate over a Cartesian grid; runs already in OUT_DIR are reused.
 
-    --clip-key selects the image key for every run (unless the grid varies it); each head is evaluated on the
-    key it was trained on.
+    --clip-key, --teacher-key and --instruction choose the groups of every run (unless the grid varies them);
+    each head is evaluated on the image key it was trained on.
     """
     from expclip import ablate as grid_runs
     from expclip.reports import evaluation as report
@@ -314,7 +281,7 @@ def ablate(
                       folders=[("--out-dir", out_dir, grid_runs.WRITES), *reused])  # reused: must take new runs
         runs = grid_runs.run_grid(
             train, eval_caches, parsed, out_dir, base=FitConfig(device=config.device), evaluation=config,
-            select={"clip_key": config.clip_key, "teacher_key": teacher_key, "instruction": instruction},
+            select=vars(CacheGroups(clip_key=config.clip_key, teacher_key=teacher_key, instruction=instruction)),
         )
         rows = grid_runs.rows(runs)
         out.print(report.grid_table(rows))

@@ -1,21 +1,25 @@
 """`expclip cache export`: a thin command over expclip.reports.export (registered in expclip.cli)."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from expclip.console import out, user_errors
+from expclip.options import options
 from expclip.output_paths import check_outputs
+from expclip.stages.shared.common_settings import CacheGroups
+
+GROUP_OPTIONS = options(CacheGroups)
 
 
 def export(
     cache: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A cache file.")],
     out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder to write the export into.")],
-    clip_key: Annotated[Optional[str], typer.Option(help="Image key when the cache holds several CLIPs.")] = None,
+    clip_key: GROUP_OPTIONS.clip_key = CacheGroups.clip_key,
     teacher: Annotated[bool, typer.Option("--teacher", help="Also write the teacher features.")] = False,
-    teacher_key: Annotated[Optional[str], typer.Option(help="Teacher key when there are several.")] = None,
-    instruction: Annotated[Optional[str], typer.Option(help="Instruction key when there are several.")] = None,
+    teacher_key: GROUP_OPTIONS.teacher_key = CacheGroups.teacher_key,
+    instruction: GROUP_OPTIONS.instruction = CacheGroups.instruction,
 ) -> None:
     """Features as clip-retrieval writes them (img_emb/, metadata/, text_emb/), for embedding-reader and autofaiss."""
     from expclip.reports.export import WRITES

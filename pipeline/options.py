@@ -7,7 +7,8 @@ them in --help; the parameter's default is the dataclass's own (`= FitConfig.lr`
 whose options are Config's fields plus f's other parameters: the command parses,
 builds the config and dispatches (as clip_benchmark's CLI does). A choice is
 checked once, by the config's own rule (`base.settings.value_problem`), which
-its `check()` applies for API callers too.
+its `check()` applies for API callers too. A field declared with `parse` (a comma list, a number or a word)
+is a text option (its default written as text) that `configured` reads with it.
 """
 
 from __future__ import annotations
@@ -70,14 +71,23 @@ def options(config: type, **extra: dict[str, Any]) -> SimpleNamespace:
     hints = typing.get_type_hints(config)
     found = {}
     for field in dataclasses.fields(config):
-        kind = str if field.metadata.get("choices") else hints[field.name]
+        if field.metadata.get("parse"):
+            kind = Optional[str]  # the command line's text, which configured() reads with the field's parse
+        else:
+            kind = str if field.metadata.get("choices") else hints[field.name]
         found[field.name] = _annotation(config, field, kind, extra.get(field.name, {}))
     return SimpleNamespace(**found)
 
 
-def help_of(config: type, name: str) -> str:
-    """A field's help line, for options the CLI parses itself (comma lists, number-or-word values)."""
-    return _field(config, name).metadata["help"]
+def _text(default: Any) -> str | None:
+    """A text-read field's default as typed on the command line (and shown by --help): a tuple as its comma list."""
+    return None if default is None else ",".join(map(str, default))
+
+
+def _read(field: dataclasses.Field, value: Any) -> Any:
+    """A field's value from typer's: a text-read field's text parsed by its own rule."""
+    parse = field.metadata.get("parse")
+    return value if parse is None or value is None else parse(value)
 
 
 def configured(config: type, *, skip: tuple[str, ...] = (), **extra: dict[str, Any]) -> Callable:
@@ -91,16 +101,15 @@ def configured(config: type, *, skip: tuple[str, ...] = (), **extra: dict[str, A
     def wrap(f: Callable) -> Callable:
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in list(inspect.signature(f, eval_str=True).parameters.values())[1:]]
-        names = [fd.name for fd in dataclasses.fields(config) if fd.name not in skip]
-        made = [_parameter(fd, getattr(annotations, fd.name)) for fd in dataclasses.fields(config)
-                if fd.name in names]
+        read = {fd.name: fd for fd in dataclasses.fields(config) if fd.name not in skip}
+        made = [_parameter(fd, getattr(annotations, name)) for name, fd in read.items()]
         positional = [p for p in [*made, *own] if p.default is inspect.Parameter.empty]
         rest = [p for p in [*made, *own] if p.default is not inspect.Parameter.empty]
 
         @functools.wraps(f)
         def command(**given: Any) -> Any:
             with user_errors():
-                cfg = config(**{n: given.pop(n) for n in names})
+                cfg = config(**{name: _read(fd, given.pop(name)) for name, fd in read.items()})
                 cfg.check()  # before any file is touched
             return f(cfg, **given)
 
@@ -113,7 +122,10 @@ def configured(config: type, *, skip: tuple[str, ...] = (), **extra: dict[str, A
 
 
 def _parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
-    default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+    if field.metadata.get("parse"):
+        default = _text(field.default)
+    else:
+        default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
@@ -127,4 +139,4 @@ def csv_option(what: str) -> Any:
     return Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help=f"Write {what} as CSV.")]
 
 
-__all__ = ["choice", "configured", "csv_option", "help_of", "json_option", "options"]
+__all__ = ["choice", "configured", "csv_option", "json_option", "options"]

@@ -15,18 +15,21 @@ from expclip.run_config import RunConfig
 from expclip.stages.audit import AuditConfig
 from expclip.stages.evaluate import EvaluateConfig
 from expclip.stages.extract.source_config import SourceConfig
-from expclip.stages.fit_head.config import Selection
+from expclip.stages.fit_head.config import FitConfig
 from expclip.stages.predict.config import PredictConfig
 from expclip.stages.search import SearchConfig
+from expclip.stages.shared.common_settings import CacheGroups
 
 runner = CliRunner()
 DEVICE_HELP = "auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N (CUDA device N) or mps (Apple GPUs)."
 
 
 def _params(command: str) -> dict:
-    """Option name -> click parameter of a command."""
-    group = typer.main.get_command(app)
-    return {decl: p for p in group.commands[command].params for decl in p.opts if decl.startswith("-")}
+    """Option name -> click parameter of a command ("cache export": a subcommand)."""
+    found = typer.main.get_command(app)
+    for word in command.split():
+        found = found.commands[word]
+    return {decl: p for p in found.params for decl in p.opts if decl.startswith("-")}
 
 
 @pytest.mark.parametrize("command, config, options", [
@@ -40,7 +43,11 @@ def _params(command: str) -> dict:
     ("run", RunConfig, ["--data-root", "--out", "--check", "--clip-model", "--clip-pretrained", "--teacher", "--fit",
                         "--device", "--batch-size", "--num-workers"]),
     ("extract", SourceConfig, ["--source-type", "--root", "--strip-prefix", "--frames", "--dataset", "--label-field"]),
-    ("fit-head", Selection, ["--clip-key", "--teacher-key", "--instruction"]),
+    ("fit-head", FitConfig, ["--lr", "--momentum", "--weight-decay", "--batch-size", "--epochs", "--milestones",
+                             "--gamma", "--seed", "--optimizer", "--head", "--logit-scale", "--init-from", "--device",
+                             "--precision", "--max-memory"]),
+    ("fit-head", CacheGroups, ["--clip-key", "--teacher-key", "--instruction"]),
+    ("cache export", CacheGroups, ["--clip-key", "--teacher-key", "--instruction"]),
 ])
 def test_each_config_field_is_one_option_with_the_fields_default_and_help(command, config, options):
     params = _params(command)
@@ -49,15 +56,23 @@ def test_each_config_field_is_one_option_with_the_fields_default_and_help(comman
     for (name, field), option in zip(fields.items(), options, strict=True):
         param = params[option]
         assert param.name == name and param.help == field.metadata["help"]
-        if name != "data_root":  # the one required setting
+        parse = field.metadata.get("parse")  # a comma list or number-or-word: typed, and defaulting, as text
+        if parse and param.default is not None:
+            assert isinstance(param.default, str) and parse(param.default) == field.default
+        elif name != "data_root":  # the one required setting
             assert param.default == field.default
 
 
 def test_shared_options_read_the_same_in_every_command():
     for command in ("evaluate", "ablate", "search", "audit", "predict", "run", "extract", "fit-head"):
         assert _params(command)["--device"].help.endswith(DEVICE_HELP), command
-    for command in ("evaluate", "ablate", "search", "audit", "fit-head"):
+    for command in ("evaluate", "ablate", "search", "audit", "fit-head", "cache export"):
         assert _params(command)["--clip-key"].help == "Image key when a cache holds several CLIP encoders.", command
+    for command in ("fit-head", "ablate", "cache export"):
+        params = _params(command)
+        assert params["--teacher-key"].help == "Teacher key when a cache holds several teachers.", command
+        assert params["--instruction"].help == "Instruction key (e.g. paper) or full text, when several exist."
+        assert params["--teacher-key"].default is params["--instruction"].default is None, command
     assert _params("evaluate")["--label-map"].help == _params("ablate")["--label-map"].help
     for command, what in [("evaluate", "the records"), ("search", "the hits"), ("audit", "counts and pairs"),
                           ("predict", "the records")]:
@@ -164,9 +179,45 @@ def test_fit_head_reads_the_cache_groups_it_was_told(monkeypatch, tmp_path):
     args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
     assert runner.invoke(app, args).output == "error: stop here\n"
     assert runner.invoke(app, [*args, "--clip-key", "C", "--teacher-key", "T", "--instruction", "paper"]).exit_code == 2
-    assert seen == [{**vars(Selection()), "exclude": None},
+    assert seen == [{**vars(CacheGroups()), "exclude": None},
                     {"clip_key": "C", "teacher_key": "T", "instruction": "paper", "exclude": None}]
-    assert vars(Selection()) == {"clip_key": None, "teacher_key": None, "instruction": None}
+    assert vars(CacheGroups()) == {"clip_key": None, "teacher_key": None, "instruction": None}
+
+
+def test_fit_head_reads_text_options_by_the_fields_own_rule(monkeypatch, tmp_path):
+    seen = []
+
+    def fake(caches, out, config, **select):
+        seen.append(config)
+        raise ExpclipError("stop here")
+
+    monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake)
+    (tmp_path / "c.h5").write_bytes(b"")
+    args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
+    for given in (["--milestones", "2, 4", "--logit-scale", "learnable"], ["--milestones", "", "--logit-scale", "7.5"],
+                  ["--lr", "0.5", "--batch-size", "8"]):
+        assert runner.invoke(app, [*args, *given]).output == "error: stop here\n"
+    assert seen == [FitConfig(milestones=(2, 4), logit_scale="learnable"), FitConfig(milestones=(), logit_scale=7.5),
+                    FitConfig(lr=0.5, batch_size=8)]
+    assert _params("fit-head")["--milestones"].default == "30" and FitConfig.milestones == (30,)
+    bad = runner.invoke(app, [*args, "--milestones", "3,x", "--logit-scale", "big"])
+    assert bad.exit_code == 2 and bad.output == "error: --milestones: '3,x' is not a comma list of epochs\n"
+
+
+def test_ablate_gives_every_run_the_cache_groups_it_was_told(monkeypatch, tmp_path):
+    seen = []
+
+    def fake(train, evals, grid, out_dir, *, base, evaluation, select):
+        seen.append(select)
+        raise ExpclipError("stop here")
+
+    monkeypatch.setattr("expclip.ablate.run_grid", fake)
+    (tmp_path / "c.h5").write_bytes(b"")
+    args = ["ablate", str(tmp_path / "c.h5"), "--eval", str(tmp_path / "c.h5"), "--grid", "lr=0.1",
+            "--out-dir", str(tmp_path / "abl")]
+    assert runner.invoke(app, args).output == "error: stop here\n"
+    assert runner.invoke(app, [*args, "--clip-key", "C", "--teacher-key", "T", "--instruction", "paper"]).exit_code == 2
+    assert seen == [vars(CacheGroups()), {"clip_key": "C", "teacher_key": "T", "instruction": "paper"}]
 
 
 def test_run_overrides_are_the_extract_fields_given():

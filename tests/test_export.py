@@ -119,3 +119,23 @@ def test_export_refuses_to_replace_its_cache_and_asks_for_a_clip_key(cache, tmp_
     assert result.exit_code == 2 and f"holds several CLIP image keys; choose one with --clip-key: Other@x, {KEY}" \
         in " ".join(result.output.split())
     assert not (tmp_path / "e2" / "export.json").exists()
+
+
+def test_teacher_group_is_chosen_as_fit_head_chooses_it(cache, tmp_path):
+    """--instruction names the group by its key or by its full text, the rule fit-head reads it by."""
+    with CacheReader(cache) as r:
+        items, ok = r.items(), r.items().ok
+    other = np.random.default_rng(2).standard_normal((10, 6)).astype(np.float32)
+    write_arrays(cache, items, file_attrs={}, aligned={fmt.teacher_path("T", "sha-1"): (
+        other, {"model": "T", "instruction": "Name the expression."})})
+    result = runner.invoke(app, ["cache", "export", str(cache), "--out", str(tmp_path / "e"), "--teacher"])
+    assert result.exit_code == 2
+    assert "holds several instructions; choose one with --instruction: paper, sha-1" in " ".join(result.output.split())
+    for given in ("sha-1", "Name the expression."):
+        out = tmp_path / given
+        result = runner.invoke(app, ["cache", "export", str(cache), "--out", str(out), "--teacher",
+                                     "--instruction", given])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "export.json").read_text())["groups"]["teacher_emb/teacher_emb_0.npy"] == \
+            fmt.teacher_path("T", "sha-1")
+        np.testing.assert_allclose(np.load(out / "teacher_emb" / "teacher_emb_0.npy"), _unit(other[ok]), atol=1e-3)

@@ -30,7 +30,7 @@ from expclip.cache import format as fmt
 from expclip.cache.atomic import ensure_folder
 from expclip.cache.reader import CacheReader
 from expclip.reports import files
-from expclip.stages.shared.select import choose
+from expclip.stages.shared.select import choose, teacher_group
 
 MARKER = "export.json"
 IMAGES, METADATA = "img_emb/img_emb_0.npy", "metadata/metadata_0.parquet"
@@ -49,11 +49,7 @@ def export(cache: Path, out: Path, *, clip_key: str | None = None, teacher: bool
         key = choose("CLIP image key", "--clip-key", clip_key, r.image_keys(), r.path)
         groups = {IMAGES: fmt.image_path(key)}
         if teacher:
-            tkey = choose("teacher key", "--teacher-key", teacher_key, sorted({t for t, _ in r.teacher_keys()}),
-                          r.path)
-            ikey = choose("instruction", "--instruction", instruction, [i for t, i in r.teacher_keys() if t == tkey],
-                          r.path)
-            groups[TEACHER] = fmt.teacher_path(tkey, ikey)
+            groups[TEACHER] = fmt.teacher_path(*teacher_group(r, teacher_key, instruction))
         items = r.items()
         frames = None if items.frame_index is None else items.frame_index.shape[1]
         for name, group in groups.items():

@@ -34,6 +34,24 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _milestones(text: str) -> tuple[int, ...]:
+    """--milestones' comma list, e.g. "10,20" (their order is check()'s rule)."""
+    try:
+        return tuple(int(m) for m in text.split(",") if m.strip())
+    except ValueError:
+        raise ExpclipError(f"--milestones: {text!r} is not a comma list of epochs") from None
+
+
+def _logit_scale(text: str) -> float | str:
+    """--logit-scale: a number or the word; whether the number is > 0 is check()'s rule."""
+    if text == LEARNABLE:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ExpclipError(f"--logit-scale: {text!r} is neither a number nor '{LEARNABLE}'") from None
+
+
 @dataclass
 class FitConfig:
     """Hyper-parameters of a fit; the defaults reproduce the official Exp-CLIP training run."""
@@ -43,13 +61,15 @@ class FitConfig:
     weight_decay: float = setting(1e-4, "Weight decay (official: 1e-4).")
     batch_size: int = setting(512, "Pairs per step, drop_last (official: 512).")
     epochs: int = setting(5, "Epochs (official: 5).")
-    milestones: tuple[int, ...] = setting((30,), "Epochs where MultiStepLR multiplies lr by gamma (official: 30).")
+    milestones: tuple[int, ...] = setting(
+        (30,), "Epochs where MultiStepLR multiplies lr by gamma (official: 30). Comma list.", parse=_milestones
+    )
     gamma: float = setting(0.1, "MultiStepLR factor.")
     seed: int = setting(0, "Seeds the head's init and the shuffling.")
     optimizer: str = setting("sgd", "sgd is the official optimizer.", choices=OPTIMIZERS)
     head: str = setting("linear", "linear is the paper's head; mlp adds one hidden layer.", choices=HEAD_KINDS)
     logit_scale: float | str | None = setting(
-        None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen)."
+        None, f"A number, or '{LEARNABLE}' (default: the cache's CLIP logit_scale, frozen).", parse=_logit_scale
     )
     init_from: Path | None = setting(None, "Start from this HEAD (stem, .safetensors, .json or official .pth).")
     device: str = common_settings.device()
@@ -79,16 +99,6 @@ class FitConfig:
         if self.max_memory is not None:
             return parse_size(self.max_memory, "--max-memory")
         return (available_bytes() if free is None else free) // 2
-
-
-@dataclass
-class Selection:
-    """Which feature groups of the training caches a fit reads, when a cache holds several: not FitConfig's fields,
-    since they choose the data rather than the training (HEAD.json records the groups read)."""
-
-    clip_key: str | None = common_settings.clip_key()
-    teacher_key: str | None = setting(None, "Teacher key when a cache holds several teachers.")
-    instruction: str | None = setting(None, "Instruction key (e.g. paper) or full text, when several exist.")
 
 
 def value_problem(name: str, value: Any) -> str | None:

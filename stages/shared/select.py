@@ -1,4 +1,5 @@
-"""Which groups of a cache a stage reads: one key-selection policy for fit-head and evaluate.
+"""Which groups of a cache a stage reads: one key-selection policy for fit-head, evaluate
+and cache export.
 
 An explicit choice must exist in the cache; without one, the only candidate is
 taken; several candidates are an error that lists them and names the option
@@ -36,12 +37,17 @@ def training_keys(reader: CacheReader, clip_key: str | None, teacher_key: str | 
                   instruction: str | None) -> tuple[str, str, str]:
     """(image key, teacher key, instruction key); the instruction may be given as its key or its full text."""
     key = choose("CLIP image key", "--clip-key", clip_key, reader.image_keys(), reader.path)
+    return (key, *teacher_group(reader, teacher_key, instruction))
+
+
+def teacher_group(reader: CacheReader, teacher_key: str | None, instruction: str | None) -> tuple[str, str]:
+    """(teacher key, instruction key): fit-head's and export's one rule; the instruction as its key or full text."""
     pairs = reader.teacher_keys()
     tkey = choose("teacher key", "--teacher-key", teacher_key, sorted({t for t, _ in pairs}), reader.path)
     texts = {i: str(reader.teacher_attrs(tkey, i).get("instruction", "")) for t, i in pairs if t == tkey}
     by_text = {text: i for i, text in texts.items()}
     ikey = choose("instruction", "--instruction", by_text.get(instruction, instruction), sorted(texts), reader.path)
-    return key, tkey, ikey
+    return tkey, ikey
 
 
 def _trained_on(head: Head, key: str, attrs: dict) -> bool:

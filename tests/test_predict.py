@@ -61,16 +61,17 @@ def head(tmp_path_factory, tiny_clip) -> Path:
 @pytest.fixture(scope="module")
 def reference(tiny_clip) -> tuple:
     """The tiny CLIP as open_clip itself builds it (model, preprocess, tokenizer): the expected values' encoder,
-    built once for the module."""
+    built once for the module, with the features of the prompt lists it has encoded (every track and call
+    scores the same prompts)."""
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_clip)
-    return model, preprocess, open_clip.get_tokenizer(tiny_clip)
+    return model, preprocess, open_clip.get_tokenizer(tiny_clip), {}
 
 
 def expected(reference: tuple, w: torch.Tensor, crops: list[Image.Image], classes: list[str], prompt_set: str,
              scale: float, clip: bool = False) -> torch.Tensor:
     """Probabilities by the paper's rule with open_clip directly: mean over a class's prompts of
     cos(W·image, W·prompt) (a clip: W·mean of its frames), times the scale, softmaxed over classes."""
-    model, preprocess, tokenizer = reference
+    model, preprocess, tokenizer, encoded = reference
     with torch.no_grad():
         x = model.encode_image(torch.stack([preprocess(c) for c in crops])).double()
         if clip:
@@ -78,8 +79,10 @@ def expected(reference: tuple, w: torch.Tensor, crops: list[Image.Image], classe
         xi = F.normalize(x @ w.T, dim=-1)
         scores = []
         for name in classes:
-            prompts = class_prompts(name, protocol.prompt_sets()[prompt_set])
-            t = F.normalize(model.encode_text(tokenizer(prompts)).double() @ w.T, dim=-1)
+            prompts = tuple(class_prompts(name, protocol.prompt_sets()[prompt_set]))
+            if prompts not in encoded:
+                encoded[prompts] = model.encode_text(tokenizer(list(prompts))).double()
+            t = F.normalize(encoded[prompts] @ w.T, dim=-1)
             scores.append((xi @ t.T).mean(1))
     return torch.softmax(scale * torch.stack(scores, 1), dim=1).float()
 

@@ -10,6 +10,7 @@ or transformers; module-level imports form no cycle; no source file is over 400 
 from __future__ import annotations
 
 import ast
+import functools
 import shutil
 from pathlib import Path
 
@@ -40,23 +41,33 @@ def modules(root: Path) -> dict[str, Path]:
     return found
 
 
+@functools.cache
+def _statements(text: str) -> tuple[tuple[bool, str | None, int, tuple[str, ...], int, bool], ...]:
+    """(a `from` import, its module, its level, the names, line, at module level) for each import of a source
+    text. Cached by the text: the cases below copy the whole tree and edit one file, so only that one is parsed
+    again."""
+    tree = ast.parse(text)
+    top_level = {id(node) for node in tree.body}
+    return tuple((isinstance(node, ast.ImportFrom), getattr(node, "module", None), getattr(node, "level", 0),
+                  tuple(alias.name for alias in node.names), node.lineno, id(node) in top_level)
+                 for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)))
+
+
 def imports(module: str, path: Path, known: set[str]) -> list[tuple[str, int, bool]]:
     """(imported module, line, at module level) for each import; `from A import b` names A.b when that is a module."""
-    tree = ast.parse(path.read_text("utf-8"))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    top_level = {id(node) for node in tree.body}
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno, id(node) in top_level) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            for alias in node.names:
-                target = f"{base}.{alias.name}"
-                found.append((target if target in known else base, node.lineno, id(node) in top_level))
+    for is_from, name, level, names, line, top in _statements(path.read_text("utf-8")):
+        if not is_from:
+            found += [(alias, line, top) for alias in names]
+            continue
+        base = name or ""
+        if level:
+            anchor = package.split(".")[: len(package.split(".")) - level + 1]
+            base = ".".join(anchor + ([name] if name else []))
+        for alias in names:
+            target = f"{base}.{alias}"
+            found.append((target if target in known else base, line, top))
     return found
 
 

@@ -10,7 +10,6 @@ import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration
 
 from expclip.cache.reader import CacheReader
-from expclip.demo.checkpoints import save_tiny_blip2
 from expclip.stages.encoders.teacher import load_teacher
 from expclip.stages.shared.heads import load_head
 from expclip.stages.shared.protocol import DEFAULT_INSTRUCTION
@@ -30,10 +29,12 @@ def _script(name: str, monkeypatch):
 
 
 def test_stage_one_smoke(tmp_path, capsys, monkeypatch):
-    """The tiny path runs the real `extract` with injected encoders and prints every row of the table."""
-    faces = 128
+    """The tiny path runs the real `extract` with injected encoders and prints every row of the table: two
+    batches of two faces after a warm-up of two more, one DataLoader worker (its smallest run that still
+    streams several batches through a worker process)."""
+    faces = 4
     rows = _script("stage_one", monkeypatch).main(
-        ["--tiny", "--faces", str(faces), "--batch-size", "32", "--workdir", str(tmp_path)]
+        ["--tiny", "--faces", str(faces), "--batch-size", "2", "--workers", "1", "--workdir", str(tmp_path)]
     )
 
     printed = capsys.readouterr().out
@@ -61,38 +62,26 @@ def test_stage_one_smoke(tmp_path, capsys, monkeypatch):
 
 
 def test_audit_scale_smoke(tmp_path, capsys, monkeypatch):
-    """2,000 planted-into rows against 300 on the CPU, in a child process: every planted pair found, nothing else."""
+    """200 planted-into rows (four blocks of 64) against 50 on the CPU, in a child process: every planted pair
+    found, nothing else."""
     (run,) = _script("audit_scale", monkeypatch).main(
-        [
-            "--rows",
-            "2000",
-            "--against",
-            "300",
-            "--planted",
-            "20",
-            "--devices",
-            "cpu",
-            "--block-rows",
-            "512",
-            "--workdir",
-            str(tmp_path),
-        ]
+        ["--rows", "200", "--against", "50", "--planted", "5", "--devices", "cpu", "--block-rows", "64",
+         "--workdir", str(tmp_path)]
     )
 
     printed = capsys.readouterr().out
-    assert "expclip audit at scale" in printed and "faiss " in printed and "20 / 20" in printed
-    assert run.device == "cpu" and run.rows == 2000 and run.against == 300
-    assert run.exact and run.planted_found == run.planted == 20
+    assert "expclip audit at scale" in printed and "faiss " in printed and "5 / 5" in printed
+    assert run.device == "cpu" and run.rows == 200 and run.against == 50
+    assert run.exact and run.planted_found == run.planted == 5
     assert run.rows_per_s > 0 and run.peak_rss >= run.baseline_rss > 0
     assert list(tmp_path.iterdir()) == []  # the temporary caches are removed
 
 
-def test_the_plain_script_computes_what_the_teacher_computes(tmp_path, monkeypatch):
+def test_the_plain_script_computes_what_the_teacher_computes(tiny_blip2, monkeypatch):
     """The anchor is the paper's teacher written from the submodules: on the same weights (float32 here) it gives
     the product's pooled feature, so the two rates compare like with like."""
     anchor = _script("plain_anchor", monkeypatch)
-    folder = save_tiny_blip2(tmp_path / "blip2", image_size=32)
-    teacher = load_teacher(str(folder), DEFAULT_INSTRUCTION, device=torch.device("cpu"), precision="fp32",
+    teacher = load_teacher(str(tiny_blip2), DEFAULT_INSTRUCTION, device=torch.device("cpu"), precision="fp32",
                            transform=MODEL_TRANSFORM)
     pixels = torch.rand(3, 3, 32, 32)
     with torch.inference_mode():
@@ -100,7 +89,7 @@ def test_the_plain_script_computes_what_the_teacher_computes(tmp_path, monkeypat
     torch.testing.assert_close(plain.float(), teacher.encode_images(pixels), rtol=1e-5, atol=1e-5)
 
 
-def test_the_benchmark_builds_the_checkpoints_architectures(tmp_path, monkeypatch):
+def test_the_benchmark_builds_the_checkpoints_architectures(tmp_path, tiny_blip2, monkeypatch):
     """BLIP-2 Flan-T5-XXL as its config.json sets it (exact GELU in T5's gated FFN, ViT-g and Q-Former at
     transformers' defaults) and in the loader's dtypes; ViT-L-14 with the openai tag's QuickGELU."""
     stage_one = _script("stage_one", monkeypatch)
@@ -116,9 +105,8 @@ def test_the_benchmark_builds_the_checkpoints_architectures(tmp_path, monkeypatc
         ffn = Blip2ForConditionalGeneration(config).language_model.encoder.block[0].layer[1].DenseReluDense
     assert type(ffn.act).__name__ == "GELUActivation"  # not NewGELUActivation, T5Config's gated-gelu default
 
-    tiny = save_tiny_blip2(tmp_path / "donor", image_size=32)
-    built = stage_one.random_teacher(tiny, torch.device("cpu"), "bf16")
-    loaded = load_teacher(str(tiny), DEFAULT_INSTRUCTION, device=torch.device("cpu"), precision="bf16",
+    built = stage_one.random_teacher(tiny_blip2, torch.device("cpu"), "bf16")
+    loaded = load_teacher(str(tiny_blip2), DEFAULT_INSTRUCTION, device=torch.device("cpu"), precision="bf16",
                           transform=MODEL_TRANSFORM)
     dtypes = {n: p.dtype for n, p in loaded.model.named_parameters()}
     assert {n: p.dtype for n, p in built.model.named_parameters()} == dtypes
@@ -170,11 +158,11 @@ def test_fp8_effect_compares_heads_and_their_zero_shot_classes(tmp_path, capsys,
     numpy computation of both heads' zero-shot classes."""
     effect = _script("fp8_effect", monkeypatch)
     fp8, bf16, held_out, (text, attrs) = _fp8_caches(tmp_path)
-    same = effect.main(["--fp8", str(bf16), "--bf16", str(bf16), "--eval", str(held_out), "--epochs", "2",
+    same = effect.main(["--fp8", str(bf16), "--bf16", str(bf16), "--eval", str(held_out), "--epochs", "1",
                         "--batch-size", "32"])
     assert same["cos"] == pytest.approx(1.0) and same["agreement"] == 1.0 and same["fp8_uar"] == same["bf16_uar"]
     found = effect.compare(fp8, bf16, held_out, "a_photo_of_a_face",
-                           effect.FitConfig(epochs=2, batch_size=32, device="cpu"), tmp_path / "heads")
+                           effect.FitConfig(epochs=1, batch_size=32, device="cpu"), tmp_path / "heads")
     assert found["cos"] < 1.0 and found["items"] == 30
 
     def classes(head_path):

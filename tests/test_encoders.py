@@ -14,7 +14,7 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from expclip.base.errors import ExpclipError
 from expclip.demo.checkpoints import TINY_LOGIT_SCALE, save_tiny_blip2, save_tiny_clip
 from expclip.demo.synthetic import EXPRESSIONS, draw_face, write_clips, write_faces
-from expclip.stages.encoders.clip import kept_loaded, load_clip
+from expclip.stages.encoders.clip import kept_loaded, load_clip, tokenizer
 from expclip.stages.encoders.provenance import sha256_file
 from expclip.stages.encoders.teacher import instruction_key, load_teacher
 from expclip.stages.encoders.transforms import official_transform
@@ -128,6 +128,22 @@ def test_kept_loaded_loads_one_clip_once_until_the_block_ends(tmp_path):
         assert changed is not first and changed.attrs["pretrained_sha256"] != first.attrs["pretrained_sha256"]
     assert load_clip(name, None, **args) is not changed
     assert load_clip(name, None, **args) is not load_clip(name, None, **args)
+
+
+def test_a_clips_tokenizer_is_built_once_per_model_and_text_config(tmp_path):
+    """The same tokenizer object for every load of one model; it tokenizes as open_clip's own; a folder whose text
+    config changed (here its context length) gets a new one."""
+    name = save_tiny_clip(tmp_path / "clip")
+    first = load_clip(name, None, device=CPU, precision="fp32", transform="model").tokenizer
+    assert load_clip(name, None, device=CPU, precision="fp32", transform="model").tokenizer is first
+    prompts = ["a photo of a happy face.", "fear"]
+    assert torch.equal(first(prompts), open_clip.get_tokenizer(name)(prompts))
+    config = tmp_path / "clip" / "open_clip_config.json"
+    changed = json.loads(config.read_text())
+    changed["model_cfg"]["text_cfg"]["context_length"] = 20
+    config.write_text(json.dumps(changed))
+    other = tokenizer(name)
+    assert other is not first and other(prompts).shape == (2, 20)
 
 
 def test_instruction_key():

@@ -7,6 +7,8 @@ official loss multiplies by it and it is not 100 for every checkpoint.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -30,6 +32,19 @@ from expclip.stages.shared.precision import autocast, check_precision, recorded_
 from expclip.stages.shared.vocabulary import MODEL_TRANSFORM, OFFICIAL_TRANSFORM
 
 DEFAULT_TAG = "openai"
+
+
+def tokenizer(model_ref: str) -> Callable:
+    """open_clip's tokenizer for `model_ref`, built once per process: open_clip reads the vocabulary files again on
+    every call, and predict, search and extract load a CLIP many times over. Keyed by the model's text config too,
+    so a local folder whose config changed gets a tokenizer of its own."""
+    text_cfg = (open_clip.get_model_config(model_ref) or {}).get("text_cfg", {})
+    return _tokenizer(model_ref, json.dumps(text_cfg, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenizer(model_ref: str, text_cfg: str) -> Callable:
+    return open_clip.get_tokenizer(model_ref)
 
 
 @dataclass
@@ -65,7 +80,7 @@ class ClipEncoder:
         }
         pipeline = preprocess if config["transform"] == MODEL_TRANSFORM else official_transform()
         transform, on_device = split_on_device(pipeline)
-        return cls(model=model, tokenizer=open_clip.get_tokenizer(model_ref), transform=transform,
+        return cls(model=model, tokenizer=tokenizer(model_ref), transform=transform,
                    on_device=on_device, device=device, precision=precision, key=key, attrs=attrs)
 
     @property

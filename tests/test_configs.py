@@ -167,38 +167,40 @@ def test_extract_reads_the_source_as_the_source_config_it_parsed(monkeypatch, tm
         SourceConfig(frames=0).check()
 
 
-def test_fit_head_reads_the_cache_groups_it_was_told(monkeypatch, tmp_path):
+@pytest.fixture
+def fit_head_calls(monkeypatch, tmp_path) -> tuple[list[str], list[tuple]]:
+    """fit-head's arguments up to its options, and the (config, cache groups) each run hands the stage, which
+    stops there."""
     seen = []
 
     def fake(caches, out, config, **select):
-        seen.append(select)
+        seen.append((config, select))
         raise ExpclipError("stop here")
 
     monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake)
     (tmp_path / "c.h5").write_bytes(b"")
-    args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
+    return ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")], seen
+
+
+def test_fit_head_reads_the_cache_groups_it_was_told(fit_head_calls):
+    args, seen = fit_head_calls
     assert runner.invoke(app, args).output == "error: stop here\n"
     assert runner.invoke(app, [*args, "--clip-key", "C", "--teacher-key", "T", "--instruction", "paper"]).exit_code == 2
-    assert seen == [{**vars(CacheGroups()), "exclude": None},
-                    {"clip_key": "C", "teacher_key": "T", "instruction": "paper", "exclude": None}]
+    assert [select for _, select in seen] == [{**vars(CacheGroups()), "exclude": None},
+                                               {"clip_key": "C", "teacher_key": "T", "instruction": "paper",
+                                                "exclude": None}]
     assert vars(CacheGroups()) == {"clip_key": None, "teacher_key": None, "instruction": None}
 
 
-def test_fit_head_reads_text_options_by_the_fields_own_rule(monkeypatch, tmp_path):
-    seen = []
-
-    def fake(caches, out, config, **select):
-        seen.append(config)
-        raise ExpclipError("stop here")
-
-    monkeypatch.setattr("expclip.stages.fit_head.train.fit_head", fake)
-    (tmp_path / "c.h5").write_bytes(b"")
-    args = ["fit-head", str(tmp_path / "c.h5"), "--out", str(tmp_path / "h")]
+def test_fit_head_reads_text_options_by_the_fields_own_rule(fit_head_calls):
+    args, calls = fit_head_calls
     for given in (["--milestones", "2, 4", "--logit-scale", "learnable"], ["--milestones", "", "--logit-scale", "7.5"],
                   ["--lr", "0.5", "--batch-size", "8"]):
         assert runner.invoke(app, [*args, *given]).output == "error: stop here\n"
-    assert seen == [FitConfig(milestones=(2, 4), logit_scale="learnable"), FitConfig(milestones=(), logit_scale=7.5),
-                    FitConfig(lr=0.5, batch_size=8)]
+    assert [config for config, _ in calls] == [
+        FitConfig(milestones=(2, 4), logit_scale="learnable"), FitConfig(milestones=(), logit_scale=7.5),
+        FitConfig(lr=0.5, batch_size=8),
+    ]
     assert _params("fit-head")["--milestones"].default == "30" and FitConfig.milestones == (30,)
     bad = runner.invoke(app, [*args, "--milestones", "3,x", "--logit-scale", "big"])
     assert bad.exit_code == 2 and bad.output == "error: --milestones: '3,x' is not a comma list of epochs\n"

@@ -10,7 +10,7 @@ from expclip import cli_export, cli_neighbours, cli_predict, cli_run
 from expclip.base.errors import ExpclipError
 from expclip.cli_app import InUseOrder, shared_options
 from expclip.console import err, escape, out, user_errors
-from expclip.options import choice, configured, csv_option, json_option, options
+from expclip.options import GROUP_OPTIONS, choice, configured, csv_option, json_option, options
 from expclip.output_paths import check_outputs, head_paths
 from expclip.stages.evaluate.config import EvaluateConfig
 from expclip.stages.extract import sources
@@ -25,7 +25,6 @@ EXTRACT_OPTIONS = options(
     prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
 )
 SOURCE_OPTIONS = options(SourceConfig)
-GROUP_OPTIONS = options(CacheGroups)
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
 app = typer.Typer(

@@ -6,11 +6,9 @@ from typing import Annotated
 import typer
 
 from expclip.console import out, user_errors
-from expclip.options import options
+from expclip.options import GROUP_OPTIONS
 from expclip.output_paths import check_outputs
 from expclip.stages.shared.common_settings import CacheGroups
-
-GROUP_OPTIONS = options(CacheGroups)
 
 
 def export(

@@ -25,6 +25,7 @@ import typer
 
 from expclip.base.settings import value_problem
 from expclip.console import user_errors
+from expclip.stages.shared.common_settings import CacheGroups
 
 # Typer arguments that name the option or make it positional: not typer.Option keywords.
 _DECLS, _ARGUMENT = "decls", "argument"
@@ -80,8 +81,11 @@ def options(config: type, **extra: dict[str, Any]) -> SimpleNamespace:
 
 
 def _text(default: Any) -> str | None:
-    """A text-read field's default as typed on the command line (and shown by --help): a tuple as its comma list."""
-    return None if default is None else ",".join(map(str, default))
+    """A text-read field's default as typed on the command line (and shown by --help): a tuple as its comma list,
+    a number or a word as itself."""
+    if default is None:
+        return None
+    return ",".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
 
 
 def _read(field: dataclasses.Field, value: Any) -> Any:
@@ -139,4 +143,8 @@ def csv_option(what: str) -> Any:
     return Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help=f"Write {what} as CSV.")]
 
 
-__all__ = ["choice", "configured", "csv_option", "json_option", "options"]
+# --clip-key, --teacher-key and --instruction of every command that reads chosen cache groups (fit-head, ablate,
+# cache export): declared here once, from the one CacheGroups.
+GROUP_OPTIONS = options(CacheGroups)
+
+__all__ = ["GROUP_OPTIONS", "choice", "configured", "csv_option", "json_option", "options"]

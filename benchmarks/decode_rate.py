@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> list[Rate]:
     args.batch_size = args.batch_size or (16 if args.tiny else BATCH_SIZES["cuda"])
     if min(args.workers) < 1:
         parser.error("--workers: at least 1 each (this process alone is always timed)")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: at least 1")
     if args.faces < (max(args.workers) + 1) * args.batch_size:
         parser.error(f"--faces: at least (most workers + 1) × batch = {(max(args.workers) + 1) * args.batch_size}, "
                      "so that a batch is timed after each worker's warm-up one")

@@ -73,3 +73,9 @@ def test_decode_rate_needs_a_timed_batch_after_each_warm_up(monkeypatch, capsys)
         _script("decode_rate", monkeypatch).main(["--tiny", "--faces", "16", "--batch-size", "8", "--workers", "2"])
     assert stopped.value.code == 2
     assert "--faces: at least (most workers + 1) × batch = 24" in capsys.readouterr().err
+
+
+def test_decode_rate_refuses_a_batch_size_below_one(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        _script("decode_rate", monkeypatch).main(["--tiny", "--batch-size", "-4"])
+    assert stopped.value.code == 2 and "--batch-size -4: at least 1" in capsys.readouterr().err

@@ -96,6 +96,7 @@ def test_a_second_run_refuses_naming_the_first_which_sigterm_stops(job, tmp_path
     args = [*job["args"], "--out", str(out), "--batch-size", "4", "--shard-size", "4"]
     first = start([*args, "--batch-size", "1"])
     wait_for(lambda: len(shards(out)) >= 1, first)
+    first.send_signal(signal.SIGSTOP)  # holds its lock, alive, while the others ask: a fast machine finishes
     second = runner.invoke(app, args)
     assert second.exit_code == 2, second.output
     line = second.output.strip()
@@ -103,7 +104,8 @@ def test_a_second_run_refuses_naming_the_first_which_sigterm_stops(job, tmp_path
     assert "wait for it to finish" in line
     part = runner.invoke(app, [*args, "--part", "1/2"])  # a job-array task cannot join a run that merges either
     assert part.exit_code == 2 and f"pid {first.pid}" in part.output
-    first.send_signal(signal.SIGTERM)  # as slurm's scancel does
+    first.send_signal(signal.SIGTERM)  # as slurm's scancel does; handled once it runs again
+    first.send_signal(signal.SIGCONT)
     stopped(first, out, 143)
     with one_thread():
         assert runner.invoke(app, args).exit_code == 0

@@ -42,9 +42,11 @@ def test_a_killed_rank_then_a_run_with_other_process_count_resumes(job, tmp_path
                         stderr=forked.DEVNULL, env={**launched, "RANK": str(r), "LOCAL_RANK": str(r)})
              for r in range(2)]
     wait_for(lambda: any(partial_dir(out).glob("teacher/**/0*.h5")), ranks[0])  # a shard done in both groups
+    ranks[0].send_signal(signal.SIGSTOP)  # where it is: a fast machine would finish its shards before the SIGTERM
     ranks[1].kill()
     ranks[1].wait()
     ranks[0].send_signal(signal.SIGTERM)
+    ranks[0].send_signal(signal.SIGCONT)
     deadline = time.monotonic() + 30
     while ranks[0].poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

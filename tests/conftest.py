@@ -1,5 +1,6 @@
 """Shared fixtures: tiny checkpoints saved like real ones, built once per test session."""
 
+import gc
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any transformers/open_clip import: never touch the network
@@ -29,6 +30,13 @@ LONGEST_FIRST = ("test_parallel.py", "test_demo.py", "test_stopping.py", "test_b
 def pytest_collection_modifyitems(items: list) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_collection_finish(session) -> None:
+    """What the test modules imported (torch, transformers, open_clip: over half a million objects) lives as long
+    as the worker: out of the garbage collector's way, each full collection, and pytest's five at the end, skips
+    them instead of walking them all again."""
+    gc.freeze()
 
 
 KEY = "ViT-T@test"  # the CLIP image key of the caches that tests write by hand (fmt.image_path(KEY))

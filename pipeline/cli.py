@@ -1,5 +1,6 @@
 """The `expclip` command line: one thin function per command that parses and calls a stage."""
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,10 +21,6 @@ from expclip.stages.fit_head.config import FitConfig
 from expclip.stages.shared.common_settings import CacheGroups
 from expclip.stages.shared.vocabulary import NEAR_DUPLICATE
 
-EXTRACT_OPTIONS = options(
-    ExtractConfig, teacher={"show_default": True}, instruction={"show_default": False},
-    prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0}, shard_size={"min": 1},
-)
 SOURCE_OPTIONS = options(SourceConfig)
 HEAD_FORMATS = ("official",)  # the Exp-CLIP release .pth
 
@@ -35,33 +32,22 @@ cache_app = typer.Typer(no_args_is_help=True, help="Inspect feature caches.")
 head_app = typer.Typer(no_args_is_help=True, help="Convert heads between formats.")
 
 
+@configured(ExtractConfig, teacher={"show_default": True}, instruction={"show_default": False},
+            prompts={"exists": True, "dir_okay": False}, batch_size={"min": 1}, num_workers={"min": 0},
+            shard_size={"min": 1})
 def extract(
+    cfg: ExtractConfig,
     source: Annotated[
         Path, typer.Argument(help="Image folder, list file (.csv/.txt: path[,label]), clip list "
         "(frame_dir num_frames label) or WebDataset tar shards ('faces-{00000..00099}.tar').")],
     cache: Annotated[Path, typer.Option("--out", dir_okay=False, help="File: the cache to create or extend (HDF5).")],
-    clip_model: EXTRACT_OPTIONS.clip_model = ExtractConfig.clip_model,
-    clip_pretrained: EXTRACT_OPTIONS.clip_pretrained = ExtractConfig.clip_pretrained,
-    teacher: EXTRACT_OPTIONS.teacher = ExtractConfig.teacher,
     no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Skip the teacher (evaluation sets).")] = False,
-    instruction: EXTRACT_OPTIONS.instruction = ExtractConfig.instruction,
-    transform: EXTRACT_OPTIONS.transform = ExtractConfig.transform,
-    prompts: EXTRACT_OPTIONS.prompts = ExtractConfig.prompts,
     source_type: SOURCE_OPTIONS.source_type = SourceConfig.source_type,
     root: SOURCE_OPTIONS.root = SourceConfig.root,
     strip_prefix: SOURCE_OPTIONS.strip_prefix = SourceConfig.strip_prefix,
     frames: SOURCE_OPTIONS.frames = SourceConfig.frames,
     dataset: SOURCE_OPTIONS.dataset = SourceConfig.dataset,
     label_field: SOURCE_OPTIONS.label_field = SourceConfig.label_field,
-    batch_size: EXTRACT_OPTIONS.batch_size = ExtractConfig.batch_size,
-    num_workers: EXTRACT_OPTIONS.num_workers = ExtractConfig.num_workers,
-    device: EXTRACT_OPTIONS.device = ExtractConfig.device,
-    precision: EXTRACT_OPTIONS.precision = ExtractConfig.precision,
-    clip_weights: EXTRACT_OPTIONS.clip_weights = ExtractConfig.clip_weights,
-    compile: EXTRACT_OPTIONS.compile = ExtractConfig.compile,
-    store_dtype: EXTRACT_OPTIONS.store_dtype = ExtractConfig.store_dtype,
-    shard_size: EXTRACT_OPTIONS.shard_size = ExtractConfig.shard_size,
-    part: EXTRACT_OPTIONS.part = ExtractConfig.part,
 ) -> None:
     """Stage one: encode every face once (CLIP image + text, BLIP-2 teacher) into CACHE.h5.
 
@@ -75,15 +61,11 @@ def extract(
         reading = SourceConfig(source_type=source_type, root=root, strip_prefix=strip_prefix, frames=frames,
                                dataset=dataset, label_field=label_field)
         reading.check()
-        check_outputs({"SOURCE": sources.named_files(source, reading.source_type), "--prompts": [prompts]},
+        check_outputs({"SOURCE": sources.named_files(source, reading.source_type), "--prompts": [cfg.prompts]},
                       files=[("--out", cache)], create=True)
         src = sources.from_config(source, reading)
-        cfg = ExtractConfig(
-            clip_model=clip_model, clip_pretrained=clip_pretrained, teacher=None if no_teacher else teacher,
-            instruction=instruction, transform=transform, batch_size=batch_size,
-            num_workers=num_workers, device=device, precision=precision, store_dtype=store_dtype, prompts=prompts,
-            shard_size=shard_size, part=part, clip_weights=clip_weights, compile=compile,
-        )
+        if no_teacher:
+            cfg = dataclasses.replace(cfg, teacher=None)
         summary = run_extract(src, cache, cfg)
     if summary["rank"] != 0:
         return  # rank 0 reports for the whole job

@@ -113,7 +113,7 @@ def test_extract_on_cuda_matches_the_cpu(tmp_path, tiny_clip, tiny_blip2):
 
 
 def test_audit_on_cuda_finds_the_cpus_pairs(tmp_path):
-    from test_neighbours import planted, write_cache
+    from neighbour_caches import planted, write_cache
 
     from expclip.stages.audit import audit
 

@@ -1,9 +1,7 @@
 """Outputs under real conditions: a read-only folder and a full filesystem.
 
-Root writes through permission bits, so for root both are tmpfs mounts
-(read-only, or a few hundred KiB); a non-root user gets a mode-555 folder and
-the full-disk tests are skipped (mounting needs root), as they are where
-mounting is refused.
+The folders are tests/mounts.py's: tmpfs mounts for root, a mode-555 folder
+for anyone else (who skips the full-disk tests).
 
 Every output option is checked before any work (one line, exit 2); a write
 refused later is one line too; a full disk is one line naming the file, the
@@ -14,7 +12,6 @@ process, where a segfault shows as exit status 139 / -11).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import KEY, clip_attrs
+from mounts import REFUSED, disk, lockable, read_only
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -39,76 +37,9 @@ from expclip.stages.fit_head import FitConfig
 from expclip.stages.fit_head import train as fit_train
 from expclip.stages.shared import protocol
 
+__all__ = ["disk", "lockable", "read_only"]  # mounts.py's fixtures, used by name
 runner = CliRunner()
-ROOT = os.geteuid() == 0
 CLIP = clip_attrs(embed_dim=8)
-
-
-class Disk:
-    """A tmpfs mounted on `path`; `remount("ro")` or `remount("size=4m")` changes it in place."""
-
-    def __init__(self, path: Path, options: str):
-        self.path = path
-        path.mkdir(exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
-        )
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): root writes through permissions, "
-                        "so a read-only or full folder must be a mount")
-
-    def remount(self, options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True)
-
-    def unmount(self) -> None:
-        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
-
-
-@pytest.fixture
-def disk(tmp_path):
-    """mount(options) -> Disk; every mount is undone at teardown."""
-    if not ROOT:
-        pytest.skip("a small or read-only filesystem is a tmpfs mount, which needs root")
-    mounted: list[Disk] = []
-
-    def mount(options: str, name: str = "disk") -> Disk:
-        mounted.append(Disk(tmp_path / name, options))
-        return mounted[-1]
-
-    yield mount
-    for d in reversed(mounted):
-        d.unmount()
-
-
-@pytest.fixture
-def lockable(tmp_path):
-    """(folder, lock): a writable folder and what makes it read-only in place, as another process could.
-
-    Root writes through permission bits, so for root the folder is a tmpfs
-    remounted read-only; anyone else gets a folder whose write bit is removed.
-    """
-    folder = tmp_path / "lockable"
-    if not ROOT:
-        folder.mkdir()
-        yield folder, lambda: folder.chmod(0o555)
-        folder.chmod(0o755)
-        return
-    mounted = Disk(folder, "size=1m")
-    try:
-        yield folder, lambda: subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-    finally:
-        mounted.unmount()
-
-
-@pytest.fixture
-def read_only(lockable):
-    folder, lock = lockable
-    lock()
-    return folder
-
-
-REFUSED = ("Read-only file system", "Permission denied")  # root on a read-only mount; anyone else on mode 555
 
 
 @pytest.fixture(scope="module")

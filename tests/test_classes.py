@@ -2,11 +2,10 @@
 class twice after synonyms, never empty), and `predict` refuses what is not a picture with one line."""
 
 import shutil
-from pathlib import Path
 
-import matplotlib.cbook
 import numpy as np
 import pytest
+from pictures import PHOTO
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,7 +14,6 @@ from expclip.base.errors import ExpclipError
 from expclip.cli import app
 from expclip.stages.predict.api import BASIC, class_names
 
-PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 runner = CliRunner()
 
 

@@ -7,14 +7,13 @@ import re
 import shutil
 from pathlib import Path
 
-import cv2
-import matplotlib.cbook
 import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FRAMES_OF_40, SEVEN
+from pictures import PHOTO, decode, detect_each, small_photo, write_video
 from PIL import Image
 from typer.testing import CliRunner
 from yunet_format import write_yunet_like
@@ -28,7 +27,6 @@ from expclip.stages.predict.tracks import iou, link
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, load_head, save_head
 
-PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 runner = CliRunner()
 
 
@@ -106,45 +104,6 @@ def test_class_prompts_use_the_sets_prompts_or_its_templates():
     made = class_prompts("Boredom", five)
     assert made and all("boredom" in p for p in made)
     assert made == [p.replace("happiness", "boredom") for p in five["Happiness"] if "happiness" in p]
-
-
-def small_photo() -> Image.Image:
-    """The photo at a quarter of its side (its face ~59 px): Haar's cost grows with the pixels, and the
-    videos and frame folders below only need a face it finds."""
-    return Image.open(PHOTO).convert("RGB").resize((128, 150))
-
-
-def write_video(path: Path, frames: int | list[Image.Image]) -> Path:
-    """An MJPG .avi of these frames, or of the photo shrunk, `frames` frames long."""
-    if isinstance(frames, int):
-        frames = [small_photo()] * frames
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, frames[0].size)
-    for frame in frames:
-        writer.write(cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def decode(video: Path) -> list[Image.Image]:
-    decoded, pictures = cv2.VideoCapture(str(video)), []
-    while True:
-        ok, bgr = decoded.read()
-        if not ok:
-            break
-        pictures.append(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    decoded.release()
-    return pictures
-
-
-def detect_each(pictures: list[Image.Image]) -> list[list[Box]]:
-    """Haar's boxes for each picture, largest first; a picture identical to one already seen (the videos repeat
-    a few frames) is looked up rather than detected again."""
-    detector, found = Detector("haar"), {}
-    for picture in pictures:
-        key = (picture.size, picture.tobytes())
-        if key not in found:
-            found[key] = detector.detect(picture)
-    return [found[(p.size, p.tobytes())] for p in pictures]
 
 
 def test_cli_predict_on_a_video_a_photo_and_a_frame_folder(tmp_path, tiny_clip, head, reference):

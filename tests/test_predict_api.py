@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 
 import cv2
-import matplotlib.cbook
 import numpy as np
 import pytest
 import torch
+from pictures import PHOTO, write_video
 from PIL import Image
 from typer.testing import CliRunner
 from yunet_format import write_yunet_like
@@ -28,7 +28,6 @@ from expclip.stages.predict.records import predict_inputs
 from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import build_head, save_head
 
-PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 runner = CliRunner()
 
 
@@ -137,16 +136,9 @@ def test_records_carry_the_detectors_score_in_flat_columns_for_pandas(tmp_path, 
     assert list(table["score"].isna()) == [False, False, True, True] and list(table["w"]) == [r["w"] for r in records]
 
 
-def write_video(path: Path, n: int, fps: float) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (96, 112))
-    for k in range(n):
-        writer.write(np.full((112, 96, 3), 4 * k, np.uint8))
-    writer.release()
-    return path
-
-
 def test_video_records_carry_frames_and_seconds_and_every_defaults_to_half_a_second(fer, tmp_path):
-    video = write_video(tmp_path / "v.avi", 40, 10.0)
+    grays = [Image.fromarray(np.full((112, 96, 3), 4 * k, np.uint8)) for k in range(40)]
+    video = write_video(tmp_path / "v.avi", grays)
     records, _ = predict_inputs(fer, listing([video]))  # the default --every: 0.5 s = 5 frames at 10 fps
     faces = [r for r in records if r["kind"] == "face"]
     assert [r["frame"] for r in faces] == list(range(0, 40, 5))

@@ -4,7 +4,8 @@ base imports nothing of expclip; cache imports only base; the shared rooms
 (stages.shared, then stages.encoders) import base, cache and what is below them;
 a stage imports base, cache, the shared rooms and itself, never another stage or
 the wiring; only the encoders (and the demo's checkpoint builders) import open_clip
-or transformers; module-level imports form no cycle; no source file is over 400 lines.
+or transformers; module-level imports form no cycle; no source, test or benchmark
+file is over 400 lines.
 """
 
 from __future__ import annotations
@@ -213,6 +214,13 @@ def test_a_long_file_is_caught(tmp_path):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "cache" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1), "utf-8")
     assert violations(tmp_path) == [f"cache/long.py: {MAX_LINES + 1} lines (at most {MAX_LINES})"]
+
+
+def test_no_test_or_benchmark_file_is_over_the_limit():
+    long = [f"{path.relative_to(ROOT)}: {lines} lines" for folder in ("tests", "benchmarks")
+            for path in sorted((ROOT / folder).glob("*.py"))
+            if (lines := len(path.read_text("utf-8").splitlines())) > MAX_LINES]
+    assert long == []
 
 
 def test_benchmarks_import_what_exists():

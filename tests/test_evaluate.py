@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SEVEN
+from conftest import KEY, SEVEN, clip_attrs
 from typer.testing import CliRunner
 
 from expclip.base.errors import ExpclipError
@@ -18,8 +18,7 @@ from expclip.stages.shared import protocol
 from expclip.stages.shared.heads import Head, build_head, export_official, save_head
 from expclip.stages.shared.scoring import GramSpace
 
-KEY = "ViT-T@test"
-CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 100.0}
+CLIP = clip_attrs(logit_scale=100.0)
 D, DT = 16, 40
 ALPHABETICAL = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -52,11 +51,10 @@ def make_cache(path, class_names, labels, image, texts, *, key=KEY, clip=CLIP, f
         frame_index=np.tile(np.arange(image.shape[1], dtype=np.int32), (n, 1)) if clips else None,
         num_frames=np.full(n, image.shape[1], dtype=np.int32) if clips else None,
     )
-    attrs = {**clip, "embed_dim": image.shape[-1]}
-    file_attrs = {"dataset": Path(path).stem, "source": "synthetic"}
     image = image.copy()
     image[list(failed)] = np.nan  # as if decoding had failed: rows NaN, recorded as failures (items/ok False)
-    write_arrays(path, items, file_attrs=file_attrs, aligned={fmt.image_path(key): (image, attrs)}, small=texts,
+    write_arrays(path, items, file_attrs={"dataset": Path(path).stem, "source": "synthetic"},
+                 aligned={fmt.image_path(key): (image, {**clip, "embed_dim": image.shape[-1]})}, small=texts,
                  failures={i: "not an image" for i in failed})
     return Path(path)
 
@@ -74,8 +72,7 @@ def synthetic(rng, n: int, names: list[str], frames: int = 0, noise: float = 1.2
 
 def linear_head(rng, **meta) -> Head:
     module = torch.nn.Linear(D, DT, bias=False)
-    with torch.no_grad():
-        module.weight.copy_(torch.from_numpy(rng.standard_normal((DT, D))))
+    module.weight.data.copy_(torch.from_numpy(rng.standard_normal((DT, D))))
     return Head(module=module, kind="linear", meta=meta or {"clip_key": KEY, "clip": dict(CLIP), "d": D, "dt": DT})
 
 
@@ -173,12 +170,8 @@ KNOWN = ["angry", "fear", "happy", "sad"]  # folder order; Fear has no items
 def known_answer_cache(tmp_path, failed=(), unlabelled=(), stored_names=KNOWN):
     """One-hot prompts and images: the predictions are chosen, so WAR and UAR are known by hand."""
     names = KNOWN
-    truth_pred = (
-        [("happy", "happy")] * 3
-        + [("happy", "sad"), ("sad", "sad"), ("sad", "sad")]
-        + [("angry", "angry")]
-        + [("angry", "happy")] * 3
-    )
+    truth_pred = ([("happy", "happy")] * 3 + [("happy", "sad"), ("sad", "sad"), ("sad", "sad")]
+                  + [("angry", "angry")] + [("angry", "happy")] * 3)
     labels = [-1 if i in unlabelled else names.index(t) for i, (t, _) in enumerate(truth_pred)]
     order = protocol.class_order()
     image = np.stack([np.eye(11)[order.index(protocol.canonical_class(p))] for _, p in truth_pred]).astype(np.float16)

@@ -16,7 +16,7 @@ import forked
 import h5py
 import numpy as np
 import pytest
-from conftest import KEY
+from conftest import KEY, clip_attrs
 from typer.testing import CliRunner
 
 from expclip.cache import format as fmt
@@ -42,16 +42,7 @@ def build(path: Path, n: int = 24, d: int = 8, dt: int = 12) -> Path:
     image = rng.standard_normal((n, d)).astype(np.float32)
     image[5] = np.nan
     versions = '{"torch": "2.10", "open_clip": "3.0", "expclip": "0.1.0"}'
-    clip = {
-        "model": "ViT-T",
-        "pretrained": "test",
-        "pretrained_sha256": "",
-        "transform": "model",
-        "precision": "float32",
-        "logit_scale": 50.0,
-        "embed_dim": d,
-        "versions": versions,
-    }
+    clip = clip_attrs(precision="float32", logit_scale=50.0, embed_dim=d, versions=versions)
     teacher = {"model": "tiny", "instruction": "Describe the face.", "family": "blip2-t5", "pooling": "mean",
                "transform": "model", "precision": "float32", "weights_sha256": "", "versions": versions}
     text = {"prompts": prompts, "class_names": order, "class_index": index, "model": "ViT-T", "pretrained": "test",

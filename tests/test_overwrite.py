@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import KEY, clip_attrs
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,9 +32,7 @@ from expclip.stages.predict.media import listing
 from expclip.stages.shared import protocol
 
 runner = CliRunner()
-KEY = "ViT-T@test"
-CLIP = {"model": "ViT-T", "pretrained": "test", "pretrained_sha256": "", "transform": "model", "logit_scale": 20.0,
-        "embed_dim": 8}
+CLIP = clip_attrs(embed_dim=8)
 WORK = ("expclip.stages.extract.sources.resolve", "expclip.stages.fit_head.train.fit_head",
         "expclip.stages.evaluate.evaluate", "expclip.stages.shared.heads.load_head", "expclip.ablate.run_grid",
         "expclip.stages.search.search", "expclip.stages.audit.audit", "expclip.stages.predict.api.ZeroShotFER")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from expclip.base.errors import ExpclipError
+from expclip.base.reading import read_json
 from expclip.stages.extract.config import ExtractConfig
 from expclip.stages.extract.source_config import SOURCE_TYPES
 from expclip.stages.fit_head.config import FitConfig
@@ -80,12 +81,7 @@ def names() -> list[str]:
 
 
 def _read(path: Traversable | Path) -> dict:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as e:
-        raise ExpclipError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    except OSError as e:
-        raise ExpclipError(f"{path}: cannot read ({e})") from None
+    data = read_json(path, "preset")
     if not isinstance(data, dict):
         raise ExpclipError(f"{path}: a preset is a JSON object")
     return data

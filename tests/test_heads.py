@@ -133,13 +133,12 @@ def test_missing_and_unknown_files(tmp_path):
         build_head("conv", 2, 2)
 
 
-@pytest.mark.parametrize(
-    "text, found", [("{not json", "not a readable head card"), ("[1, 2]", "a head card is a JSON object")]
-)
+@pytest.mark.parametrize("text, found", [("{not json", r":1: not valid JSON \(Expecting property name"),
+                                         ("[1, 2]", ": a head card is a JSON object")])
 def test_damaged_head_card_is_named(tmp_path, text, found):
     weights, card = save_head(build_head("linear", 4, 6), "linear", {"clip_key": "k"}, tmp_path / "h")
     card.write_text(text)
-    with pytest.raises(ExpclipError, match=f"h.json: {found}"):
+    with pytest.raises(ExpclipError, match=f"h.json{found}"):
         load_head(weights)
 
 

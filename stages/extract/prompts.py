@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from expclip.base.errors import ExpclipError
+from expclip.base.reading import read_json
 from expclip.cache import format as fmt
 from expclip.stages.shared import protocol
 
 
 def load_prompt_file(path: Path) -> dict[str, dict[str, list[str]]]:
     """User prompt sets `{"set": {"Happiness": ["...", ...], ...}}`, class names canonicalised."""
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExpclipError(f"{path}: not a readable JSON prompt file ({e})") from None
+    data = read_json(Path(path), "prompt file")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ExpclipError(f'{path}: expected {{"set-name": {{"ClassName": ["prompt", ...]}}}}')
     sets = {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from expclip.base.errors import ExpclipError
+from expclip.base.reading import read_text
 from expclip.cache.format import Items
 from expclip.stages.encoders.images import IMAGE_SUFFIXES
 from expclip.stages.extract import shards
@@ -100,10 +101,7 @@ def _is_shards(source: Path, kind: str) -> bool:
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     """Non-empty, non-comment lines with 1-based line numbers (a UTF-8 byte-order mark is dropped)."""
-    try:
-        text = path.read_text("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExpclipError(f"{path}: cannot read list file ({e})") from None
+    text = read_text(path, "list file", encoding="utf-8-sig")
     return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip() and not s.lstrip().startswith("#")]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from expclip.base.errors import ExpclipError
+from expclip.base.reading import read_json
 from expclip.base.settings import finite_number, integer
 from expclip.stages.shared.digests import seal, sealed
 from expclip.stages.shared.vocabulary import HEAD_KINDS
@@ -93,10 +94,7 @@ def card_text(meta: dict, weights_sha256: str, card: Path) -> str:
 
 def read_card(card: Path, weights: Path, weights_sha256: str) -> dict:
     """The card's fields (checksums left out) once it and the weights' bytes match what it records."""
-    try:
-        meta = json.loads(card.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExpclipError(f"{card}: not a readable head card ({e})") from None
+    meta = read_json(card, "head card")
     if not isinstance(meta, dict):
         raise ExpclipError(f"{card}: a head card is a JSON object, found {type(meta).__name__}")
     if WEIGHTS_SHA256 not in meta and CARD_SHA256 not in meta:

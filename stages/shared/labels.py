@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from expclip.base.errors import ExpclipError
+from expclip.base.reading import parse_json, read_text
 from expclip.stages.shared import protocol
 
 
@@ -55,10 +56,7 @@ def _read_json_map(path: Path, text: str) -> dict[str, str]:
             seen[k] = v
         return seen
 
-    try:
-        data = json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as e:
-        raise ExpclipError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = parse_json(path, text, object_pairs_hook=pairs)
     if not isinstance(data, dict):
         raise ExpclipError(f"{path}:1: a label map is a JSON object {{\"label\": \"class name\", ...}}")
     found = {}
@@ -125,10 +123,7 @@ def read_label_map(path: Path | str) -> dict[str, str]:
         raise ExpclipError(
             f"--label-map {path}: no such file, and not a built-in map ({', '.join(builtin_label_maps())})"
         )
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExpclipError(f"{path}: cannot read label map ({e})") from None
+    text = read_text(path, "label map")
     if path.suffix.lower() == ".json":
         return _read_json_map(path, text)
     return _read_table_map(path, text)

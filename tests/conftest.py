@@ -33,9 +33,9 @@ def pytest_collection_modifyitems(items: list) -> None:
 
 
 def pytest_collection_finish(session) -> None:
-    """What the test modules imported (torch, transformers, open_clip: over half a million objects) lives as long
-    as the worker: out of the garbage collector's way, each full collection, and pytest's five at the end, skips
-    them instead of walking them all again."""
+    """What the test modules imported (torch, transformers, open_clip) lives as long as the worker: out of the
+    garbage collector's way, each full collection, and pytest's five at the end, skips it instead of walking it
+    all again."""
     gc.freeze()
 
 

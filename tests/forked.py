@@ -1,5 +1,5 @@
 """Child processes forked from the test worker: real processes, real signals, real exit statuses, without the
-~15 s of CPU a fresh interpreter spends importing torch, open_clip and transformers again.
+seconds of CPU a fresh interpreter spends importing torch, open_clip and transformers again.
 
 A child resets the signal dispositions a fresh `python -m expclip` starts with, takes pipes (or /dev/null) as its
 standard streams, runs its work and leaves through `os._exit`, so nothing of pytest (capture, fixtures, atexit
